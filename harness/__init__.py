@@ -1,0 +1,11 @@
+"""virtio-serial hardware-in-the-loop harness.
+
+Layers, each importing only the ones listed before it:
+model (pure spec model) / machine (QEMU, QMP, accel) / guest (agent, SSH, serial) /
+backend (host port endpoints) / scenario (YAML, runner, comparison) / plugin (pytest).
+``images`` builds guest kernels+initramfs and is used by machine and plugin.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
