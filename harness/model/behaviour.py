@@ -1,0 +1,33 @@
+"""Named switches for places where layers or versions disagree.
+
+Defaults are today's QEMU (7.2 .. 10.x behave the same here) and Linux 6.x.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """Each field names one disagreement; the docstring of the field's use site cites why."""
+
+    #: QEMU sends PORT_NAME as name + NUL (seed lines 361-366, unchanged today); the virtio
+    #: spec says the name is not NUL-terminated.  Linux 6.x shows the same name either way.
+    port_name_trailing_nul: bool = True
+    #: 2010 seed line 571: load fails when the source max_nr_ports exceeds ours and the
+    #: ports_map loop runs over the *source* word count.  Today the field is ignored and the
+    #: loop runs over the destination's word count.
+    load_checks_max_nr_ports: bool = False
+    #: Linux >= 6.x allocates console vtermnos with ida_alloc_min(1) (freed on unplug, so
+    #: reused); older kernels used a counter that only grows.
+    console_vtermno_reuse: bool = True
+    #: Linux port_fops_write caps one write() at 32 KiB: one out_vq buffer per call.
+    guest_write_chunk: int = 32 * 1024
+    #: QEMU creates data queues with 128 descriptors; Linux marks outvq_full at num_free == 0.
+    guest_outvq_buffers: int = 128
+    #: Linux fills each in_vq with PAGE_SIZE buffers (fill_queue): 128 x 4 KiB of guest rx room.
+    guest_rx_capacity: int = 128 * 4096
+    #: Bytes the host socket absorbs after the host stops reading, before QEMU's chardev write
+    #: comes back short and throttles the port.  0 = throttle at the first byte.
+    host_socket_buffer: int = 0

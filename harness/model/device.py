@@ -1,0 +1,700 @@
+"""The virtio-serial machine: QEMU's device state plus what the Linux driver makes observable.
+
+Every operation is atomic: control messages are delivered and processed before it returns,
+so "QEMU guest_connected" and "guest driver guest_connected" never disagree between
+operations.  Operations that would block return an Outcome with ``pending`` set; the
+operation that unblocks them lists them in its ``completed``.
+
+Modelling choices (documented because a runner must agree with them):
+- ``guest_write`` is an agent loop over write() calls of at most ``guest_write_chunk`` bytes
+  (Linux port_fops_write caps a call at 32 KiB); it completes when every byte was accepted
+  by the driver.  Non-blocking: returns the bytes accepted before the first EAGAIN, or raises
+  EAGAIN when none were.
+- ``guest_read`` is an agent loop that returns everything deliverable now (up to max_bytes).
+- ``host_write`` never blocks: the host backend buffers for the socket.  ``host_read`` is
+  non-blocking: EAGAIN when nothing is readable.
+- Closing a guest fd while an operation is blocked on it completes that operation with EBADF.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from harness.model import errors as E
+from harness.model.behaviour import Behaviour
+from harness.model.payload import Payload, Slice, SliceQueue, as_payload, slices_sha256
+
+if TYPE_CHECKING:
+    from harness.model.snapshot import Snapshot
+
+Backend = Literal["socket", "none"]
+G2H = "guest->host"
+H2G = "host->guest"
+MAX_SUPPORTED_PORTS = 1024 // 2 - 1  # VIRTIO_QUEUE_MAX / 2 - 1 = 511
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    """What a read delivered: slices of payloads, or end-of-file."""
+
+    slices: tuple[Slice, ...] = ()
+    eof: bool = False
+
+    @property
+    def length(self) -> int:
+        return sum(piece.length for piece in self.slices)
+
+    def sha256(self) -> str:
+        return slices_sha256(self.slices)
+
+
+EOF_RESULT = ReadResult(eof=True)
+
+
+@dataclass(frozen=True)
+class Pending:
+    ticket: int
+    op: str
+    port: str
+
+
+@dataclass(frozen=True)
+class Completion:
+    ticket: int
+    op: str
+    port: str
+    result: object = None
+    error: E.ModelError | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    value: object = None
+    pending: Pending | None = None
+    completed: tuple[Completion, ...] = ()
+
+
+@dataclass(frozen=True)
+class Discard:
+    port: str
+    direction: str
+    where: str
+    nbytes: int
+    reason: str
+
+
+@dataclass
+class Chunk:
+    """One guest write() call: one out_vq buffer / one QEMU VirtQueueElement."""
+
+    slices: list[Slice]
+
+    @property
+    def length(self) -> int:
+        return sum(piece.length for piece in self.slices)
+
+
+@dataclass
+class GuestFile:
+    nonblocking: bool
+    unplugged: bool = False
+
+
+@dataclass
+class GuestPort:
+    """Linux struct port as debugfs/sysfs show it, plus its queues."""
+
+    name: str | None
+    is_console: bool = False
+    guest_connected: bool = False
+    host_connected: bool = False
+    vtermno: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    bytes_discarded: int = 0
+    rx: SliceQueue = field(default_factory=SliceQueue)
+    outvq: deque[Chunk] = field(default_factory=deque)
+    fd: GuestFile | None = None
+
+
+@dataclass
+class Port:
+    name: str
+    controller: str
+    nr: int
+    console: bool
+    backend: Backend
+    guest_connected: bool = False  # QEMU's view
+    host_connected: bool = False  # QEMU's view
+    throttled: bool = False
+    held: Chunk | None = None  # port->elem
+    held_offset: int = 0  # port->iov_offset
+    host_attached: bool = False  # a host client is connected to the chardev socket
+    stalled: bool = False
+    h2g_socket: SliceQueue = field(default_factory=SliceQueue)
+    to_host: SliceQueue = field(default_factory=SliceQueue)
+    guest: GuestPort | None = None
+    removed: bool = False
+
+
+@dataclass
+class Controller:
+    id: str
+    max_ports: int
+    ports_map: list[int]
+    ports: list[str] = field(default_factory=list)  # QTAILQ order
+
+    @property
+    def multiport(self) -> bool:
+        """MULTIPORT only when max_ports > 1 (seed get_features, lines 464-474)."""
+        return self.max_ports > 1
+
+
+@dataclass
+class _Blocked:
+    pending: Pending
+    remaining: SliceQueue | None = None  # guest_write
+    done: int = 0
+    max_bytes: int | None = None  # guest_read
+
+
+def find_free_port_id(ports_map: list[int]) -> int | None:
+    """Seed lines 668-681: first clear bit of the map words, even if >= max_ports."""
+    for index, word in enumerate(ports_map):
+        free = ~word & 0xFFFFFFFF
+        if free:
+            return (free & -free).bit_length() - 1 + 32 * index
+    return None
+
+
+class VirtioSerialModel:
+    """Controllers keyed by id, ports keyed by their (globally unique) name."""
+
+    def __init__(self, behaviour: Behaviour | None = None) -> None:
+        self.behaviour = behaviour or Behaviour()
+        self.controllers: dict[str, Controller] = {}
+        self.ports: dict[str, Port] = {}
+        self.removed: dict[str, Port] = {}
+        self.discards: list[Discard] = []
+        self.written = {G2H: 0, H2G: 0}
+        self.read = {G2H: 0, H2G: 0}
+        self._blocked: dict[int, _Blocked] = {}
+        self._next_ticket = 1
+        self._completed: list[Completion] = []
+        self._vterm_counter = 0
+        self._vterms_in_use: set[int] = set()
+
+    # ----------------------------------------------------------------- lookups
+    def _port(self, name: str) -> Port:
+        port = self.ports.get(name)
+        if port is None:
+            raise E.ModelError(E.ENODEV if name in self.removed else E.ENOENT, name)
+        return port
+
+    def _guest_fd_port(self, name: str) -> Port:
+        """The port behind an open guest fd, including ports unplugged under it."""
+        port = self.ports.get(name) or self.removed.get(name)
+        if port is None:
+            raise E.ModelError(E.ENOENT, name)
+        if port.guest is None or port.guest.fd is None:
+            raise E.ModelError(E.EBADF, f"no open guest fd for {name}")
+        return port
+
+    def blocked(self) -> list[Pending]:
+        return [b.pending for b in self._blocked.values()]
+
+    def _outcome(self, value: object = None, pending: Pending | None = None) -> Outcome:
+        self._settle()
+        done, self._completed = tuple(self._completed), []
+        return Outcome(value, pending, done)
+
+    def _discard(self, port: Port, direction: str, where: str, nbytes: int, why: str) -> None:
+        if nbytes:
+            self.discards.append(Discard(port.name, direction, where, nbytes, why))
+
+    # ------------------------------------------------------------- controllers
+    def add_controller(self, id: str, max_ports: int = 31) -> Outcome:
+        """virtio_serial_device_realize (seed lines 808-886)."""
+        if id in self.controllers:
+            raise E.ModelError(E.duplicate_device_id(id))
+        if max_ports == 0:
+            raise E.ModelError(E.MAX_PORTS_NOT_SPECIFIED)
+        if max_ports > MAX_SUPPORTED_PORTS:
+            raise E.ModelError(E.max_supported(MAX_SUPPORTED_PORTS))
+        words = [0] * ((max_ports + 31) // 32)
+        words[0] |= 1  # id 0 reserved for a console (seed line 870)
+        self.controllers[id] = Controller(id, max_ports, words)
+        return self._outcome()
+
+    def remove_controller(self, id: str) -> Outcome:
+        """device_del of the controller unplugs every port on its bus first."""
+        ctrl = self.controllers.get(id)
+        if ctrl is None:
+            raise E.ModelError(E.device_not_found(id))
+        for name in list(ctrl.ports):
+            self._unplug(self.ports[name])
+        del self.controllers[id]
+        return self._outcome()
+
+    # ------------------------------------------------------------------- ports
+    def add_port(
+        self,
+        name: str,
+        *,
+        controller: str,
+        nr: int | None = None,
+        console: bool = False,
+        backend: Backend = "socket",
+    ) -> int:
+        """virtser_port_device_realize + virtconsole_realize; returns the port id."""
+        ctrl = self.controllers.get(controller)
+        if ctrl is None:
+            raise E.ModelError(E.bus_not_found(controller))
+        nr = self._choose_id(ctrl, name, nr, console)
+        port = Port(name, controller, nr, console, backend)
+        if console and backend == "socket":
+            port.host_connected = True  # virtconsole_realize opens it for good
+        ctrl.ports_map[nr // 32] |= 1 << (nr % 32)
+        ctrl.ports.append(name)
+        self.ports[name] = port
+        self.removed.pop(name, None)
+        self._guest_add(port, ctrl.multiport)
+        self._settle()
+        return nr
+
+    def _port_at(self, ctrl: Controller, nr: int) -> Port | None:
+        return next((self.ports[n] for n in ctrl.ports if self.ports[n].nr == nr), None)
+
+    def _choose_id(self, ctrl: Controller, name: str, nr: int | None, console: bool) -> int:
+        """The checks in QEMU's order: id taken, name taken, allocation, range, nr 0."""
+        plugging_port0 = console and self._port_at(ctrl, 0) is None
+        if nr is not None and self._port_at(ctrl, nr) is not None:
+            raise E.ModelError(E.port_exists_at_id(nr))
+        if name in self.ports:
+            raise E.ModelError(E.port_exists_by_name(name))
+        if nr is None:
+            nr = 0 if plugging_port0 else find_free_port_id(ctrl.ports_map)
+            if nr is None:
+                raise E.ModelError(E.MAX_PORTS_REACHED)
+        if nr >= ctrl.max_ports:
+            raise E.ModelError(E.out_of_range(ctrl.max_ports))
+        if nr == 0 and not console:
+            raise E.ModelError(E.NR0_RESERVED)
+        return nr
+
+    def remove_port(self, name: str) -> Outcome:
+        """Hot unplug is immediate: bit cleared (not for 0), data discarded, PORT_REMOVE."""
+        port = self.ports.get(name)
+        if port is None:
+            raise E.ModelError(E.device_not_found(name))
+        self._unplug(port)
+        return self._outcome()
+
+    def _unplug(self, port: Port) -> None:
+        ctrl = self.controllers[port.controller]
+        if port.nr:
+            ctrl.ports_map[port.nr // 32] &= ~(1 << (port.nr % 32))
+        ctrl.ports.remove(port.name)
+        self._drop_g2h(port, "QEMU remove_port discards queued guest data")
+        self._discard(port, H2G, "host socket", len(port.h2g_socket), "port unplugged")
+        port.h2g_socket = SliceQueue()
+        if port.guest is not None:
+            self._guest_unplug(port)
+        port.removed = True
+        del self.ports[port.name]
+        self.removed[port.name] = port
+
+    def _drop_g2h(self, port: Port, why: str) -> None:
+        """discard_throttle_data + discard_vq_data: the held element and the out_vq."""
+        held = port.held.length - port.held_offset if port.held else 0
+        queued = sum(c.length for c in port.guest.outvq) if port.guest else 0
+        self._discard(port, G2H, "QEMU", held + queued, why)
+        port.held, port.held_offset, port.throttled = None, 0, False
+        if port.guest is not None:
+            port.guest.outvq.clear()
+
+    # -------------------------------------------------------------- guest side
+    def _alloc_vterm(self) -> int:
+        if self.behaviour.console_vtermno_reuse:
+            vterm = 1
+            while vterm in self._vterms_in_use:
+                vterm += 1
+        else:
+            self._vterm_counter += 1
+            vterm = self._vterm_counter
+        self._vterms_in_use.add(vterm)
+        return vterm
+
+    def _guest_add(self, port: Port, multiport: bool) -> None:
+        """PORT_ADD -> add_port -> PORT_READY -> CONSOLE_PORT / PORT_NAME / PORT_OPEN.
+
+        Without MULTIPORT there are no control messages: Linux makes port 0 a console
+        itself (add_port -> init_port_console), never learns a name or host state, and
+        QEMU sets guest_connected at DRIVER_OK (set_status).
+        """
+        guest = GuestPort(name=port.name, host_connected=port.host_connected)
+        if not multiport:
+            guest.name, guest.host_connected = None, False
+        if port.console:
+            guest.is_console = True
+            guest.guest_connected = True
+            guest.vtermno = self._alloc_vterm()
+            port.guest_connected = True  # init_port_console sends PORT_OPEN 1
+        port.guest = guest
+
+    def _guest_unplug(self, port: Port) -> None:
+        """Linux unplug_port: wake the fd holder, drop unread data, free the vtermno."""
+        guest = port.guest
+        assert guest is not None
+        self._discard(port, H2G, "guest", len(guest.rx), "port unplugged")
+        if guest.is_console:
+            self._vterms_in_use.discard(guest.vtermno)
+        if guest.fd is not None:
+            guest.fd.unplugged = True
+            guest.guest_connected = guest.host_connected = False
+            self._fail_blocked(port.name, E.ModelError(E.ENODEV, "port unplugged"))
+        else:
+            port.guest = None
+        guest.rx = SliceQueue()
+
+    def guest_open(self, name: str, nonblocking: bool = False) -> Outcome:
+        """port_fops_open: ENXIO for consoles and unplugged ports, EBUSY when open."""
+        if name in self.removed and name not in self.ports:
+            raise E.ModelError(E.ENXIO, "port was unplugged")
+        port = self._port(name)
+        guest = port.guest
+        if guest is None:
+            raise E.ModelError(E.ENOENT, "no guest device node (non-multiport controller)")
+        if guest.is_console:
+            raise E.ModelError(E.ENXIO, "console ports are opened through hvc")
+        if guest.guest_connected:
+            raise E.ModelError(E.EBUSY)
+        guest.guest_connected = True
+        guest.fd = GuestFile(nonblocking)
+        port.guest_connected = True  # PORT_OPEN 1
+        return self._outcome()
+
+    def guest_close(self, name: str) -> Outcome:
+        """port_fops_release: PORT_OPEN 0, unread input discarded (bytes_discarded)."""
+        port = self._guest_fd_port(name)
+        guest = port.guest
+        assert guest is not None and guest.fd is not None
+        self._fail_blocked(name, E.ModelError(E.EBADF, "fd closed"))
+        if guest.fd.unplugged:
+            port.guest = None  # portdev is gone: no control message, nothing to discard
+            return self._outcome()
+        guest.fd = None
+        guest.guest_connected = False
+        port.guest_connected = False
+        guest.bytes_discarded += len(guest.rx)
+        self._discard(port, H2G, "guest", len(guest.rx), "guest closed with unread input")
+        guest.rx = SliceQueue()
+        return self._outcome()
+
+    def guest_seek(self, name: str) -> Outcome:
+        """lseek on a port fd: nonseekable_open makes it ESPIPE."""
+        self._guest_fd_port(name)
+        raise E.ModelError(E.ESPIPE)
+
+    def guest_write(self, name: str, payload: Payload | bytes) -> Outcome:
+        port = self._guest_fd_port(name)
+        data = as_payload(payload)
+        if port.guest.fd.unplugged:  # type: ignore[union-attr]
+            raise E.ModelError(E.ENODEV)
+        if data.length == 0:
+            return self._outcome(0)
+        job = _Blocked(Pending(0, "guest_write", name), SliceQueue([Slice(data, 0, data.length)]))
+        self._progress_write(port, job)
+        if not len(job.remaining):  # type: ignore[arg-type]
+            return self._outcome(job.done)
+        if port.guest.fd.nonblocking:  # type: ignore[union-attr]
+            if job.done == 0:
+                raise E.ModelError(E.EAGAIN)
+            return self._outcome(job.done)
+        return self._block(job)
+
+    def guest_read(self, name: str, max_bytes: int | None = None) -> Outcome:
+        port = self._guest_fd_port(name)
+        guest = port.guest
+        assert guest is not None and guest.fd is not None
+        if guest.fd.unplugged:
+            raise E.ModelError(E.ENODEV)
+        result = self._try_read(port, max_bytes)
+        if result is not None:
+            return self._outcome(result)
+        if guest.fd.nonblocking:
+            raise E.ModelError(E.EAGAIN)
+        return self._block(_Blocked(Pending(0, "guest_read", name), max_bytes=max_bytes))
+
+    def poll(self, name: str) -> frozenset[str]:
+        """port_fops_poll."""
+        port = self._guest_fd_port(name)
+        guest = port.guest
+        assert guest is not None and guest.fd is not None
+        if guest.fd.unplugged:
+            return frozenset({"HUP"})
+        mask = set()
+        if len(guest.rx) or not guest.host_connected:
+            mask.add("IN")
+        if guest.host_connected and not self._outvq_full(port):
+            mask.add("OUT")
+        if not guest.host_connected:
+            mask.add("HUP")
+        return frozenset(mask)
+
+    def guest_reset(self) -> Outcome:
+        """Driver reload / reboot: opens dropped, buffers lost, QEMU guest_reset, handshake."""
+        for name in list(self._blocked_ports()):
+            self._fail_blocked(name, E.ModelError(E.KILLED, "guest reset"))
+        for name, port in list(self.removed.items()):
+            if port.guest is not None:
+                port.guest = None
+            del self.removed[name]
+        self._vterms_in_use.clear()
+        self._vterm_counter = 0
+        for ctrl in self.controllers.values():
+            for name in ctrl.ports:
+                self._reset_port(self.ports[name], ctrl.multiport)
+        return self._outcome()
+
+    reboot = guest_reset
+
+    def _reset_port(self, port: Port, multiport: bool) -> None:
+        self._drop_g2h(port, "guest reset")
+        port.guest_connected = False
+        if port.guest is not None:
+            self._discard(port, H2G, "guest", len(port.guest.rx), "guest reset")
+            port.guest = None
+        self._guest_add(port, multiport)
+
+    def _blocked_ports(self) -> set[str]:
+        return {b.pending.port for b in self._blocked.values()}
+
+    # --------------------------------------------------------------- host side
+    def host_open(self, name: str) -> Outcome:
+        """The host connects to the chardev socket (CHR_EVENT_OPENED -> virtio_serial_open)."""
+        port = self._port(name)
+        if port.backend == "none":
+            raise E.ModelError(E.ECONNREFUSED, "port has no chardev")
+        if port.host_attached:
+            raise E.ModelError(E.EISCONN)
+        port.host_attached = True
+        if not port.console:
+            port.host_connected = True
+            self._send_port_open(port)
+        return self._outcome()
+
+    def host_close(self, name: str) -> Outcome:
+        """virtio_serial_close: throttle reset, queued guest data dropped, PORT_OPEN 0."""
+        port = self._port(name)
+        if not port.host_attached:
+            raise E.ModelError(E.ENOTCONN)
+        port.host_attached = False
+        port.stalled = False
+        self._discard(port, G2H, "host socket", len(port.to_host), "host closed unread")
+        self._discard(port, H2G, "host socket", len(port.h2g_socket), "host closed unsent")
+        port.to_host, port.h2g_socket = SliceQueue(), SliceQueue()
+        if not port.console:
+            port.host_connected = False
+            self._drop_g2h(port, "host closed")
+            self._send_port_open(port)
+        return self._outcome()
+
+    def _send_port_open(self, port: Port) -> None:
+        if port.guest is not None:
+            port.guest.host_connected = port.host_connected
+
+    def host_write(self, name: str, payload: Payload | bytes) -> Outcome:
+        port = self._port(name)
+        data = as_payload(payload)
+        if not port.host_attached:
+            raise E.ModelError(E.ENOTCONN)
+        self.written[H2G] += data.length
+        port.h2g_socket.push(Slice(data, 0, data.length))
+        return self._outcome(data.length)
+
+    def host_read(self, name: str, max_bytes: int | None = None) -> Outcome:
+        port = self.ports.get(name) or self.removed.get(name)
+        if port is None:
+            raise E.ModelError(E.ENOENT, name)
+        if not len(port.to_host):
+            if port.removed:
+                raise E.ModelError(E.ENODEV)
+            if not port.host_attached:
+                raise E.ModelError(E.ENOTCONN)
+            raise E.ModelError(E.EAGAIN)
+        slices = port.to_host.take(max_bytes)
+        result = ReadResult(tuple(slices))
+        self.read[G2H] += result.length
+        return self._outcome(result)
+
+    def set_host_backpressure(self, name: str, stalled: bool) -> Outcome:
+        """The host stops/resumes reading: short chardev writes throttle serial ports."""
+        port = self._port(name)
+        if not port.host_attached:
+            raise E.ModelError(E.ENOTCONN)
+        port.stalled = stalled
+        if not stalled and port.throttled:
+            port.throttled = False  # chr_write_unblocked -> virtio_serial_throttle_port
+        return self._outcome()
+
+    # ------------------------------------------------------------- data paths
+    def _outvq_full(self, port: Port) -> bool:
+        guest = port.guest
+        assert guest is not None
+        used = len(guest.outvq) + (1 if port.held else 0)
+        return used >= self.behaviour.guest_outvq_buffers
+
+    def _progress_write(self, port: Port, job: _Blocked) -> bool:
+        """Push write() calls while the port is writable; True when anything moved."""
+        guest = port.guest
+        assert guest is not None and job.remaining is not None
+        moved = False
+        while len(job.remaining) and guest.host_connected and not self._outvq_full(port):
+            chunk = Chunk(job.remaining.take(self.behaviour.guest_write_chunk))
+            guest.outvq.append(chunk)
+            guest.bytes_sent += chunk.length
+            job.done += chunk.length
+            self.written[G2H] += chunk.length
+            self._flush(port)
+            moved = True
+        return moved
+
+    def _socket_room(self, port: Port) -> int | None:
+        if not port.stalled:
+            return None
+        return max(0, self.behaviour.host_socket_buffer - len(port.to_host))
+
+    def _flush(self, port: Port) -> bool:
+        """do_flush_queued_data: hand queued elements to the chardev until throttled."""
+        guest = port.guest
+        assert guest is not None
+        moved = False
+        while not port.throttled and (port.held or guest.outvq):
+            if port.held is None:
+                port.held, port.held_offset = guest.outvq.popleft(), 0
+                moved = True
+            want = port.held.length - port.held_offset
+            room = self._socket_room(port)
+            wrote = want if room is None else min(room, want)
+            self._emit(port, port.held, port.held_offset, wrote)
+            if wrote < want:
+                port.held_offset += wrote
+                port.throttled = True
+                return moved or wrote > 0
+            port.held, port.held_offset = None, 0
+            moved = True
+        return moved
+
+    def _emit(self, port: Port, chunk: Chunk, offset: int, count: int) -> None:
+        queue = SliceQueue(chunk.slices)
+        queue.take(offset)
+        for piece in queue.take(count):
+            port.to_host.push(piece)
+
+    def _pump_h2g(self, port: Port) -> bool:
+        """chr_can_read/chr_read: QEMU reads the socket only while the guest has it open."""
+        guest = port.guest
+        if not len(port.h2g_socket) or guest is None or not port.guest_connected:
+            return False
+        if port.console:
+            moved = len(port.h2g_socket)
+            self._discard(port, H2G, "hvc", moved, "delivered to the hvc console")
+            port.h2g_socket = SliceQueue()
+            return True
+        room = self.behaviour.guest_rx_capacity - len(guest.rx)
+        pieces = port.h2g_socket.take(max(0, room))
+        for piece in pieces:
+            guest.rx.push(piece)
+            guest.bytes_received += piece.length
+        return bool(pieces)
+
+    def _try_read(self, port: Port, max_bytes: int | None) -> ReadResult | None:
+        guest = port.guest
+        assert guest is not None
+        if not len(guest.rx):
+            self._pump_h2g(port)
+        if len(guest.rx):
+            out: list[Slice] = []
+            while len(guest.rx) and (max_bytes is None or sum(p.length for p in out) < max_bytes):
+                left = None if max_bytes is None else max_bytes - sum(p.length for p in out)
+                out.extend(guest.rx.take(left))
+                self._pump_h2g(port)
+            result = ReadResult(tuple(out))
+            self.read[H2G] += result.length
+            return result
+        if not guest.host_connected:
+            return EOF_RESULT
+        return None
+
+    # --------------------------------------------------------------- blocking
+    def _block(self, job: _Blocked) -> Outcome:
+        ticket = self._next_ticket
+        self._next_ticket += 1
+        job.pending = Pending(ticket, job.pending.op, job.pending.port)
+        self._blocked[ticket] = job
+        return self._outcome(None, job.pending)
+
+    def _finish(
+        self, ticket: int, result: object = None, error: E.ModelError | None = None
+    ) -> None:
+        job = self._blocked.pop(ticket)
+        p = job.pending
+        self._completed.append(Completion(p.ticket, p.op, p.port, result, error))
+
+    def _fail_blocked(self, name: str, error: E.ModelError) -> None:
+        for ticket, job in list(self._blocked.items()):
+            if job.pending.port == name:
+                self._finish(ticket, None, error)
+
+    def _settle(self) -> None:
+        """Run every data path and blocked operation until nothing moves."""
+        progress = True
+        while progress:
+            progress = False
+            for port in self.ports.values():
+                if port.guest is None:
+                    continue
+                progress |= self._pump_h2g(port)
+                progress |= self._flush(port)
+            progress |= self._settle_blocked()
+
+    def _settle_blocked(self) -> bool:
+        progress = False
+        for ticket, job in list(self._blocked.items()):
+            port = self.ports[job.pending.port]
+            if job.remaining is not None:
+                progress |= self._progress_write(port, job)
+                if not len(job.remaining):
+                    self._finish(ticket, job.done)
+                continue
+            result = self._try_read(port, job.max_bytes)
+            if result is not None:
+                self._finish(ticket, result)
+                progress = True
+        return progress
+
+    # ----------------------------------------------------------- accounting
+    def in_flight(self, direction: str) -> int:
+        """Bytes written but neither read nor discarded yet."""
+        total = 0
+        for port in list(self.ports.values()) + list(self.removed.values()):
+            if direction == G2H:
+                total += len(port.to_host)
+                total += port.held.length - port.held_offset if port.held else 0
+                if port.guest is not None:
+                    total += sum(c.length for c in port.guest.outvq)
+            else:
+                total += len(port.h2g_socket)
+                total += len(port.guest.rx) if port.guest is not None else 0
+        return total
+
+    def discarded(self, direction: str) -> int:
+        return sum(d.nbytes for d in self.discards if d.direction == direction)
+
+    def snapshot(self) -> Snapshot:
+        from harness.model.snapshot import take_snapshot
+
+        return take_snapshot(self)

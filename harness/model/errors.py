@@ -1,0 +1,75 @@
+"""The one error type of the model and the exact texts it carries.
+
+A runner matches ``expect_error`` as a substring of ``str(error)``, so ``text`` is QEMU's
+``error_setg`` message where QEMU reports the failure and the errno name where the guest
+kernel does.  Sources: QEMU hw/char/virtio-serial-bus.c (realize, seed lines 732-753),
+hw/char/virtio-console.c (virtconsole_realize) and Linux drivers/char/virtio_console.c.
+"""
+
+from __future__ import annotations
+
+BUS = "virtio-serial-bus: "
+
+
+class ModelError(Exception):
+    """A predicted failure: ``text`` is QEMU's message or an errno name such as "EBUSY"."""
+
+    def __init__(self, text: str, detail: str = "") -> None:
+        self.text = text
+        self.detail = detail
+        super().__init__(f"{text} ({detail})" if detail else text)
+
+
+def port_exists_at_id(nr: int) -> str:
+    return f"{BUS}A port already exists at id {nr}"
+
+
+def port_exists_by_name(name: str) -> str:
+    return f"{BUS}A port already exists by name {name}"
+
+
+MAX_PORTS_REACHED = f"{BUS}Maximum port limit for this device reached"
+
+
+def out_of_range(max_ports: int) -> str:
+    return f"{BUS}Out-of-range port id specified, max. allowed: {max_ports - 1}"
+
+
+NR0_RESERVED = (
+    "Port number 0 on virtio-serial devices reserved for virtconsole devices for "
+    "backward compatibility."
+)
+MAX_PORTS_NOT_SPECIFIED = "Maximum number of serial ports not specified"
+
+
+def max_supported(limit: int) -> str:
+    return f"maximum ports supported: {limit}"
+
+
+def duplicate_device_id(dev_id: str) -> str:
+    return f"Duplicate device ID '{dev_id}'"
+
+
+def device_not_found(dev_id: str) -> str:
+    return f"Device '{dev_id}' not found"
+
+
+def bus_not_found(bus: str) -> str:
+    return f"Bus '{bus}' not found"
+
+
+MIGRATION_FAILED = "load of migration failed: Invalid argument"
+MIGRATION_TRUNCATED = "load of migration failed: Input/output error"
+
+# errno names reported by the guest kernel (or the host socket for host-side operations)
+EBUSY = "EBUSY"
+ENXIO = "ENXIO"
+EAGAIN = "EAGAIN"
+ENODEV = "ENODEV"
+ESPIPE = "ESPIPE"
+EBADF = "EBADF"
+ENOENT = "ENOENT"
+ENOTCONN = "ENOTCONN"
+EISCONN = "EISCONN"
+ECONNREFUSED = "ECONNREFUSED"
+KILLED = "KILLED"

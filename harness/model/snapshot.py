@@ -1,0 +1,168 @@
+"""Observable state: what QEMU prints, what the guest shows, and a readable diff.
+
+Ports are compared by controller and id (nr), never by sysfs device name: the N in vportNpM
+is the global virtio device index, which depends on PCI enumeration order.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields, is_dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from harness.model.device import VirtioSerialModel
+
+_VPORT = re.compile(r"^vport(\d+)p(\d+)$")
+
+
+def parse_vport(device_name: str) -> tuple[int, int]:
+    """ "vport2p5" -> (2, 5): (virtio device index, port id)."""
+    match = _VPORT.match(device_name)
+    if match is None:
+        raise ValueError(f"not a virtio-serial port device name: {device_name!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def port_nr_from_vport(device_name: str) -> int:
+    """ "vport2p5" -> 5."""
+    return parse_vport(device_name)[1]
+
+
+@dataclass(frozen=True)
+class QemuPortView:
+    """`info qtree`: "port N, guest on|off, host on|off, throttle on|off"."""
+
+    guest_connected: bool
+    host_connected: bool
+    throttled: bool
+
+
+@dataclass(frozen=True)
+class GuestPortView:
+    """sysfs name + debugfs /sys/kernel/debug/virtio-ports/vportNpM."""
+
+    present: bool
+    name: str | None = None
+    guest_connected: bool = False
+    host_connected: bool = False
+    is_console: bool = False
+    console_vtermno: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    bytes_discarded: int = 0
+
+
+ABSENT = GuestPortView(present=False)
+
+
+@dataclass(frozen=True)
+class PortView:
+    controller: str
+    nr: int
+    is_console: bool
+    qemu: QemuPortView
+    guest: GuestPortView
+    poll: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class ControllerView:
+    id: str
+    max_ports: int
+    multiport: bool
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    controllers: dict[str, ControllerView]
+    ports: dict[str, PortView]
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class Difference:
+    port: str
+    field: str
+    expected: object
+    actual: object
+
+
+def take_snapshot(model: VirtioSerialModel) -> Snapshot:
+    controllers = {
+        c.id: ControllerView(c.id, c.max_ports, c.multiport) for c in model.controllers.values()
+    }
+    ports = {}
+    for name, port in model.ports.items():
+        guest = port.guest
+        view = ABSENT
+        poll = None
+        if guest is not None:
+            view = GuestPortView(
+                True,
+                guest.name,
+                guest.guest_connected,
+                guest.host_connected,
+                guest.is_console,
+                guest.vtermno,
+                guest.bytes_sent,
+                guest.bytes_received,
+                guest.bytes_discarded,
+            )
+            poll = model.poll(name) if guest.fd is not None else None
+        qemu = QemuPortView(port.guest_connected, port.host_connected, port.throttled)
+        ports[name] = PortView(port.controller, port.nr, port.console, qemu, view, poll)
+    return Snapshot(controllers, ports)
+
+
+def _flatten(value: object, prefix: str) -> dict[str, object]:
+    if is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, object] = {}
+        for item in fields(value):
+            out.update(_flatten(getattr(value, item.name), f"{prefix}{item.name}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def _diff_maps(kind: str, expected: dict, actual: dict) -> list[Difference]:
+    out = []
+    for key in sorted(set(expected) | set(actual)):
+        label = f"{kind}{key}"
+        if key not in actual or key not in expected:
+            out.append(Difference(label, "present", key in expected, key in actual))
+            continue
+        left, right = _flatten(expected[key], ""), _flatten(actual[key], "")
+        out.extend(
+            Difference(label, path, left[path], right[path])
+            for path in left
+            if left[path] != right[path]
+        )
+    return out
+
+
+def diff(expected: Snapshot, actual: Snapshot) -> list[Difference]:
+    """Every (port, dotted field) whose value differs; controllers are "controller:<id>"."""
+    return _diff_maps("controller:", expected.controllers, actual.controllers) + _diff_maps(
+        "", expected.ports, actual.ports
+    )
+
+
+def _show(value: object) -> str:
+    if isinstance(value, frozenset):
+        return "{" + ",".join(sorted(value)) + "}"
+    return repr(value)
+
+
+def format_diff(differences: list[Difference]) -> str:
+    """A plain-text table: port | field | expected | actual."""
+    if not differences:
+        return "no differences"
+    rows = [("port", "field", "expected", "actual")]
+    rows += [(d.port, d.field, _show(d.expected), _show(d.actual)) for d in differences]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = [
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
