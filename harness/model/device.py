@@ -526,6 +526,8 @@ class VirtioSerialModel:
                 raise E.ModelError(E.ENOTCONN)
             raise E.ModelError(E.EAGAIN)
         slices = port.to_host.take(max_bytes)
+        if port.throttled and self._socket_room(port):
+            port.throttled = False  # socket writable again: chr_write_unblocked
         result = ReadResult(tuple(slices))
         self.read[G2H] += result.length
         return self._outcome(result)

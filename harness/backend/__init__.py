@@ -1,0 +1,3 @@
+"""backend layer."""
+
+from __future__ import annotations

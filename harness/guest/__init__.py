@@ -1,0 +1,3 @@
+"""guest layer."""
+
+from __future__ import annotations

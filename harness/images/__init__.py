@@ -1,0 +1,3 @@
+"""images layer."""
+
+from __future__ import annotations

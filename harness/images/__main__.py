@@ -1,0 +1,34 @@
+"""`python -m harness.images build [RECIPE] [--kernel K] [--force]`: build or reuse a guest image."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from harness.images.builder import build_image, default_cache_dir
+from harness.images.errors import ImageBuildError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.images")
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("build", help="build the guest image (cached)")
+    build.add_argument("recipe", nargs="?", help="recipe name in images/ or a path (default: default)")
+    build.add_argument("--kernel", help="package name, file.deb, or vmlinuz[:modules_dir]")
+    build.add_argument("--force", action="store_true", help="rebuild even if cached")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    try:
+        image = build_image(args.recipe, args.kernel, default_cache_dir(), force=args.force)
+    except ImageBuildError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"image {image.recipe} kernel {image.kernel_version} ({image.kernel_origin}) "
+          f"in {time.monotonic() - started:.2f} s")
+    print(image.directory)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

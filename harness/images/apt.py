@@ -1,0 +1,148 @@
+"""Package resolution and download through the machine's own apt, never installing anything.
+
+Resolution asks apt to simulate an install against an empty dpkg status, which yields the full
+dependency closure with exact versions; that answer is cached by the state of the apt lists so a
+second build does not pay the ~4 s simulation again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+from glob import escape as glob_escape
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.images.errors import ImageBuildError
+
+_INST = re.compile(r"^Inst (\S+) \((\S+) ")
+_KERNEL_PACKAGE = re.compile(r"^linux-image-\d")
+
+
+@dataclass(frozen=True, order=True)
+class Package:
+    name: str
+    version: str
+
+    def deb_in(self, directory: Path) -> Path | None:
+        """The downloaded file, whatever its architecture suffix (amd64 or all)."""
+        stem = f"{self.name}_{self.version.replace(':', '%3a')}_"
+        return next(iter(sorted(directory.glob(f"{glob_escape(stem)}*.deb"))), None)
+
+
+def progress(message: str) -> None:
+    print(f"[image] {message}", file=sys.stderr, flush=True)
+
+
+def require_tool(tool: str, package: str) -> str:
+    found = shutil.which(tool)
+    if found is None:
+        raise ImageBuildError(
+            f"the image builder needs `{tool}`, which is not installed; "
+            f"install it with: apt-get install {package} (or run: sh .ci/bootstrap)"
+        )
+    return found
+
+
+def apt_lists_fingerprint(extra_args: tuple[str, ...] = ()) -> str:
+    """Changes whenever `apt-get update` brings new package lists (new versions may be there)."""
+    digest = hashlib.sha256(repr(extra_args).encode())
+    lists = Path("/var/lib/apt/lists")
+    for path in sorted(lists.glob("*Packages*")) if lists.is_dir() else []:
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+class Apt:
+    """Resolves and downloads packages, caching both under `cache_dir`."""
+
+    def __init__(self, cache_dir: Path, apt_options: tuple[str, ...] = ()) -> None:
+        self.cache_dir = cache_dir
+        self.debs = cache_dir / "debs"
+        self.options = apt_options
+        self.debs.mkdir(parents=True, exist_ok=True)
+
+    def closure(self, names: Iterable[str]) -> list[Package]:
+        """Every package (with version) that installing `names` on an empty system would bring."""
+        wanted = sorted(set(names))
+        key = hashlib.sha256(
+            (apt_lists_fingerprint(self.options) + " ".join(wanted)).encode()
+        ).hexdigest()[:16]
+        memo = self.cache_dir / "resolved" / f"{key}.json"
+        if memo.exists():
+            return [Package(*item) for item in json.loads(memo.read_text())]
+        progress(f"resolving {', '.join(wanted)} with apt")
+        packages = self._simulate(wanted)
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        memo.write_text(json.dumps([[p.name, p.version] for p in packages]))
+        return packages
+
+    def kernel_package(self, name: str) -> Package:
+        """Follow a kernel metapackage (linux-image-cloud-amd64) to the image it depends on."""
+        candidates = [p for p in self.closure([name]) if _KERNEL_PACKAGE.match(p.name)]
+        if not candidates:
+            raise ImageBuildError(
+                f"kernel package {name!r} brings no linux-image-<version> package; "
+                "name a Debian kernel image package such as linux-image-cloud-amd64"
+            )
+        return candidates[0]
+
+    def download(self, packages: Iterable[Package]) -> list[Path]:
+        packages = sorted(set(packages))
+        missing = [p for p in packages if p.deb_in(self.debs) is None]
+        if missing:
+            progress(f"downloading {len(missing)} of {len(packages)} packages")
+            specs = [f"{p.name}={p.version}" for p in missing]
+            self._run(["apt-get", *self._option_args(), "download", *specs], cwd=self.debs)
+        found = {p: p.deb_in(self.debs) for p in packages}
+        absent = [f"{p.name}={p.version}" for p, path in found.items() if path is None]
+        if absent:
+            raise ImageBuildError(f"apt-get download did not produce: {', '.join(absent)}")
+        return [path for path in found.values() if path is not None]
+
+    def _simulate(self, names: list[str]) -> list[Package]:
+        output = self._run(
+            [
+                "apt-get", *self._option_args(), "-s", "-o", "Dir::State::status=/dev/null",
+                "-o", "APT::Install-Recommends=false", "install", *names,
+            ]
+        )
+        packages = [Package(m[1], m[2]) for m in map(_INST.match, output.splitlines()) if m]
+        if not packages:
+            raise ImageBuildError(f"apt resolved nothing for {names}:\n{output[-2000:]}")
+        return packages
+
+    def _option_args(self) -> list[str]:
+        return [arg for option in self.options for arg in ("-o", option)]
+
+    def _run(self, argv: list[str], cwd: Path | None = None) -> str:
+        require_tool("apt-get", "apt")
+        result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            unknown = re.findall(r"Unable to locate package (\S+)", result.stderr)
+            if unknown:
+                raise ImageBuildError(
+                    f"package(s) not found in the configured Debian sources: {', '.join(unknown)}"
+                    "; check the name (apt-cache search) or run apt-get update"
+                )
+            raise ImageBuildError(
+                f"{' '.join(argv[:3])} ... failed (exit {result.returncode}):\n"
+                f"{result.stderr.strip()[-2000:]}"
+            )
+        return result.stdout
+
+
+def extract_deb(deb: Path, destination: Path) -> None:
+    require_tool("dpkg-deb", "dpkg")
+    destination.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        ["dpkg-deb", "-x", str(deb), str(destination)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise ImageBuildError(f"{deb} is not a usable .deb: {result.stderr.strip()}")

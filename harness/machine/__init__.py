@@ -1,0 +1,3 @@
+"""machine layer."""
+
+from __future__ import annotations

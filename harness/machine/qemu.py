@@ -1,0 +1,274 @@
+"""One QEMU process: its command line, start (-S, then `cont`), transcripts and shutdown.
+
+QMP and the serial console both run over socketpairs created before QEMU starts (QEMU gets one
+end as `fd=`): no path races, nothing QEMU prints before we connect is lost, and QEMU cannot
+outlive the sockets' owner unnoticed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from harness.machine.console import Console
+from harness.machine.errors import MachineError, QmpError, WaitTimeout
+from harness.machine.process import kill_on_collect, spawn, terminate
+from harness.machine.qmp import QmpSession, Transcript
+
+Accel = Literal["kvm", "tcg"]
+KVM_CPU = "host,-arch-capabilities"  # plain `host` fails on some nested hypervisors (MSR 0x10a)
+_USERNET_PORT = re.compile(r"TCP\[HOST_FORWARD\]\s+\d+\s+127\.0\.0\.1\s+(\d+)\s+10\.0\.2\.15\s+22\b")
+
+
+@dataclass(frozen=True)
+class ControllerSpec:
+    id: str
+    max_ports: int = 31
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    """A port present at boot. `chardev_path` None means no chardev (backend: none)."""
+
+    name: str
+    controller: str
+    nr: int | None = None
+    console: bool = False
+    chardev_path: Path | None = None
+
+    @property
+    def device_id(self) -> str:
+        return port_device_id(self.name)
+
+
+def port_device_id(name: str) -> str:
+    """A QEMU device id for a port name (ids allow fewer characters than port names)."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    if cleaned != name or not name[:1].isalpha():
+        cleaned = f"{cleaned}-{hashlib.sha1(name.encode()).hexdigest()[:6]}"
+    return f"port-{cleaned}"
+
+
+def port_chardev_args(port: PortSpec) -> list[str]:
+    """-chardev/-device arguments for a boot-time port (same properties as hotplug uses)."""
+    args: list[str] = []
+    props = [f"bus={port.controller}.0", f"name={port.name}", f"id={port.device_id}"]
+    if port.nr is not None:
+        props.append(f"nr={port.nr}")
+    if port.chardev_path is not None:
+        chardev = f"ch-{port.device_id}"
+        args += ["-chardev", f"socket,id={chardev},path={port.chardev_path},server=on,wait=off"]
+        props.append(f"chardev={chardev}")
+    driver = "virtconsole" if port.console else "virtserialport"
+    return [*args, "-device", ",".join([driver, *props])]
+
+
+@dataclass
+class MachineSpec:
+    kernel: Path
+    initrd: Path
+    cmdline: str
+    accel: Accel = "tcg"
+    qemu: str = "qemu-system-x86_64"
+    memory_mib: int = 512
+    cpus: int = 1
+    controllers: list[ControllerSpec] = field(default_factory=list)
+    ports: list[PortSpec] = field(default_factory=list)
+    ssh: bool = True
+    incoming: str | None = None  # e.g. "unix:/path" or "defer": start waiting for a migration
+    extra_args: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    qmp_greeting: float = 15
+    first_console_output: float = 20  # a real kernel prints within ~1 s; silence = not booting
+    quit: float = 10
+    term: float = 5
+    kill: float = 5
+
+
+class Machine:
+    """A running QEMU: `qmp`, `console`, `ssh_port`, and the files it leaves in `workdir`."""
+
+    def __init__(self, spec: MachineSpec, workdir: Path, name: str = "guest",
+                 timeouts: Timeouts = Timeouts()) -> None:
+        self.spec = spec
+        self.workdir = workdir
+        self.name = name
+        self.timeouts = timeouts
+        self.process: subprocess.Popen[bytes] | None = None
+        self.qmp: QmpSession | None = None
+        self.console: Console | None = None
+        self.ssh_port: int | None = None
+        self.qemu_version: dict[str, Any] = {}
+        self.started_at: float | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.qmp_log = workdir / f"{name}.qmp.jsonl"
+        self.console_log = workdir / f"{name}.console.log"
+        self.stderr_log = workdir / f"{name}.qemu.stderr"
+        self._transcript = Transcript(self.qmp_log)
+
+    # -- start ---------------------------------------------------------------------------
+
+    def argv(self, qmp_fd: int, console_fd: int) -> list[str]:
+        spec = self.spec
+        argv = [
+            self._binary(), "-S", "-nodefaults", "-no-user-config", "-display", "none",
+            "-machine", "pc", "-accel", spec.accel, "-m", str(spec.memory_mib),
+            "-smp", str(spec.cpus), "-name", self.name,
+            "-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", spec.cmdline,
+            "-chardev", f"socket,id=qmp,fd={qmp_fd}", "-mon", "chardev=qmp,mode=control",
+            "-chardev", f"socket,id=console,fd={console_fd}", "-serial", "chardev:console",
+        ]
+        if spec.accel == "kvm":
+            argv += ["-cpu", KVM_CPU]
+        if spec.ssh:
+            argv += [
+                "-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:0-:22",
+                "-device", "virtio-net-pci,netdev=net0,romfile=",
+            ]
+        for controller in spec.controllers:
+            argv += ["-device", f"virtio-serial-pci,id={controller.id},max_ports={controller.max_ports}"]
+        for port in spec.ports:
+            argv += port_chardev_args(port)
+        if spec.incoming:
+            argv += ["-incoming", spec.incoming]
+        return [*argv, *spec.extra_args]
+
+    def start(self) -> None:
+        """Start QEMU paused, attach QMP and the console, then let it run (unless incoming)."""
+        self._check_files()
+        qmp_ours, qmp_theirs = socket.socketpair()
+        console_ours, console_theirs = socket.socketpair()
+        argv = self.argv(qmp_theirs.fileno(), console_theirs.fileno())
+        (self.workdir / f"{self.name}.cmdline").write_text(" ".join(argv) + "\n")
+        try:
+            self.process = spawn(argv, self.stderr_log, [qmp_theirs.fileno(), console_theirs.fileno()])
+        except OSError as error:
+            raise MachineError(f"could not execute {argv[0]}: {error}") from error
+        finally:
+            qmp_theirs.close()
+            console_theirs.close()
+        self._finalizer = kill_on_collect(self, self.process)
+        self.console = Console(self.name, console_ours, self.console_log)
+        self.qmp = QmpSession(self.name, self._transcript)
+        try:
+            self.qemu_version = self.qmp.connect(qmp_ours, self.timeouts.qmp_greeting)
+        except MachineError as error:
+            raise self._startup_failure(str(error)) from None
+        if self.spec.ssh:
+            self.ssh_port = self._forwarded_ssh_port()
+        if not self.spec.incoming:
+            self.resume()
+
+    def resume(self) -> None:
+        assert self.qmp is not None
+        self.qmp.execute("cont")
+        self.started_at = time.monotonic()
+
+    def wait_for_first_output(self) -> None:
+        """A kernel that never prints is not booting: fail in seconds, not at the test timeout."""
+        assert self.console is not None
+        try:
+            self.console.wait_for(r"\S", self.timeouts.first_console_output, "the first kernel output")
+        except WaitTimeout:
+            if self.process is not None and self.process.poll() is not None:
+                raise self._startup_failure("QEMU exited before the guest printed anything") from None
+            raise MachineError(
+                f"{self.name}: nothing reached the serial console within "
+                f"{self.timeouts.first_console_output:.0f} s of starting the guest ({self.spec.accel}): "
+                f"the kernel did not start. Is {self.spec.kernel} a kernel for this machine? "
+                "(with accel kvm, a nested hypervisor may hang the boot: try --hil-accel=tcg)"
+            ) from None
+
+    def wait_for_console(self, pattern: str, timeout: float, what: str) -> re.Match[str]:
+        """Wait for `pattern` on the console, failing early if QEMU exits."""
+        assert self.console is not None
+        self.wait_for_first_output()
+        try:
+            return self.console.wait_for(pattern, timeout, what)
+        except WaitTimeout:
+            if self.process is not None and self.process.poll() is not None:
+                raise self._startup_failure(f"QEMU exited while waiting for {what}") from None
+            raise
+
+    def _binary(self) -> str:
+        found = shutil.which(self.spec.qemu)
+        if found is None:
+            raise MachineError(
+                f"QEMU binary {self.spec.qemu!r} not found: install it (apt-get install "
+                "qemu-system-x86, or run sh .ci/bootstrap) or name it with --hil-qemu"
+            )
+        return found
+
+    def _check_files(self) -> None:
+        for what, path in (("kernel", self.spec.kernel), ("initrd", self.spec.initrd)):
+            if not Path(path).is_file():
+                raise MachineError(f"{what} {path} does not exist: check --hil-kernel / --hil-image")
+
+    def _startup_failure(self, reason: str) -> MachineError:
+        assert self.process is not None
+        try:
+            code = self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = None
+            terminate(self.process, self.timeouts.term, self.timeouts.kill)
+        stderr = self.stderr_log.read_text(errors="replace").strip()
+        return MachineError(
+            f"{self.name}: QEMU failed to start ({reason}); exit code {code}; "
+            f"stderr: {stderr or '(empty)'}"
+        )
+
+    def _forwarded_ssh_port(self) -> int:
+        assert self.qmp is not None
+        usernet = self.qmp.hmp("info usernet")
+        match = _USERNET_PORT.search(usernet)
+        if match is None:
+            raise MachineError(f"{self.name}: no SSH host forward in `info usernet`:\n{usernet}")
+        return int(match.group(1))
+
+    # -- stop ----------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def shutdown(self) -> str:
+        """QMP quit, then SIGTERM, then SIGKILL, each bounded; returns how QEMU ended."""
+        how = "not started"
+        if self.process is not None:
+            how = self._quit_or_escalate()
+        if self.qmp is not None:
+            self.qmp.close()
+        if self.console is not None:
+            self.console.close()
+        self._transcript.record("shutdown", how)
+        self._transcript.close()
+        return how
+
+    def _quit_or_escalate(self) -> str:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            return f"exited by itself ({self.process.returncode})"
+        if self.qmp is not None:
+            try:
+                self.qmp.execute("quit", timeout=self.timeouts.quit)
+                self.process.wait(timeout=self.timeouts.quit)
+                return "QMP quit"
+            except (MachineError, QmpError, subprocess.TimeoutExpired):
+                pass
+        return terminate(self.process, self.timeouts.term, self.timeouts.kill)
+
+    def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()

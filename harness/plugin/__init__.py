@@ -1,0 +1,3 @@
+"""pytest plugin entry point (registered under pytest11 as ``hil``)."""
+
+from __future__ import annotations

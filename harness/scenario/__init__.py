@@ -1,0 +1,3 @@
+"""scenario layer."""
+
+from __future__ import annotations
