@@ -448,10 +448,8 @@ class VirtioSerialModel:
         """Driver reload / reboot: opens dropped, buffers lost, QEMU guest_reset, handshake."""
         for name in list(self._blocked_ports()):
             self._fail_blocked(name, E.ModelError(E.KILLED, "guest reset"))
-        for name, port in list(self.removed.items()):
-            if port.guest is not None:
-                port.guest = None
-            del self.removed[name]
+        for port in self.removed.values():
+            port.guest = None  # the reset process held the last fd of unplugged ports
         self._vterms_in_use.clear()
         self._vterm_counter = 0
         for ctrl in self.controllers.values():

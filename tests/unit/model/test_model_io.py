@@ -440,16 +440,14 @@ def test_guest_reset(opened):
     view = opened.snapshot().ports["p"]
     assert not view.qemu.guest_connected and view.guest.host_connected and view.poll is None
     assert opened.snapshot().ports["con"].guest.console_vtermno == 1
-    assert opened.removed == {}
+    assert all(port.guest is None for port in opened.removed.values())
     opened.guest_open("p")
 
 
 def test_guest_reset_drops_guest_buffers(opened):
     opened.host_write("p", b"lost")
     opened.guest_reset()
-    assert [(d.where, d.nbytes, d.reason) for d in opened.discards] == [
-        ("guest", 4, "guest reset")
-    ]
+    assert [(d.where, d.nbytes, d.reason) for d in opened.discards] == [("guest", 4, "guest reset")]
 
 
 def test_guest_reset_single_port_controller():
