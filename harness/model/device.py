@@ -300,20 +300,19 @@ class VirtioSerialModel:
         self._drop_g2h(port, "QEMU remove_port discards queued guest data")
         self._discard(port, H2G, "host socket", len(port.h2g_socket), "port unplugged")
         port.h2g_socket = SliceQueue()
-        if port.guest is not None:
-            self._guest_unplug(port)
+        self._guest_unplug(port)
         port.removed = True
         del self.ports[port.name]
         self.removed[port.name] = port
 
     def _drop_g2h(self, port: Port, why: str) -> None:
         """discard_throttle_data + discard_vq_data: the held element and the out_vq."""
+        assert port.guest is not None
         held = port.held.length - port.held_offset if port.held else 0
-        queued = sum(c.length for c in port.guest.outvq) if port.guest else 0
+        queued = sum(c.length for c in port.guest.outvq)
         self._discard(port, G2H, "QEMU", held + queued, why)
         port.held, port.held_offset, port.throttled = None, 0, False
-        if port.guest is not None:
-            port.guest.outvq.clear()
+        port.guest.outvq.clear()
 
     # -------------------------------------------------------------- guest side
     def _alloc_vterm(self) -> int:
@@ -365,8 +364,7 @@ class VirtioSerialModel:
             raise E.ModelError(E.ENXIO, "port was unplugged")
         port = self._port(name)
         guest = port.guest
-        if guest is None:
-            raise E.ModelError(E.ENOENT, "no guest device node (non-multiport controller)")
+        assert guest is not None  # live ports always have their guest side
         if guest.is_console:
             raise E.ModelError(E.ENXIO, "console ports are opened through hvc")
         if guest.guest_connected:
@@ -462,9 +460,8 @@ class VirtioSerialModel:
     def _reset_port(self, port: Port, multiport: bool) -> None:
         self._drop_g2h(port, "guest reset")
         port.guest_connected = False
-        if port.guest is not None:
-            self._discard(port, H2G, "guest", len(port.guest.rx), "guest reset")
-            port.guest = None
+        assert port.guest is not None
+        self._discard(port, H2G, "guest", len(port.guest.rx), "guest reset")
         self._guest_add(port, multiport)
 
     def _blocked_ports(self) -> set[str]:
@@ -501,8 +498,8 @@ class VirtioSerialModel:
         return self._outcome()
 
     def _send_port_open(self, port: Port) -> None:
-        if port.guest is not None:
-            port.guest.host_connected = port.host_connected
+        assert port.guest is not None
+        port.guest.host_connected = port.host_connected
 
     def host_write(self, name: str, payload: Payload | bytes) -> Outcome:
         port = self._port(name)
@@ -655,8 +652,6 @@ class VirtioSerialModel:
         while progress:
             progress = False
             for port in self.ports.values():
-                if port.guest is None:
-                    continue
                 progress |= self._pump_h2g(port)
                 progress |= self._flush(port)
             progress |= self._settle_blocked()
