@@ -53,6 +53,7 @@ class GuestPortView:
     bytes_discarded: int = 0
 
 
+#: What the real reader reports for a port the guest does not show.
 ABSENT = GuestPortView(present=False)
 
 
@@ -96,21 +97,19 @@ def take_snapshot(model: VirtioSerialModel) -> Snapshot:
     ports = {}
     for name, port in model.ports.items():
         guest = port.guest
-        view = ABSENT
-        poll = None
-        if guest is not None:
-            view = GuestPortView(
-                True,
-                guest.name,
-                guest.guest_connected,
-                guest.host_connected,
-                guest.is_console,
-                guest.vtermno,
-                guest.bytes_sent,
-                guest.bytes_received,
-                guest.bytes_discarded,
-            )
-            poll = model.poll(name) if guest.fd is not None else None
+        assert guest is not None  # the model's guest always completes the handshake
+        view = GuestPortView(
+            True,
+            guest.name,
+            guest.guest_connected,
+            guest.host_connected,
+            guest.is_console,
+            guest.vtermno,
+            guest.bytes_sent,
+            guest.bytes_received,
+            guest.bytes_discarded,
+        )
+        poll = model.poll(name) if guest.fd is not None else None
         qemu = QemuPortView(port.guest_connected, port.host_connected, port.throttled)
         ports[name] = PortView(port.controller, port.nr, port.console, qemu, view, poll)
     return Snapshot(controllers, ports)

@@ -120,20 +120,20 @@ def test_second_guest_open_is_ebusy(opened):
 
 def test_console_port_open_is_enxio(model):
     model.add_port("con", controller="vser0", console=True)
-    with pytest.raises(ModelError, match="^ENXIO"):
+    with pytest.raises(ModelError, match=r"^ENXIO"):
         model.guest_open("con")
 
 
 def test_open_after_unplug_is_enxio_and_unknown_is_enoent(model):
     model.add_port("p", controller="vser0")
     model.remove_port("p")
-    with pytest.raises(ModelError, match="^ENXIO"):
+    with pytest.raises(ModelError, match=r"^ENXIO"):
         model.guest_open("p")
-    with pytest.raises(ModelError, match="^ENOENT"):
+    with pytest.raises(ModelError, match=r"^ENOENT"):
         model.guest_open("never")
-    with pytest.raises(ModelError, match="^ENOENT"):
+    with pytest.raises(ModelError, match=r"^ENOENT"):
         model.guest_close("never")
-    with pytest.raises(ModelError, match="^ENODEV"):
+    with pytest.raises(ModelError, match=r"^ENODEV"):
         model.host_open("p")
 
 

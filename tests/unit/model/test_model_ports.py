@@ -67,7 +67,7 @@ def test_full_31_port_controller_reports_out_of_range_not_max_reached(model):
     for i in range(1, 31):
         model.add_port(f"p{i}", controller="vser0")
     model.add_port("con", controller="vser0", console=True)
-    with pytest.raises(ModelError, match="max. allowed: 30"):
+    with pytest.raises(ModelError, match=r"max. allowed: 30"):
         model.add_port("extra", controller="vser0")
 
 
@@ -125,10 +125,10 @@ def test_name_free_again_after_remove(model):
 
 def test_controller_errors():
     m = VirtioSerialModel()
-    with pytest.raises(ModelError, match="^Maximum number of serial ports not specified$"):
+    with pytest.raises(ModelError, match=r"^Maximum number of serial ports not specified$"):
         m.add_controller("c", max_ports=0)
     # VIRTIO_QUEUE_MAX (1024) / 2 - 1 (seed 817-822 with today's queue max)
-    with pytest.raises(ModelError, match="^maximum ports supported: 511$"):
+    with pytest.raises(ModelError, match=r"^maximum ports supported: 511$"):
         m.add_controller("c", max_ports=512)
     m.add_controller("c", max_ports=511)
     with pytest.raises(ModelError, match="Duplicate device ID 'c'"):
@@ -150,7 +150,7 @@ def test_multiport_only_when_max_ports_above_1():
 def test_single_port_controller_takes_only_a_console_at_0():
     m = VirtioSerialModel()
     m.add_controller("one", max_ports=1)
-    with pytest.raises(ModelError, match="max. allowed: 0"):
+    with pytest.raises(ModelError, match=r"max. allowed: 0"):
         m.add_port("a", controller="one")
     assert m.add_port("con", controller="one", console=True) == 0
     view = m.snapshot().ports["con"]
