@@ -1,0 +1,77 @@
+"""A booted guest as tests see it: one `run()` over SSH or serial, ready only when both work."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from harness.guest.ssh import SshChannel
+from harness.machine.console import CommandResult, Console
+from harness.machine.qemu import Machine
+
+Channel = Literal["ssh", "serial"]
+READY_MARKER = r"HIL-READY kernel=(\S+)"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What the image build produced for reaching the guest."""
+
+    client_key: str
+    host_public_key: str
+
+
+@dataclass
+class BootTimes:
+    to_ready_marker: float = 0.0
+    to_ssh: float = 0.0
+
+
+class Guest:
+    def __init__(self, machine: Machine, credentials: Credentials) -> None:
+        self.machine = machine
+        self.credentials = credentials
+        self.ssh: SshChannel | None = None
+        self.kernel_release: str | None = None
+        self.boot_times = BootTimes()
+
+    @property
+    def serial(self) -> Console:
+        assert self.machine.console is not None, "guest not started"
+        return self.machine.console
+
+    def boot(self, timeout: float = 120) -> Guest:
+        """Start QEMU and wait for the ready marker, then for SSH (both bounded by `timeout`)."""
+        started = time.monotonic()
+        self.machine.start()
+        self.wait_ready(timeout, started)
+        return self
+
+    def wait_ready(self, timeout: float, started: float | None = None) -> None:
+        started = started if started is not None else time.monotonic()
+        match = self.machine.wait_for_console(READY_MARKER, timeout, "the guest's ready marker")
+        self.kernel_release = match.group(1)
+        self.boot_times.to_ready_marker = time.monotonic() - started
+        self.connect_ssh(max(5.0, timeout - (time.monotonic() - started)))
+        self.boot_times.to_ssh = time.monotonic() - started
+
+    def connect_ssh(self, timeout: float) -> None:
+        assert self.machine.ssh_port is not None, "machine started without SSH forwarding"
+        if self.ssh is not None:
+            self.ssh.close()
+        self.ssh = SshChannel(
+            self.machine.ssh_port, self.credentials.client_key, self.credentials.host_public_key
+        )
+        self.ssh.connect(timeout)
+
+    def run(self, command: str, timeout: float = 30, channel: Channel = "ssh") -> CommandResult:
+        if channel == "serial":
+            return self.serial.run(command, timeout)
+        assert self.ssh is not None, "SSH not connected"
+        return self.ssh.run(command, timeout)
+
+    def shutdown(self) -> str:
+        if self.ssh is not None:
+            self.ssh.close()
+        return self.machine.shutdown()

@@ -1,0 +1,57 @@
+"""Command-line options and the settings object fixtures read them through."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+ACCEL_CHOICES = ("auto", "kvm", "tcg")
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("hil", "virtio-serial hardware-in-the-loop harness")
+    group.addoption(
+        "--hil-accel", choices=ACCEL_CHOICES, default="auto",
+        help="auto: use KVM if a probe boot shows it works, else TCG (announced); kvm/tcg force it",
+    )
+    group.addoption(
+        "--hil-kernel", action="append", default=[], metavar="KERNEL",
+        help="kernel under test: Debian package name, file.deb, or vmlinuz[:modules_dir] "
+        "(default: the image recipe's kernel)",
+    )
+    group.addoption(
+        "--hil-image", default="default", metavar="RECIPE",
+        help="guest image recipe: a name in images/ or a path to a recipe YAML",
+    )
+    group.addoption(
+        "--hil-qemu", default="qemu-system-x86_64", metavar="BINARY",
+        help="QEMU system emulator binary (name on PATH or path)",
+    )
+    group.addoption(
+        "--hil-boot-timeout", type=float, default=120, metavar="SECONDS",
+        help="how long a guest may take from start to SSH-ready",
+    )
+
+
+@dataclass(frozen=True)
+class HilSettings:
+    accel: str
+    kernels: tuple[str, ...]
+    image: str
+    qemu: str
+    boot_timeout: float
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> HilSettings:
+        return cls(
+            accel=config.getoption("--hil-accel"),
+            kernels=tuple(config.getoption("--hil-kernel")),
+            image=config.getoption("--hil-image"),
+            qemu=config.getoption("--hil-qemu"),
+            boot_timeout=config.getoption("--hil-boot-timeout"),
+        )
+
+    @property
+    def kernel(self) -> str | None:
+        return self.kernels[0] if self.kernels else None
