@@ -1,0 +1,69 @@
+"""`python -m harness run [PYTEST ARGS]`: the main job — build the image if needed, boot the
+guest, run the shipped scenarios. `python -m harness smoke`: boot one guest and check both
+channels, printing the timings (what to run first on a new machine)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
+
+
+def run_scenarios(pytest_args: list[str]) -> int:
+    import pytest
+
+    targets = [a for a in pytest_args if not a.startswith("-")]
+    args = pytest_args if targets else [str(REPO_SCENARIOS), *pytest_args]
+    has_scenarios = any(REPO_SCENARIOS.rglob("*.yaml")) if REPO_SCENARIOS.is_dir() else False
+    if not targets and not has_scenarios:
+        print("no shipped scenarios yet: running the smoke check instead", file=sys.stderr)
+        return smoke()
+    return int(pytest.main(args))
+
+
+def smoke() -> int:
+    from harness.guest.guest import Credentials, Guest
+    from harness.images.builder import build_image
+    from harness.machine.accel import choose_accel
+    from harness.machine.qemu import ControllerSpec, Machine, MachineSpec
+
+    started = time.monotonic()
+    image = build_image()
+    print(f"image: {image.directory} ({time.monotonic() - started:.1f} s)")
+    choice = choose_accel("auto", "qemu-system-x86_64", image.kernel, image.initramfs)
+    print(f"hil: {choice.describe()}")
+    with tempfile.TemporaryDirectory(prefix="hil-smoke-") as workdir:
+        spec = MachineSpec(image.kernel, image.initramfs, image.cmdline, accel=choice.accel,
+                           controllers=[ControllerSpec("vser0")])
+        guest = Guest(Machine(spec, Path(workdir), "smoke"),
+                      Credentials(str(image.client_key), image.host_public_key))
+        try:
+            guest.boot()
+            ssh = guest.run("uname -r")
+            serial = guest.run("uname -r", channel="serial")
+        finally:
+            how = guest.shutdown()
+    print(f"boot: ready marker {guest.boot_times.to_ready_marker:.1f} s, SSH ready "
+          f"{guest.boot_times.to_ssh:.1f} s; kernel {ssh.output.strip()}; shutdown: {how}")
+    good = ssh.ok and serial.ok and ssh.output == serial.output
+    print("smoke check " + ("passed" if good else f"FAILED: ssh={ssh} serial={serial}"))
+    return 0 if good else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="run the shipped scenarios (extra args go to pytest)")
+    commands.add_parser("smoke", help="boot one guest and check SSH and serial")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "smoke":
+        return smoke()
+    return run_scenarios(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
