@@ -1,0 +1,851 @@
+#!/usr/bin/env python3
+"""HIL guest agent: one long-lived daemon per guest that drives virtio-serial ports.
+
+Standard library only (the guest has a *minimal* Python 3.11 plus json); must also run on 3.13.
+
+Commands:
+    hil_agent.py serve [--foreground]   run the daemon (double fork + setsid unless --foreground)
+    hil_agent.py ensure                 start the daemon unless running; wait until it accepts
+    hil_agent.py bridge                 relay stdin/stdout <-> the daemon's unix socket
+    hil_agent.py once <b64-request>     ensure, send one request, print `HILAGENT <b64-reply>`
+
+Protocol: JSON lines.  Request ``{"id": n, "op": "...", "args": {...}}``; reply
+``{"id": n, "ok": true, "result": ...}`` or
+``{"id": n, "ok": false, "error": {"errno": "EBUSY", "message": "..."}}`` where ``errno`` is the
+errno *name* for OS errors, ``ETIMEDOUT`` for agent-side timeouts, ``EINVAL`` for bad arguments,
+``EPROTO`` for unparsable requests and ``INTERNAL`` for agent bugs (message has the traceback).
+
+Ports are addressed by their virtio-serial name (``/sys/class/virtio-ports/*/name``) or by their
+device name (``vport1p3``).  The agent keeps one fd per open name (the "handle"); ``open`` with
+``extra=true`` opens an additional fd under the handle ``<name>#<k>``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import random
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any
+
+RUN_DIR = os.environ.get("HIL_AGENT_RUN_DIR", "/run")  # overridable for host-side tests
+SOCKET_PATH = f"{RUN_DIR}/hil-agent.sock"
+LOCK_PATH = f"{RUN_DIR}/hil-agent.lock"
+LOG_PATH = f"{RUN_DIR}/hil-agent.log"
+SYSFS_PORTS = "/sys/class/virtio-ports"
+DEBUGFS_PORTS = "/sys/kernel/debug/virtio-ports"
+REPLY_PREFIX = "HILAGENT "
+BLOCK_SIZE = 65536
+WRITE_CHUNK = 32768  # virtio_console accepts at most 32 KiB per write() call
+O_ASYNC = getattr(os, "O_ASYNC", 0o20000)
+F_SETOWN = getattr(fcntl, "F_SETOWN", 8)
+
+POLL_FLAGS = (
+    ("IN", select.POLLIN),
+    ("PRI", select.POLLPRI),
+    ("OUT", select.POLLOUT),
+    ("ERR", select.POLLERR),
+    ("HUP", select.POLLHUP),
+    ("NVAL", select.POLLNVAL),
+)
+
+
+# -- encoding ---------------------------------------------------------------------------------
+
+
+def encode_message(message: dict[str, Any]) -> bytes:
+    """One JSON line (compact, ASCII only, newline-terminated)."""
+    return (json.dumps(message, separators=(",", ":"), sort_keys=True) + "\n").encode("ascii")
+
+
+def decode_message(line: bytes | str) -> dict[str, Any]:
+    message = json.loads(line)
+    if not isinstance(message, dict):
+        raise ValueError("a message is a JSON object")
+    return message
+
+
+def ok_reply(ident: Any, result: Any) -> dict[str, Any]:
+    return {"id": ident, "ok": True, "result": result}
+
+
+def error_reply(ident: Any, name: str, message: str, **extra: Any) -> dict[str, Any]:
+    error: dict[str, Any] = {"errno": name, "message": message}
+    error.update(extra)
+    return {"id": ident, "ok": False, "error": error}
+
+
+def errno_name(number: int | None) -> str:
+    if number is None:
+        return "EIO"
+    return errno.errorcode.get(number, f"E{number}")
+
+
+def poll_names(mask: int) -> list[str]:
+    return [name for name, bit in POLL_FLAGS if mask & bit]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+class AgentFailure(Exception):
+    """A failure reported as ``ok: false`` with an errno-like name."""
+
+    def __init__(self, name: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.name = name
+        self.message = message
+        self.extra = extra
+
+
+# -- payload generator (identical to harness.model.payload) -----------------------------------
+
+
+def generated_block(seed: int, index: int) -> bytes:
+    """Block ``index`` of the generated stream for ``seed`` (always 65536 bytes)."""
+    return random.Random(seed * 1_000_003 + index).randbytes(BLOCK_SIZE)
+
+
+def iter_generated(seed: int, start: int, stop: int, limit: int = BLOCK_SIZE) -> Iterator[bytes]:
+    """Bytes ``[start, stop)`` of the generated stream, at most ``limit`` bytes per chunk."""
+    pos = start
+    cached: tuple[int, bytes] | None = None
+    while pos < stop:
+        index, offset = divmod(pos, BLOCK_SIZE)
+        if cached is None or cached[0] != index:
+            cached = (index, generated_block(seed, index))
+        take = min(BLOCK_SIZE - offset, stop - pos, limit)
+        yield cached[1][offset : offset + take]
+        pos += take
+
+
+def generated_bytes(seed: int, length: int, offset: int = 0) -> bytes:
+    return b"".join(iter_generated(seed, offset, offset + length))
+
+
+# -- ports ------------------------------------------------------------------------------------
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def _parse_value(text: str) -> int | str:
+    text = text.strip()
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def parse_debugfs(text: str) -> dict[str, int | str]:
+    """``key: value`` lines of /sys/kernel/debug/virtio-ports/vportNpM -> dict."""
+    fields: dict[str, int | str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = _parse_value(value)
+    return fields
+
+
+def parse_dev(dev: str) -> tuple[int, int] | None:
+    """``vport1p3`` -> (1, 3)."""
+    if not dev.startswith("vport") or "p" not in dev[5:]:
+        return None
+    left, _, right = dev[5:].partition("p")
+    if not (left.isdigit() and right.isdigit()):
+        return None
+    return int(left), int(right)
+
+
+def list_ports() -> list[dict[str, Any]]:
+    try:
+        devs = os.listdir(SYSFS_PORTS)
+    except FileNotFoundError:
+        return []
+    ports = []
+    for dev in sorted(devs, key=lambda d: parse_dev(d) or (1 << 30, 0)):
+        parsed = parse_dev(dev)
+        if parsed is None:
+            continue
+        name = (_read_text(f"{SYSFS_PORTS}/{dev}/name") or "").strip() or None
+        entry: dict[str, Any] = {"dev": dev, "path": f"/dev/{dev}", "device": parsed[0],
+                                 "nr": parsed[1]}
+        debug_text = _read_text(f"{DEBUGFS_PORTS}/{dev}")
+        if debug_text is not None:
+            for key, value in parse_debugfs(debug_text).items():
+                entry[key] = value
+        entry["name"] = name
+        entry["debugfs"] = debug_text is not None
+        ports.append(entry)
+    return ports
+
+
+def find_dev(name: str) -> str:
+    for entry in list_ports():
+        if entry["name"] == name or entry["dev"] == name:
+            return entry["dev"]
+    raise AgentFailure("ENOENT", f"no virtio-serial port named {name!r}")
+
+
+class Port:
+    def __init__(self, handle: str, name: str, dev: str, fd: int, nonblocking: bool,
+                 sigio: bool) -> None:
+        self.handle = handle
+        self.name = name
+        self.dev = dev
+        self.fd = fd
+        self.nonblocking = nonblocking
+        self.sigio = sigio
+        self.sigio_masks: list[dict[str, Any]] = []
+
+    def describe(self) -> dict[str, Any]:
+        return {"handle": self.handle, "name": self.name, "dev": self.dev, "fd": self.fd,
+                "nonblocking": self.nonblocking, "sigio": self.sigio}
+
+
+# -- the agent state and ops ------------------------------------------------------------------
+
+
+def _poll_fd(fd: int, timeout: float | None, events: int | None = None) -> int:
+    poller = select.poll()
+    if events is None:
+        events = select.POLLIN | select.POLLPRI | select.POLLOUT
+    poller.register(fd, events)
+    wait_ms = None if timeout is None else max(0, int(timeout * 1000))
+    result = poller.poll(wait_ms)
+    mask = 0
+    for _, revents in result:
+        mask |= revents
+    return mask
+
+
+def _arg(args: dict[str, Any], key: str, default: Any = ..., kind: type | tuple[type, ...] = object
+         ) -> Any:
+    if key not in args or args[key] is None:
+        if default is ...:
+            raise AgentFailure("EINVAL", f"missing argument {key!r}")
+        return default
+    value = args[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise AgentFailure("EINVAL", f"argument {key!r} has the wrong type: {value!r}")
+    return value
+
+
+class Agent:
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.ports: dict[str, Port] = {}
+        self.tickets: dict[int, dict[str, Any]] = {}
+        self.next_ticket = 1
+        self.started = time.time()
+        self.kmsg_fd: int | None = None
+        self.kmsg_lock = threading.Lock()
+        self._open_kmsg()
+        self.ops: dict[str, Callable[[dict[str, Any]], Any]] = {
+            name[3:]: getattr(self, name) for name in dir(self) if name.startswith("op_")
+        }
+
+    # dispatch ----------------------------------------------------------------------------
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        ident = request.get("id")
+        op = request.get("op")
+        args = request.get("args") or {}
+        try:
+            if not isinstance(op, str) or op not in self.ops:
+                raise AgentFailure("EINVAL", f"unknown op {op!r}; known: {sorted(self.ops)}")
+            if not isinstance(args, dict):
+                raise AgentFailure("EINVAL", "args must be an object")
+            return ok_reply(ident, self.ops[op](args))
+        except AgentFailure as failure:
+            return error_reply(ident, failure.name, failure.message, **failure.extra)
+        except OSError as error:
+            return error_reply(ident, errno_name(error.errno), str(error))
+        except (KeyError, TypeError, ValueError) as error:
+            return error_reply(ident, "EINVAL", f"{type(error).__name__}: {error}")
+        except Exception as error:  # an agent bug: report it instead of dropping the connection
+            return error_reply(ident, "INTERNAL", f"{error!r}\n{traceback.format_exc()}")
+
+    def port(self, args: dict[str, Any]) -> Port:
+        handle = _arg(args, "name", kind=str)
+        with self.lock:
+            port = self.ports.get(handle)
+        if port is None:
+            raise AgentFailure("EBADF", f"port {handle!r} is not open in the agent")
+        return port
+
+    # basics ------------------------------------------------------------------------------
+
+    def op_ping(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"pong": True, "pid": os.getpid(), "python": sys.version.split()[0],
+                "uptime": round(time.time() - self.started, 3),
+                "open": sorted(self.ports)}
+
+    def op_list_ports(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        ports = list_ports()
+        with self.lock:
+            open_by_dev: dict[str, list[str]] = {}
+            for port in self.ports.values():
+                open_by_dev.setdefault(port.dev, []).append(port.handle)
+        for entry in ports:
+            entry["agent_handles"] = sorted(open_by_dev.get(entry["dev"], []))
+        return ports
+
+    def op_open_ports(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        with self.lock:
+            return [port.describe() for port in self.ports.values()]
+
+    def op_wait_port(self, args: dict[str, Any]) -> dict[str, Any]:
+        name = _arg(args, "name", kind=str)
+        timeout = _arg(args, "timeout", 10.0, (int, float))
+        gone = _arg(args, "gone", False, bool)
+        deadline = time.monotonic() + timeout
+        while True:
+            match = [p for p in list_ports() if name in (p["name"], p["dev"])]
+            if match and not gone:
+                return match[0]
+            if not match and gone:
+                return {"gone": True}
+            if time.monotonic() >= deadline:
+                state = "still present" if gone else "did not appear"
+                raise AgentFailure("ETIMEDOUT", f"port {name!r} {state} within {timeout} s")
+            time.sleep(0.05)
+
+    # open / close ------------------------------------------------------------------------
+
+    def op_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        name = _arg(args, "name", kind=str)
+        nonblocking = _arg(args, "nonblocking", False, bool)
+        sigio = _arg(args, "sigio", False, bool)
+        extra = _arg(args, "extra", False, bool)
+        dev = find_dev(name)
+        with self.lock:
+            if not extra and name in self.ports:
+                raise AgentFailure(
+                    "EALREADY", f"the agent already holds an fd for {name!r}; pass extra=true "
+                    "to open a second one")
+            handle = name
+            if extra:
+                k = 2
+                while f"{name}#{k}" in self.ports:
+                    k += 1
+                handle = f"{name}#{k}"
+            flags = os.O_RDWR | os.O_NOCTTY | (os.O_NONBLOCK if nonblocking else 0)
+            fd = os.open(f"/dev/{dev}", flags)
+            port = Port(handle, name, dev, fd, nonblocking, sigio)
+            self.ports[handle] = port
+        if sigio:
+            try:
+                self._enable_sigio(port)
+            except OSError:
+                with self.lock:
+                    self.ports.pop(handle, None)
+                os.close(fd)
+                raise
+        return port.describe()
+
+    def _enable_sigio(self, port: Port) -> None:
+        fcntl.fcntl(port.fd, F_SETOWN, os.getpid())
+        flags = fcntl.fcntl(port.fd, fcntl.F_GETFL)
+        fcntl.fcntl(port.fd, fcntl.F_SETFL, flags | O_ASYNC)
+
+    def op_set_flags(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Change O_NONBLOCK / O_ASYNC on an open handle."""
+        port = self.port(args)
+        nonblocking = _arg(args, "nonblocking", port.nonblocking, bool)
+        sigio = _arg(args, "sigio", port.sigio, bool)
+        flags = fcntl.fcntl(port.fd, fcntl.F_GETFL)
+        flags = (flags | os.O_NONBLOCK) if nonblocking else (flags & ~os.O_NONBLOCK)
+        if sigio:
+            fcntl.fcntl(port.fd, F_SETOWN, os.getpid())
+            flags |= O_ASYNC
+        else:
+            flags &= ~O_ASYNC
+        fcntl.fcntl(port.fd, fcntl.F_SETFL, flags)
+        port.nonblocking, port.sigio = nonblocking, sigio
+        return port.describe()
+
+    def op_close(self, args: dict[str, Any]) -> dict[str, Any]:
+        port = self.port(args)
+        with self.lock:
+            self.ports.pop(port.handle, None)
+        os.close(port.fd)
+        return {"closed": port.handle}
+
+    def close_all(self) -> None:
+        with self.lock:
+            ports, self.ports = list(self.ports.values()), {}
+        for port in ports:
+            with contextlib.suppress(OSError):
+                os.close(port.fd)
+
+    # I/O ---------------------------------------------------------------------------------
+
+    def op_poll(self, args: dict[str, Any]) -> dict[str, Any]:
+        port = self.port(args)
+        timeout = _arg(args, "timeout", 0, (int, float))
+        mask = _poll_fd(port.fd, timeout)
+        return {"events": poll_names(mask), "mask": mask}
+
+    def op_read(self, args: dict[str, Any]) -> dict[str, Any]:
+        port = self.port(args)
+        max_bytes = _arg(args, "max_bytes", BLOCK_SIZE, int)
+        timeout = _arg(args, "timeout", None, (int, float))
+        if not port.nonblocking and timeout is not None:
+            mask = _poll_fd(port.fd, timeout, select.POLLIN | select.POLLPRI)
+            if not mask:
+                raise AgentFailure("ETIMEDOUT", f"nothing to read on {port.handle!r} within "
+                                                f"{timeout} s (poll mask 0)")
+        data = os.read(port.fd, max_bytes)
+        return {"data": b64(data), "length": len(data), "eof": not data and max_bytes > 0}
+
+    def op_write(self, args: dict[str, Any]) -> dict[str, Any]:
+        port = self.port(args)
+        single = _arg(args, "single", False, bool)
+        if "data" in args and args["data"] is not None:
+            data = base64.b64decode(_arg(args, "data", kind=str))
+            chunks: Iterator[bytes] = iter([data])
+            total_length = len(data)
+        else:
+            seed = _arg(args, "seed", kind=int)
+            total_length = _arg(args, "length", kind=int)
+            offset = _arg(args, "offset", 0, int)
+            chunks = iter_generated(seed, offset, offset + total_length)
+        written = calls = 0
+        sizes: list[int] = []
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                try:
+                    n = os.write(port.fd, view)
+                except OSError as error:
+                    if written == 0:
+                        raise
+                    return {"written": written, "calls": calls, "sizes": sizes[:64],
+                            "stopped": errno_name(error.errno), "requested": total_length}
+                calls += 1
+                sizes.append(n)
+                written += n
+                view = view[n:]
+                if single:
+                    return {"written": written, "calls": calls, "sizes": sizes,
+                            "stopped": None, "requested": total_length}
+        return {"written": written, "calls": calls, "sizes": sizes[:64], "stopped": None,
+                "requested": total_length}
+
+    def op_seek(self, args: dict[str, Any]) -> dict[str, Any]:
+        port = self.port(args)
+        offset = _arg(args, "offset", 0, int)
+        whence = _arg(args, "whence", os.SEEK_CUR, int)
+        return {"offset": os.lseek(port.fd, offset, whence)}
+
+    def op_send_stream(self, args: dict[str, Any]) -> dict[str, Any]:
+        port = self.port(args)
+        seed = _arg(args, "seed", kind=int)
+        length = _arg(args, "length", kind=int)
+        offset = _arg(args, "offset", 0, int)
+        chunk = max(1, _arg(args, "chunk", WRITE_CHUNK, int))
+        digest = hashlib.sha256()
+        sent = calls = 0
+        started = time.monotonic()
+        for piece in iter_generated(seed, offset, offset + length, chunk):
+            view = memoryview(piece)
+            while view:
+                try:
+                    n = os.write(port.fd, view)
+                except OSError as error:
+                    raise AgentFailure(errno_name(error.errno),
+                                       f"send_stream stopped after {sent} bytes: {error}",
+                                       bytes=sent, sha256=digest.hexdigest()) from None
+                digest.update(view[:n])
+                sent += n
+                calls += 1
+                view = view[n:]
+        return {"bytes": sent, "sha256": digest.hexdigest(), "calls": calls,
+                "seconds": round(time.monotonic() - started, 3)}
+
+    def op_recv_stream(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Read ``length`` bytes (or until EOF); ``timeout`` bounds each wait for data."""
+        port = self.port(args)
+        length = _arg(args, "length", kind=int)
+        timeout = _arg(args, "timeout", 30, (int, float))
+        slow = _arg(args, "slow", None, (int, float))
+        chunk = max(1, _arg(args, "chunk", BLOCK_SIZE, int))
+        if slow:
+            chunk = max(1, min(chunk, int(slow) // 10 or 1))
+        digest = hashlib.sha256()
+        got = reads = 0
+        eof = False
+        started = time.monotonic()
+        while got < length:
+            mask = _poll_fd(port.fd, timeout, select.POLLIN | select.POLLPRI)
+            if not mask:
+                raise AgentFailure("ETIMEDOUT", f"recv_stream: no data for {timeout} s after "
+                                   f"{got} of {length} bytes", bytes=got,
+                                   sha256=digest.hexdigest())
+            try:
+                data = os.read(port.fd, min(chunk, length - got))
+            except OSError as error:
+                if error.errno == errno.EAGAIN:
+                    continue
+                raise AgentFailure(errno_name(error.errno),
+                                   f"recv_stream stopped after {got} bytes: {error}",
+                                   bytes=got, sha256=digest.hexdigest()) from None
+            reads += 1
+            if not data:
+                eof = True
+                break
+            digest.update(data)
+            got += len(data)
+            if slow:
+                due = started + got / slow
+                pause = due - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+        return {"bytes": got, "sha256": digest.hexdigest(), "eof": eof, "reads": reads,
+                "seconds": round(time.monotonic() - started, 3)}
+
+    # SIGIO -------------------------------------------------------------------------------
+
+    def on_sigio(self, signum: int, frame: object) -> None:
+        now = time.time()
+        with self.lock:
+            ports = [p for p in self.ports.values() if p.sigio]
+        for port in ports:
+            try:
+                mask = _poll_fd(port.fd, 0)
+            except (OSError, ValueError):
+                mask = select.POLLNVAL
+            port.sigio_masks.append({"t": round(now, 6), "mask": mask,
+                                     "events": poll_names(mask)})
+
+    def op_sigio(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        port = self.port(args)
+        with self.lock:
+            masks, port.sigio_masks = port.sigio_masks, []
+        return masks
+
+    # background --------------------------------------------------------------------------
+
+    def op_start(self, args: dict[str, Any]) -> dict[str, Any]:
+        op = _arg(args, "op", kind=str)
+        op_args = _arg(args, "args", {}, dict)
+        if op not in self.ops or op in ("start", "ticket"):
+            raise AgentFailure("EINVAL", f"cannot run {op!r} in the background")
+        with self.lock:
+            ticket = self.next_ticket
+            self.next_ticket += 1
+            record: dict[str, Any] = {"done": False, "reply": None, "op": op,
+                                      "started": time.time()}
+            self.tickets[ticket] = record
+
+        def run() -> None:
+            block_sigio()
+            reply = self.handle({"id": ticket, "op": op, "args": op_args})
+            with self.lock:
+                record["reply"] = reply
+                record["finished"] = time.time()
+                record["done"] = True
+
+        threading.Thread(target=run, name=f"ticket-{ticket}", daemon=True).start()
+        return {"ticket": ticket}
+
+    def op_ticket(self, args: dict[str, Any]) -> dict[str, Any]:
+        ticket = _arg(args, "ticket", kind=int)
+        wait = _arg(args, "wait", 0, (int, float))
+        deadline = time.monotonic() + wait
+        while True:
+            with self.lock:
+                record = self.tickets.get(ticket)
+                if record is None:
+                    raise AgentFailure("ENOENT", f"no ticket {ticket}")
+                if record["done"] or time.monotonic() >= deadline:
+                    result = {"done": record["done"], "reply": record["reply"], "op": record["op"],
+                              "elapsed": round(record.get("finished", time.time())
+                                               - record["started"], 3)}
+                    if record["done"] and args.get("forget", True):
+                        self.tickets.pop(ticket, None)
+                    return result
+            time.sleep(0.02)
+
+    # kernel messages ---------------------------------------------------------------------
+
+    def _open_kmsg(self) -> None:
+        try:
+            self.kmsg_fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+            os.lseek(self.kmsg_fd, 0, os.SEEK_END)
+        except OSError:
+            self.kmsg_fd = None
+
+    @staticmethod
+    def _read_kmsg_records(fd: int, limit: int = 100000) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
+        while len(records) < limit:
+            try:
+                raw = os.read(fd, 8192)
+            except OSError as error:
+                if error.errno == errno.EPIPE:  # overwritten records: keep going
+                    records.append({"seq": None, "level": None, "ts_usec": None,
+                                    "text": "<kmsg records lost>"})
+                    continue
+                if error.errno in (errno.EAGAIN, errno.EINVAL):
+                    break
+                raise
+            if not raw:
+                break
+            header, _, rest = raw.decode(errors="replace").partition(";")
+            text = rest.split("\n", 1)[0]
+            parts = header.split(",")
+            try:
+                prio, seq, ts = int(parts[0]), int(parts[1]), int(parts[2])
+            except (IndexError, ValueError):
+                prio, seq, ts = 6, -1, 0
+            records.append({"seq": seq, "level": prio & 7, "facility": prio >> 3,
+                            "ts_usec": ts, "text": text})
+        return records
+
+    def op_kmsg(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """Kernel messages since the previous call (the first call: since the agent started)."""
+        with self.kmsg_lock:
+            if self.kmsg_fd is None:
+                raise AgentFailure("ENOENT", "/dev/kmsg is not available")
+            return self._read_kmsg_records(self.kmsg_fd)
+
+    def op_dmesg_problems(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """Records of the whole kernel log at level <= err or mentioning BUG/WARNING/Oops."""
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            records = self._read_kmsg_records(fd)
+        finally:
+            os.close(fd)
+        words = ("BUG", "WARNING", "Oops", "Call Trace", "general protection", "panic")
+        return [r for r in records if (r["level"] is not None and r["level"] <= 3)
+                or any(w in r["text"] for w in words)]
+
+    # misc --------------------------------------------------------------------------------
+
+    def op_sleep(self, args: dict[str, Any]) -> dict[str, Any]:
+        seconds = _arg(args, "seconds", kind=(int, float))
+        time.sleep(seconds)
+        return {"slept": seconds}
+
+
+# -- daemon -----------------------------------------------------------------------------------
+
+
+def block_sigio() -> None:
+    """Worker threads block SIGIO so the kernel delivers it to the main thread (handler)."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGIO})
+
+
+def serve_connection(agent: Agent, conn: socket.socket) -> None:
+    block_sigio()
+    buffer = b""
+    try:
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                return
+            buffer += data
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                if not line.strip():
+                    continue
+                try:
+                    request = decode_message(line)
+                except ValueError as error:
+                    reply = error_reply(None, "EPROTO", f"unparsable request: {error}")
+                else:
+                    reply = agent.handle(request)
+                conn.sendall(encode_message(reply))
+    except OSError:
+        return
+    finally:
+        conn.close()
+
+
+def serve_forever() -> None:
+    lock_fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        log("another agent holds the lock; exiting")
+        return
+    os.ftruncate(lock_fd, 0)
+    os.write(lock_fd, f"{os.getpid()}\n".encode())
+    agent = Agent()
+    signal.signal(signal.SIGIO, agent.on_sigio)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    if os.path.exists(SOCKET_PATH):
+        os.unlink(SOCKET_PATH)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(SOCKET_PATH)
+    listener.listen(16)
+    log(f"serving on {SOCKET_PATH} (pid {os.getpid()}, python {sys.version.split()[0]})")
+    while True:
+        readable, _, _ = select.select([listener, wake_r], [], [])
+        if wake_r in readable:
+            with contextlib.suppress(OSError):
+                os.read(wake_r, 4096)
+        if listener in readable:
+            conn, _ = listener.accept()
+            threading.Thread(target=serve_connection, args=(agent, conn), daemon=True).start()
+
+
+def log(message: str) -> None:
+    sys.stderr.write(f"{time.strftime('%H:%M:%S')} hil-agent: {message}\n")
+    sys.stderr.flush()
+
+
+def daemonize() -> bool:
+    """Double fork; returns True in the daemon, False in the original process."""
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)
+        return False
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    os.chdir("/")
+    os.umask(0o022)
+    null = os.open("/dev/null", os.O_RDONLY)
+    out = os.open(LOG_PATH, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(null, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.closerange(3, 1024)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    return True
+
+
+def run_daemon() -> None:
+    try:
+        serve_forever()
+    except BaseException:
+        log(f"daemon died:\n{traceback.format_exc()}")
+    finally:
+        os._exit(0)
+
+
+def connect(timeout: float = 2.0) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(SOCKET_PATH)
+    except OSError:
+        sock.close()
+        raise
+    sock.settimeout(None)
+    return sock
+
+
+def ensure(timeout: float = 20.0) -> int:
+    """Start the daemon unless it answers; returns 0 once it accepts connections."""
+    try:
+        connect().close()
+        return 0
+    except OSError:
+        pass
+    if daemonize():
+        run_daemon()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            connect().close()
+            return 0
+        except OSError:
+            time.sleep(0.05)
+    sys.stderr.write(f"hil-agent did not accept connections within {timeout} s; log tail:\n")
+    sys.stderr.write((_read_text(LOG_PATH) or "")[-2000:])
+    return 1
+
+
+def bridge() -> int:
+    if ensure() != 0:
+        return 1
+    sock = connect()
+    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
+    sources = [stdin, sock]
+    while sources:
+        readable, _, _ = select.select(sources, [], [])
+        if stdin in readable:
+            data = os.read(stdin, 65536)
+            if data:
+                sock.sendall(data)
+            else:
+                sources.remove(stdin)
+                sock.shutdown(socket.SHUT_WR)
+        if sock in readable:
+            data = sock.recv(65536)
+            if not data:
+                return 0
+            view = memoryview(data)
+            while view:
+                view = view[os.write(stdout, view):]
+    return 0
+
+
+def once(encoded: str) -> int:
+    if ensure() != 0:
+        return 1
+    request = base64.b64decode(encoded)
+    sock = connect()
+    sock.sendall(request.rstrip(b"\n") + b"\n")
+    buffer = b""
+    while b"\n" not in buffer:
+        data = sock.recv(65536)
+        if not data:
+            break
+        buffer += data
+    sock.close()
+    line = buffer.split(b"\n", 1)[0]
+    sys.stdout.write(REPLY_PREFIX + base64.b64encode(line).decode("ascii") + "\n")
+    sys.stdout.flush()
+    return 0 if line else 1
+
+
+def main(argv: list[str]) -> int:
+    command = argv[1] if len(argv) > 1 else ""
+    if command == "serve":
+        if "--foreground" in argv:
+            serve_forever()
+            return 0
+        if daemonize():
+            run_daemon()
+        return 0
+    if command == "ensure":
+        return ensure()
+    if command == "bridge":
+        return bridge()
+    if command == "once" and len(argv) == 3:
+        return once(argv[2])
+    sys.stderr.write(__doc__ or "")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
