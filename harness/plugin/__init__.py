@@ -13,12 +13,15 @@ from harness.plugin.fixtures import (
     hil_session_guest,
     hil_settings,
     hil_socket_root,
+    hil_system,
+    hil_system_factory,
+    make_port,
 )
 from harness.plugin.options import add_options
 
 __all__ = [
     "hil_accel", "hil_guest", "hil_guest_factory", "hil_image", "hil_session_guest",
-    "hil_settings", "hil_socket_root",
+    "hil_settings", "hil_socket_root", "hil_system", "hil_system_factory", "make_port",
 ]
 
 

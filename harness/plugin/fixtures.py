@@ -5,11 +5,15 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from harness.backend.endpoint import HostEndpoint
+from harness.backend.system import QemuSystem
+from harness.guest.agent_client import AgentClient
 from harness.guest.guest import Credentials, Guest
 from harness.images.builder import GuestImage, build_image
 from harness.images.errors import ImageBuildError
@@ -119,3 +123,65 @@ def hil_session_guest(
     pool = GuestPool(hil_settings, hil_image, hil_accel, tmp_path_factory.mktemp("session-guest"))
     yield pool.create("session")
     pool.shutdown_all()
+
+
+@pytest.fixture
+def hil_system_factory(hil_guest_factory: GuestPool, hil_settings: HilSettings) -> Iterator[Callable[[], QemuSystem]]:
+    """`factory() -> QemuSystem` (not started: the scenario runner starts it with its machine)."""
+    systems: list[QemuSystem] = []
+
+    def create() -> QemuSystem:
+        system = QemuSystem(hil_guest_factory.create, hil_settings.boot_timeout)
+        systems.append(system)
+        return system
+
+    yield create
+    for system in systems:
+        system.stop()
+
+
+@dataclass(frozen=True)
+class DefaultMachine:
+    memory: int = 512
+    controllers: list[ControllerSpec] = field(default_factory=lambda: [ControllerSpec("vser0")])
+    ports: list[Any] = field(default_factory=list)
+
+
+@pytest.fixture
+def hil_system(hil_system_factory: Callable[[], QemuSystem]) -> QemuSystem:
+    """A started real system: a booted guest with controller vser0, its agent, no ports."""
+    system = hil_system_factory()
+    system.start(DefaultMachine())
+    return system
+
+
+@dataclass
+class PortHandle:
+    """A hotplugged port: `host` is its socket endpoint, `guest` the agent speaking for it."""
+
+    name: str
+    nr: int | None
+    system: QemuSystem
+
+    @property
+    def host(self) -> HostEndpoint:
+        return self.system._endpoint(self.name)
+
+    @property
+    def guest(self) -> AgentClient:
+        assert self.system.agent is not None
+        return self.system.agent
+
+
+@pytest.fixture
+def make_port(hil_system: QemuSystem) -> Callable[..., PortHandle]:
+    """`make_port(name, nr=None, console=False, controller="vser0", backend="socket")`."""
+
+    def make(
+        name: str, nr: int | None = None, console: bool = False, controller: str = "vser0",
+        backend: str = "socket",
+    ) -> PortHandle:
+        hil_system.hotplug(name, nr, console, controller, backend)
+        return PortHandle(name, nr, hil_system)
+
+    return make

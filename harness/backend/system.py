@@ -1,0 +1,383 @@
+"""The real system a scenario runs on: one QEMU guest, its host endpoints and its guest agent.
+
+Every operation here is the real counterpart of a model operation, and `snapshot()` returns the
+model's own Snapshot type built from what QEMU (`info qtree`) and the guest (sysfs + debugfs via
+the agent, poll on open fds) report, so the two can be diffed field by field.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from harness.backend.endpoint import HostEndpoint, Received
+from harness.guest.agent_client import AgentClient, AgentError
+from harness.guest.guest import READY_MARKER, Guest
+from harness.machine.errors import MachineError, QmpError
+from harness.machine.ports import PortManager
+from harness.machine.qemu import ControllerSpec, PortSpec
+from harness.model.payload import Payload
+from harness.model.snapshot import (
+    ABSENT,
+    ControllerView,
+    GuestPortView,
+    PortView,
+    QemuPortView,
+    Snapshot,
+)
+
+KERNEL_PROBLEMS = re.compile(
+    r"^.*(BUG:|WARNING:|Oops|Kernel panic|general protection).*$", re.MULTILINE
+)
+STREAM_THRESHOLD = 256 * 1024  # larger guest transfers go as agent streams (hash only)
+
+
+class RealFailure(Exception):
+    """A real operation failed; `text` is QEMU's message or the guest errno name."""
+
+    def __init__(self, text: str, detail: str = "") -> None:
+        super().__init__(f"{text}{': ' + detail if detail and detail != text else ''}")
+        self.text = text
+
+
+class ControllerDecl(Protocol):
+    id: str
+    max_ports: int
+
+
+class PortDecl(Protocol):
+    name: str
+    nr: int | None
+    console: bool
+    controller: str
+    backend: str
+
+
+class MachineDecl(Protocol):
+    memory: int
+    controllers: list[Any]
+    ports: list[Any]
+
+
+GuestFactory = Callable[..., Guest]
+
+
+@dataclass
+class _Port:
+    name: str
+    controller: str
+    backend: str
+    endpoint: HostEndpoint | None
+
+
+class QemuSystem:
+    """Implements the scenario layer's RealSystem protocol on a real QEMU guest."""
+
+    def __init__(self, create_guest: GuestFactory, boot_timeout: float = 120) -> None:
+        self._create_guest = create_guest
+        self.boot_timeout = boot_timeout
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="hil-ports-"))
+        self.guest: Guest | None = None
+        self.agent: AgentClient | None = None
+        self.ports: PortManager | None = None
+        self._ports: dict[str, _Port] = {}
+        self._open: set[str] = set()
+        self._console_mark = 0
+        self._kernel_messages: list[str] = []
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    def start(self, machine: MachineDecl) -> None:
+        boot_ports = [self._declare(p) for p in machine.ports]
+        controllers = [ControllerSpec(c.id, c.max_ports) for c in machine.controllers]
+        self.guest = self._create_guest(
+            "scenario", memory_mib=machine.memory, controllers=controllers, ports=boot_ports
+        )
+        self.ports = PortManager(self.guest.machine, self.socket_dir)
+        self.agent = AgentClient(self.guest).start()
+        for port in boot_ports:
+            self.agent.wait_port(port.name)
+
+    def stop(self) -> None:
+        for port in self._ports.values():
+            if port.endpoint is not None and port.endpoint.connected:
+                port.endpoint.close()
+        if self.agent is not None:
+            self.agent.disconnect()
+        if self.guest is not None:
+            self.guest.shutdown()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+    def _declare(self, port: PortDecl) -> PortSpec:
+        path = self.socket_dir / f"{len(self._ports)}.sock" if port.backend == "socket" else None
+        self._ports[port.name] = _Port(
+            port.name,
+            port.controller,
+            port.backend,
+            HostEndpoint(port.name, path) if path is not None else None,
+        )
+        return PortSpec(port.name, port.controller, port.nr, port.console, path)
+
+    def _need_guest(self) -> tuple[Guest, AgentClient, PortManager]:
+        if self.guest is None or self.agent is None or self.ports is None:
+            raise MachineError("the real system is not started")
+        return self.guest, self.agent, self.ports
+
+    # -- host side ---------------------------------------------------------------------------
+
+    def _endpoint(self, port: str) -> HostEndpoint:
+        entry = self._ports.get(port)
+        if entry is None or entry.endpoint is None:
+            raise RealFailure(
+                "ENOENT", f"port {port} has no host socket (backend: none or unknown)"
+            )
+        return entry.endpoint
+
+    def host_open(self, port: str) -> None:
+        self._endpoint(port).connect()
+
+    def host_close(self, port: str) -> None:
+        self._endpoint(port).close()
+
+    def host_write(self, port: str, payload: Payload) -> None:
+        self._endpoint(port).write(payload)
+
+    def host_read(self, port: str, length: int, timeout: float) -> Received:
+        return self._endpoint(port).read(length, timeout)
+
+    def host_stall(self, port: str, stalled: bool) -> None:
+        self._endpoint(port).stall(stalled)
+
+    # -- guest side --------------------------------------------------------------------------
+
+    def _agent_call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except AgentError as error:
+            raise RealFailure(error.errno, str(error)) from None
+
+    def guest_open(self, port: str, nonblocking: bool = False) -> None:
+        _, agent, _ = self._need_guest()
+        self._agent_call(agent.open, port, nonblocking=nonblocking, sigio=True)
+        self._open.add(port)
+
+    def guest_close(self, port: str) -> None:
+        _, agent, _ = self._need_guest()
+        self._open.discard(port)
+        self._agent_call(agent.close, port)
+
+    def guest_seek(self, port: str) -> None:
+        _, agent, _ = self._need_guest()
+        self._agent_call(agent.seek, port)
+
+    def guest_read(self, port: str, max_bytes: int, timeout: float) -> Received:
+        """Read until `max_bytes` arrived (the model says that much is deliverable), or EOF."""
+        _, agent, _ = self._need_guest()
+        if max_bytes > STREAM_THRESHOLD:
+            result = self._agent_call(agent.recv_stream, port, max_bytes, timeout=timeout)
+            return Received(int(result["bytes"]), result["sha256"], None, False)
+        data = bytearray()
+        eof = False
+        deadline = time.monotonic() + timeout
+        while len(data) < max_bytes or max_bytes == 0:
+            chunk, eof = self._agent_call(
+                agent.read,
+                port,
+                max_bytes - len(data) or 65536,
+                timeout=max(0.1, deadline - time.monotonic()),
+            )
+            data += chunk
+            if eof or not chunk or max_bytes == 0:
+                break
+        return Received(len(data), hashlib.sha256(data).hexdigest(), bytes(data), eof)
+
+    def guest_write(self, port: str, payload: Payload, timeout: float = 60) -> int:
+        _, agent, _ = self._need_guest()
+        if payload.seed is not None:
+            result = self._agent_call(
+                agent.send_stream, port, payload.seed, payload.length, timeout=timeout
+            )
+            return int(result["bytes"])
+        return int(self._agent_call(agent.write, port, payload.data or b""))
+
+    def start_guest_op(self, op: str, port: str, **args: Any) -> int:
+        _, agent, _ = self._need_guest()
+        if op == "write" and "payload" in args:
+            payload: Payload = args.pop("payload")
+            if payload.seed is not None:
+                return self._agent_call(
+                    agent.start_background,
+                    "send_stream",
+                    name=port,
+                    seed=payload.seed,
+                    length=payload.length,
+                )
+            args["data"] = base64.b64encode(payload.data or b"").decode()
+        if op == "open":
+            self._open.add(port)
+        return self._agent_call(agent.start_background, op, name=port, **args)
+
+    def guest_op_state(self, handle: int) -> tuple[bool, Any, str | None]:
+        _, agent, _ = self._need_guest()
+        state = agent.ticket(handle)
+        if not state["done"]:
+            return False, None, None
+        reply = state["reply"]
+        if reply.get("ok"):
+            return True, reply.get("result"), None
+        return True, None, reply.get("error", {}).get("errno", "?")
+
+    def sigio(self, port: str) -> list[frozenset[str]]:
+        _, agent, _ = self._need_guest()
+        return [frozenset(entry.get("events", [])) for entry in self._agent_call(agent.sigio, port)]
+
+    # -- hotplug -----------------------------------------------------------------------------
+
+    def _qmp(self, function: Callable[..., Any], *args: Any) -> None:
+        try:
+            function(*args)
+        except QmpError as error:
+            raise RealFailure(error.desc) from None
+
+    def hotplug(
+        self, name: str, nr: int | None, console: bool, controller: str, backend: str
+    ) -> None:
+        _, agent, ports = self._need_guest()
+        spec = _Decl(name, nr, console, controller, backend)
+        port_spec = self._declare(spec)
+        try:
+            self._qmp(ports.add_port, port_spec)
+        except RealFailure:
+            del self._ports[name]
+            raise
+        agent.wait_port(name)
+
+    def unplug(self, name: str) -> None:
+        _, agent, ports = self._need_guest()
+        entry = self._ports.get(name)
+        self._qmp(ports.remove_port, name, entry is not None and entry.backend == "socket")
+        if entry is not None:
+            if entry.endpoint is not None and entry.endpoint.connected:
+                entry.endpoint.close()
+            del self._ports[name]
+        agent.wait_port(name, gone=True)
+
+    def hotplug_controller(self, controller_id: str, max_ports: int) -> None:
+        self._qmp(self._need_guest()[2].add_controller, controller_id, max_ports)
+
+    def unplug_controller(self, controller_id: str) -> None:
+        _, agent, ports = self._need_guest()
+        gone = [p.name for p in self._ports.values() if p.controller == controller_id]
+        self._qmp(ports.remove_controller, controller_id)
+        for name in gone:
+            entry = self._ports.pop(name)
+            if entry.endpoint is not None and entry.endpoint.connected:
+                entry.endpoint.close()
+            agent.wait_port(name, gone=True)
+
+    def reboot(self) -> None:
+        guest, agent, _ = self._need_guest()
+        agent.disconnect()
+        self._open.clear()
+        assert guest.machine.console is not None
+        mark = guest.machine.console.position()
+        guest.serial.send_raw("reboot -f\n")  # -f: no init shutdown; the reset is what we test
+        guest.machine.console.wait_for(
+            READY_MARKER, self.boot_timeout, "the guest to come back after reboot", since=mark
+        )
+        guest.connect_ssh(self.boot_timeout)
+        self.agent = AgentClient(guest).start()
+        for name in self._ports:
+            self.agent.wait_port(name)
+
+    def migrate(self, destination: MachineDecl | None) -> None:
+        raise RealFailure("migration is not implemented on the real system yet (issue 6)")
+
+    # -- observation -------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        _, agent, ports = self._need_guest()
+        controllers, qemu_ports = ports.qtree()
+        guest_ports = {p["name"]: p for p in agent.list_ports() if p.get("name")}
+        views: dict[str, PortView] = {}
+        for name, port in qemu_ports.items():
+            guest = guest_ports.get(name)
+            views[name] = PortView(
+                controller=port.controller,
+                nr=port.nr,
+                is_console=port.driver == "virtconsole",
+                qemu=QemuPortView(port.guest_connected, port.host_connected, port.throttled),
+                guest=_guest_view(guest) if guest is not None else ABSENT,
+                poll=frozenset(agent.poll(name)) & {"IN", "OUT", "HUP"}
+                if name in self._open
+                else None,
+            )
+        return Snapshot(
+            {
+                c.id: ControllerView(c.id, c.max_ports, c.max_ports > 1)
+                for c in controllers.values()
+            },
+            views,
+        )
+
+    def console_problems(self) -> list[str]:
+        guest, _, _ = self._need_guest()
+        assert guest.machine.console is not None
+        return [m.group(0).strip() for m in KERNEL_PROBLEMS.finditer(guest.machine.console.text())]
+
+    def artifacts(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if self.guest is not None:
+            machine = self.guest.machine
+            out["serial log"] = (
+                machine.console_log.read_text(errors="replace")
+                if machine.console_log.exists()
+                else ""
+            )
+            out["QMP transcript"] = (
+                machine.qmp_log.read_text(errors="replace") if machine.qmp_log.exists() else ""
+            )
+        if self.agent is not None:
+            try:
+                messages = self.agent.kmsg()
+                self._kernel_messages += [str(m.get("text", m)) for m in messages]
+            except (AgentError, MachineError) as error:
+                self._kernel_messages.append(f"(could not read kernel messages: {error})")
+            out["kernel messages"] = "\n".join(self._kernel_messages)
+            out["agent log"] = "\n".join(self.agent.log)
+        return out
+
+
+@dataclass(frozen=True)
+class _Decl:
+    name: str
+    nr: int | None
+    console: bool
+    controller: str
+    backend: str
+
+
+def _guest_view(entry: dict[str, Any]) -> GuestPortView:
+    def number(key: str) -> int:
+        value = entry.get(key, 0)
+        return int(value) if value not in (None, "") else 0
+
+    return GuestPortView(
+        present=True,
+        name=entry.get("name"),
+        guest_connected=bool(number("guest_connected")),
+        host_connected=bool(number("host_connected")),
+        is_console=bool(number("is_console")),
+        console_vtermno=number("console_vtermno"),
+        bytes_sent=number("bytes_sent"),
+        bytes_received=number("bytes_received"),
+        bytes_discarded=number("bytes_discarded"),
+    )
