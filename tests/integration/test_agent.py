@@ -75,8 +75,8 @@ class HostPort:
         assert qmp is not None
         after = len(qmp.events)
         qmp.execute("device_del", {"id": self.ident})
-        qmp.wait_event("DEVICE_DELETED", timeout, where=lambda e: e.data.get("device") == self.ident,
-                       after=after)
+        qmp.wait_event("DEVICE_DELETED", timeout, after=after,
+                       where=lambda e: e.data.get("device") == self.ident)
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
@@ -86,7 +86,7 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: fl
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {value!r})")
+            raise AssertionError(f"timed out after {timeout} s waiting for {what} ({value!r})")
         time.sleep(interval)
 
 

@@ -1,0 +1,287 @@
+"""Guest agent protocol and payload generator, without QEMU.
+
+The agent file is stdlib-only and not importable as part of the package (it is copied into the
+guest), so it is loaded from its path.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import hashlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from harness.guest import agent_client
+from harness.guest.agent_client import AgentError, decode_reply, encode_request, reply_result
+from harness.model.payload import Payload, generated_block, payload_bytes, sha256_of
+
+AGENT_FILE = Path(agent_client.__file__).parent / "agent" / "hil_agent.py"
+
+
+@pytest.fixture(scope="module")
+def hil_agent() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("hil_agent_under_test", AGENT_FILE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- encoding ---------------------------------------------------------------------------------
+
+
+def test_client_request_decodes_in_the_agent(hil_agent: ModuleType) -> None:
+    line = encode_request(5, "open", {"name": "org.test.p1", "nonblocking": True})
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert hil_agent.decode_message(line) == {
+        "id": 5, "op": "open", "args": {"name": "org.test.p1", "nonblocking": True}
+    }
+
+
+def test_agent_replies_decode_in_the_client(hil_agent: ModuleType) -> None:
+    ok = hil_agent.encode_message(hil_agent.ok_reply(3, {"events": ["OUT"], "mask": 4}))
+    assert ok.endswith(b"\n") and ok.count(b"\n") == 1
+    assert reply_result(decode_reply(ok)) == {"events": ["OUT"], "mask": 4}
+
+    failed = hil_agent.encode_message(hil_agent.error_reply(4, "EBUSY", "busy", bytes=10))
+    with pytest.raises(AgentError) as error:
+        reply_result(decode_reply(failed), "open")
+    assert (error.value.errno, error.value.message, error.value.op) == ("EBUSY", "busy", "open")
+    assert error.value.details == {"bytes": 10}
+    assert "open: EBUSY: busy" in str(error.value)
+
+
+def test_non_ascii_payloads_survive_the_line_framing(hil_agent: ModuleType) -> None:
+    message = hil_agent.ok_reply(1, {"text": "line\nbreak \u00e9 \x00"})
+    line = hil_agent.encode_message(message)
+    assert line.count(b"\n") == 1
+    assert decode_reply(line) == message
+
+
+def test_decode_rejects_non_objects(hil_agent: ModuleType) -> None:
+    with pytest.raises(ValueError):
+        hil_agent.decode_message(b"[1, 2]")
+    with pytest.raises(ValueError):
+        decode_reply(b'{"id": 1}')
+
+
+def test_errno_names_and_poll_names(hil_agent: ModuleType) -> None:
+    assert hil_agent.errno_name(errno.EBUSY) == "EBUSY"
+    assert hil_agent.errno_name(errno.ESPIPE) == "ESPIPE"
+    assert hil_agent.errno_name(None) == "EIO"
+    assert hil_agent.poll_names(0x4 | 0x10) == ["OUT", "HUP"]
+    assert hil_agent.poll_names(0x1 | 0x8 | 0x20) == ["IN", "ERR", "NVAL"]
+
+
+def test_serial_reply_line_is_found_among_console_noise() -> None:
+    reply = {"id": 9, "ok": True, "result": {"pong": True}}
+    line = agent_client.REPLY_PREFIX + base64.b64encode(
+        (agent_client.json.dumps(reply)).encode()).decode()
+    noisy = f"[   12.3] virtio_console: something\r\n{line}\r\n"
+    assert agent_client.parse_serial_reply(noisy) == reply
+    with pytest.raises(agent_client.AgentConnectionError):
+        agent_client.parse_serial_reply("python3: not found\n")
+
+
+# -- sysfs / debugfs parsing ------------------------------------------------------------------
+
+
+def test_parse_debugfs_fields(hil_agent: ModuleType) -> None:
+    text = (
+        "name: org.test.p1\nguest_connected: 1\nhost_connected: 0\noutvq_full: 0\n"
+        "bytes_sent: 10\nbytes_received: 20\nbytes_discarded: 0\nis_console: no\n"
+        "console_vtermno: 0\n"
+    )
+    assert hil_agent.parse_debugfs(text) == {
+        "name": "org.test.p1", "guest_connected": 1, "host_connected": 0, "outvq_full": 0,
+        "bytes_sent": 10, "bytes_received": 20, "bytes_discarded": 0, "is_console": "no",
+        "console_vtermno": 0,
+    }
+    assert hil_agent.parse_debugfs("name: \n") == {"name": ""}
+
+
+def test_parse_dev(hil_agent: ModuleType) -> None:
+    assert hil_agent.parse_dev("vport1p3") == (1, 3)
+    assert hil_agent.parse_dev("vport12p30") == (12, 30)
+    assert hil_agent.parse_dev("vportXp1") is None
+    assert hil_agent.parse_dev("hvc0") is None
+
+
+# -- payload generator ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, 123456789, -3])
+@pytest.mark.parametrize("index", [0, 1, 17])
+def test_generated_block_matches_the_model(hil_agent: ModuleType, seed: int, index: int) -> None:
+    assert hil_agent.generated_block(seed, index) == generated_block(seed, index)
+
+
+@pytest.mark.parametrize(("offset", "length"), [(0, 0), (0, 1), (0, 65536), (65530, 20),
+                                                (1000, 200_000), (131072, 65537)])
+def test_generated_ranges_match_the_model(hil_agent: ModuleType, offset: int, length: int) -> None:
+    payload = Payload.generated(42, offset + length)
+    assert hil_agent.generated_bytes(42, length, offset) == payload_bytes(payload, offset)
+
+
+def test_iter_generated_respects_the_chunk_limit(hil_agent: ModuleType) -> None:
+    chunks = list(hil_agent.iter_generated(5, 100, 100 + 100_000, 32768))
+    assert max(len(c) for c in chunks) <= 32768
+    assert b"".join(chunks) == payload_bytes(Payload.generated(5, 100_100), 100)
+
+
+# -- ops on host fds (pipes and socketpairs stand in for ports) -------------------------------
+
+
+def _inject(hil_agent: ModuleType, agent: object, handle: str, fd: int, nonblocking: bool) -> None:
+    agent.ports[handle] = hil_agent.Port(handle, handle, "test", fd, nonblocking, False)  # type: ignore[attr-defined]
+
+
+def test_handle_reports_unknown_ops_and_bad_args(hil_agent: ModuleType) -> None:
+    agent = hil_agent.Agent()
+    assert agent.handle({"id": 1, "op": "nope"})["error"]["errno"] == "EINVAL"
+    assert agent.handle({"id": 2, "op": "read", "args": {}})["error"]["errno"] == "EINVAL"
+    assert agent.handle({"id": 3, "op": "read", "args": {"name": "x"}})["error"]["errno"] == "EBADF"
+    bad_type = agent.handle({"id": 4, "op": "poll", "args": {"name": 5}})
+    assert bad_type["error"]["errno"] == "EINVAL"
+    assert agent.handle({"id": 5, "op": "ping"})["result"]["pong"] is True
+
+
+def test_nonblocking_write_stops_at_eagain_and_reports_progress(hil_agent: ModuleType) -> None:
+    agent = hil_agent.Agent()
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        _inject(hil_agent, agent, "pipe", w, True)
+        reply = agent.handle({"id": 1, "op": "write",
+                              "args": {"name": "pipe", "seed": 1, "length": 1 << 20}})
+        assert reply["ok"], reply
+        assert reply["result"]["stopped"] == "EAGAIN"
+        assert 0 < reply["result"]["written"] < 1 << 20
+        again = agent.handle({"id": 2, "op": "write", "args": {"name": "pipe", "data": "eA=="}})
+        assert again["error"]["errno"] == "EAGAIN"
+        assert agent.handle({"id": 3, "op": "seek", "args": {"name": "pipe"}})["error"][
+            "errno"] == "ESPIPE"
+    finally:
+        agent.close_all()
+        os.close(r)
+
+
+def test_read_timeout_and_eof(hil_agent: ModuleType) -> None:
+    agent = hil_agent.Agent()
+    r, w = os.pipe()
+    _inject(hil_agent, agent, "pipe", r, False)
+    try:
+        timed = agent.handle({"id": 1, "op": "read", "args": {"name": "pipe", "timeout": 0.1}})
+        assert timed["error"]["errno"] == "ETIMEDOUT"
+        os.write(w, b"abc")
+        got = agent.handle({"id": 2, "op": "read", "args": {"name": "pipe", "timeout": 1}})
+        assert base64.b64decode(got["result"]["data"]) == b"abc" and not got["result"]["eof"]
+        os.close(w)
+        eof = agent.handle({"id": 3, "op": "read", "args": {"name": "pipe", "timeout": 1}})
+        assert eof["result"]["eof"] is True
+    finally:
+        agent.close_all()
+
+
+def test_streams_match_the_model_sha256(hil_agent: ModuleType) -> None:
+    agent = hil_agent.Agent()
+    a, b = socket.socketpair()
+    _inject(hil_agent, agent, "sock", a.fileno(), False)
+    length = 300_000
+    received = hashlib.sha256()
+
+    def drain() -> None:
+        got = 0
+        while got < length:
+            data = b.recv(65536)
+            received.update(data)
+            got += len(data)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    sent = agent.handle({"id": 1, "op": "send_stream",
+                         "args": {"name": "sock", "seed": 9, "length": length}})
+    reader.join(10)
+    expected = sha256_of(Payload.generated(9, length))
+    assert sent["result"]["sha256"] == expected == received.hexdigest()
+
+    ticket = agent.handle({"id": 2, "op": "start", "args": {
+        "op": "recv_stream", "args": {"name": "sock", "length": length, "timeout": 5}}})
+    for chunk in hil_agent.iter_generated(9, 0, length):
+        b.sendall(chunk)
+    state = agent.handle({"id": 3, "op": "ticket",
+                          "args": {"ticket": ticket["result"]["ticket"], "wait": 10}})
+    assert state["result"]["done"], state
+    assert state["result"]["reply"]["result"]["sha256"] == expected
+    a.detach()  # the agent owns the fd now
+    agent.close_all()
+    b.close()
+
+
+# -- the real entry points on this host's interpreters ----------------------------------------
+
+
+def _interpreters() -> list[str]:
+    found = [sys.executable]
+    for name in ("python3.11", "python3.13"):
+        path = shutil.which(name)
+        candidates = [path] if path else []
+        candidates += sorted(str(p) for p in Path.home().glob(f".pyenv/versions/3.*/bin/{name}"))
+        for candidate in candidates:
+            ok = subprocess.run([candidate, "-c", "pass"], capture_output=True).returncode == 0
+            if ok:
+                found.append(candidate)
+                break
+    return list(dict.fromkeys(found))
+
+
+@pytest.mark.parametrize("python", _interpreters())
+def test_ensure_once_and_bridge_run_on_this_interpreter(python: str, tmp_path: Path) -> None:
+    run_dir = Path(f"/tmp/hilu-{os.getpid()}-{abs(hash(python)) % 10000}")
+    run_dir.mkdir()
+    env = {**os.environ, "HIL_AGENT_RUN_DIR": str(run_dir)}
+    try:
+        ensure = subprocess.run([python, str(AGENT_FILE), "ensure"], env=env, timeout=30,
+                                capture_output=True, text=True)
+        assert ensure.returncode == 0, ensure.stderr
+        request = base64.b64encode(encode_request(1, "ping", {})).decode()
+        once = subprocess.run([python, str(AGENT_FILE), "once", request], env=env, timeout=30,
+                              capture_output=True, text=True)
+        reply = agent_client.parse_serial_reply(once.stdout)
+        assert reply["ok"] and reply["result"]["pong"]
+        daemon_pid = reply["result"]["pid"]
+        # ensure is idempotent: same daemon.
+        again = subprocess.run([python, str(AGENT_FILE), "ensure"], env=env, timeout=30)
+        assert again.returncode == 0
+        bridge = subprocess.run(
+            [python, str(AGENT_FILE), "bridge"], env=env, timeout=30, capture_output=True,
+            input=encode_request(2, "ping", {}) + encode_request(3, "kmsg", {}),
+        )
+        lines = bridge.stdout.splitlines()
+        assert [decode_reply(line)["id"] for line in lines] == [2, 3]
+        assert decode_reply(lines[0])["result"]["pid"] == daemon_pid
+    finally:
+        lock = run_dir / "hil-agent.lock"
+        if lock.exists() and lock.read_text().strip():
+            pid = int(lock.read_text())
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
+        shutil.rmtree(run_dir, ignore_errors=True)
