@@ -1,0 +1,433 @@
+"""Run a Scenario on the spec model and, optionally, on a real system, step by step.
+
+Per step: predict with the model, run it for real (in the background when the model says a
+guest operation blocks), compare errors and data, follow blocked operations until the model
+says they complete, wait for the real system to settle on the predicted snapshot, then check
+the console.  The first disagreement raises ScenarioFailure naming the step, the port, and a
+port | field | expected | actual table, because that is what a reader needs to act on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.model import (
+    Completion,
+    Difference,
+    ModelError,
+    Outcome,
+    Payload,
+    Pending,
+    ReadResult,
+    Snapshot,
+    VirtioSerialModel,
+    diff,
+    format_diff,
+    migrate,
+)
+from harness.model.migration import clone_configuration
+from harness.model.payload import slices_bytes
+from harness.scenario.observe import check_differences, sigio_events
+from harness.scenario.schema import MachineDecl, Scenario, Step, build_model, payload_seed
+from harness.scenario.system import RealSystem, StepFailure
+
+StepContext = Callable[[Step], AbstractContextManager[Any]]
+BOOT = Step(0, "boot", {}, None, "", 0, 0)
+DEFAULT_READ = 65536
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """Timeouts; the defaults suit TCG guests, model-only runs never wait."""
+
+    settle_timeout: float = 10.0
+    poll_interval: float = 0.05
+    op_timeout: float = 60.0
+    quiet_timeout: float = 0.5  # how long a read that should find nothing may wait
+
+
+class ScenarioFailure(AssertionError):
+    """The first disagreement; ``str()`` starts with ``step N (<kind> <port>): ``."""
+
+    def __init__(self, step: Step, message: str, table: str = "",
+                 console: list[str] | None = None) -> None:
+        self.step, self.reason, self.table = step, message, table
+        self.console = console or []
+        text = f"step {step.index} ({step.label}): {message}"
+        super().__init__(f"{text}\n{table}" if table else text)
+
+
+@dataclass
+class Prediction:
+    """What the model says one step does."""
+
+    value: object = None
+    error: ModelError | None = None
+    pending: Pending | None = None
+    completed: tuple[Completion, ...] = ()
+
+
+@dataclass
+class _Background:
+    """A guest operation the model predicts is blocked, running for real in the background."""
+
+    step: Step
+    pending: Pending
+    handle: object | None
+    expect: str | None = None
+
+
+@dataclass
+class _Outcome:
+    """What the real system did in one step."""
+
+    value: object = None
+    error: str | None = None
+
+
+@dataclass
+class ScenarioRunner:
+    """Drives one scenario; ``run()`` boots the real system (the caller stops it)."""
+
+    scenario: Scenario
+    real: RealSystem | None = None
+    options: RunnerOptions = field(default_factory=RunnerOptions)
+    step_context: StepContext = lambda step: nullcontext()
+    model: VirtioSerialModel = field(init=False)
+    background: list[_Background] = field(init=False, default_factory=list)
+    sigio: dict[str, list[frozenset[str]]] = field(init=False, default_factory=dict)
+    _console_seen: int = field(init=False, default=0)
+
+    # ------------------------------------------------------------- driving
+    def run(self) -> None:
+        self.model = build_model(self.scenario.machine)
+        if self.real is not None:
+            with self.step_context(BOOT):
+                self.real.start(self.scenario.machine)
+                self._settle(BOOT)
+                self._check_console(BOOT)
+        for step in self.scenario.steps:
+            with self.step_context(step):
+                self.run_step(step)
+
+    def run_step(self, step: Step) -> None:
+        before = self.model.snapshot()
+        prediction = self._predict(step)
+        actual = self._apply_real(step, prediction)
+        self._judge_error(step, prediction, actual)
+        if prediction.error is None and actual.error is None:
+            self._judge_value(step, prediction, actual)
+        self._record_sigio(step, prediction, before)
+        self._settle(step)
+        self._follow_background(step, prediction)
+        if step.kind == "check":
+            self._check(step)
+        self._check_console(step)
+
+    # ------------------------------------------------------------- model side
+    def _payload(self, step: Step) -> Payload:
+        if "data" in step.args:
+            return Payload.literal(step.args["data"].encode())
+        return Payload.generated(payload_seed(self.scenario.name, step.index), step.args["size"])
+
+    def _predict(self, step: Step) -> Prediction:
+        try:
+            outcome = self._model_op(step)
+        except ModelError as error:
+            return Prediction(error=error)
+        return Prediction(outcome.value, None, outcome.pending, outcome.completed)
+
+    def _model_op(self, step: Step) -> Outcome:
+        model, args = self.model, step.args
+        port = args.get("port")
+        simple: dict[str, Callable[[], Outcome]] = {
+            "host_open": lambda: model.host_open(port),
+            "host_close": lambda: model.host_close(port),
+            "host_write": lambda: model.host_write(port, self._payload(step)),
+            "host_read": lambda: model.host_read(port, args.get("max_bytes")),
+            "guest_open": lambda: model.guest_open(port, args.get("nonblocking", False)),
+            "guest_close": lambda: model.guest_close(port),
+            "guest_read": lambda: model.guest_read(port, args.get("max_bytes")),
+            "guest_write": lambda: model.guest_write(port, self._payload(step)),
+            "guest_seek": lambda: model.guest_seek(port),
+            "unplug": lambda: model.remove_port(port),
+            "hotplug_controller": lambda: model.add_controller(
+                args["id"], args.get("max_ports", 31)),
+            "unplug_controller": lambda: model.remove_controller(args["id"]),
+            "reboot": model.reboot,
+            "check": lambda: Outcome(),
+        }
+        if step.kind in simple:
+            return simple[step.kind]()
+        if step.kind == "hotplug":
+            nr = model.add_port(
+                args["name"], controller=args["controller"], nr=args.get("nr"),
+                console=args.get("console", False), backend=args.get("backend", "socket"),
+            )
+            return Outcome(nr)
+        if step.kind == "migrate":
+            return self._model_migrate(args.get("destination"))
+        raise AssertionError(f"unhandled step kind {step.kind}")
+
+    def _model_migrate(self, decl: MachineDecl | None) -> Outcome:
+        """Build the destination as the harness would start it, then load into it."""
+        if decl is None:
+            dest = clone_configuration(self.model)
+        else:
+            dest = build_model(decl)
+            for name in dest.ports:
+                source = self.model.ports.get(name)
+                if source is not None and source.host_attached:
+                    dest.host_open(name)
+        migrate(self.model, dest)
+        self.model = dest
+        return Outcome()
+
+    # ------------------------------------------------------------- real side
+    def _apply_real(self, step: Step, prediction: Prediction) -> _Outcome:
+        if self.real is None:
+            return _Outcome(prediction.value, prediction.error.text if prediction.error else None)
+        if prediction.pending is not None:
+            self._start_background(step, prediction.pending)
+            return _Outcome()
+        try:
+            return _Outcome(self._real_op(self.real, step, prediction))
+        except StepFailure as failure:
+            return _Outcome(error=failure.text)
+
+    def _read_size(self, step: Step, prediction: Prediction) -> int:
+        """Read exactly what the model says is deliverable, else the author's max_bytes."""
+        if isinstance(prediction.value, ReadResult) and prediction.value.length:
+            return prediction.value.length
+        return step.args.get("max_bytes") or DEFAULT_READ
+
+    def _real_op(self, real: RealSystem, step: Step, prediction: Prediction) -> object:
+        args, port = step.args, step.args.get("port", "")
+        timeout = self.options.op_timeout
+        if prediction.error is not None:
+            timeout = self.options.quiet_timeout
+        kind = step.kind
+        calls: dict[str, Callable[[], object]] = {
+            "host_open": lambda: real.host_open(port),
+            "host_close": lambda: real.host_close(port),
+            "host_write": lambda: real.host_write(port, self._payload(step)),
+            "host_read": lambda: real.host_read(port, self._read_size(step, prediction), timeout),
+            "guest_open": lambda: real.guest_open(port, args.get("nonblocking", False)),
+            "guest_close": lambda: real.guest_close(port),
+            "guest_read": lambda: real.guest_read(port, self._read_size(step, prediction),
+                                                  timeout),
+            "guest_write": lambda: real.guest_write(port, self._payload(step), timeout),
+            "guest_seek": lambda: real.guest_seek(port),
+            "hotplug": lambda: real.hotplug(args["name"], args.get("nr"),
+                                            args.get("console", False), args["controller"],
+                                            args.get("backend", "socket")),
+            "unplug": lambda: real.unplug(port),
+            "hotplug_controller": lambda: real.hotplug_controller(args["id"],
+                                                                  args.get("max_ports", 31)),
+            "unplug_controller": lambda: real.unplug_controller(args["id"]),
+            "migrate": lambda: real.migrate(args.get("destination")),
+            "reboot": real.reboot,
+            "check": lambda: None,
+        }
+        return calls[kind]()
+
+    def _start_background(self, step: Step, pending: Pending) -> None:
+        handle = None
+        if self.real is not None:
+            op = "read" if step.kind == "guest_read" else "write"
+            extra: dict[str, object] = (
+                {"max_bytes": step.args.get("max_bytes")} if op == "read"
+                else {"payload": self._payload(step)}
+            )
+            handle = self.real.start_guest_op(op, step.args["port"], **extra)
+        self.background.append(_Background(step, pending, handle, step.args.get("expect")))
+
+    # ------------------------------------------------------------- judging
+    def _judge_error(self, step: Step, prediction: Prediction, actual: _Outcome) -> None:
+        """expect_error must be a substring of the model's AND the real system's text."""
+        model_text = prediction.error.text if prediction.error else None
+        if step.expect_error is None:
+            if model_text is not None:
+                raise ScenarioFailure(step, f"the model predicts this step fails with "
+                                      f"{model_text!r}; add expect_error if that is intended")
+            if actual.error is not None:
+                raise ScenarioFailure(step, f"the real system failed with {actual.error!r}, "
+                                      "the model predicts success")
+            return
+        want = step.expect_error
+        if model_text is None or want not in str(prediction.error):
+            raise ScenarioFailure(step, f"expected error {want!r}, the model predicts "
+                                  f"{_describe(model_text)}")
+        if self.real is not None and (actual.error is None or want not in actual.error):
+            raise ScenarioFailure(step, f"expected error {want!r}, the real system gave "
+                                  f"{_describe(actual.error)}")
+
+    def _judge_value(self, step: Step, prediction: Prediction, actual: _Outcome) -> None:
+        if isinstance(prediction.value, ReadResult):
+            self._judge_read(step, prediction.value, actual.value, step.args.get("expect"))
+        elif step.kind == "guest_write" and self.real is not None and (
+            actual.value != prediction.value
+        ):
+            raise ScenarioFailure(step, "bytes written differ", _table(
+                step, "written", prediction.value, actual.value))
+
+    def _judge_read(self, step: Step, predicted: ReadResult, real: object,
+                    expect: str | None) -> None:
+        """Author's literal vs the model first (the model must agree with the author too)."""
+        label = step.args.get("port", "")
+        if expect is not None:
+            got = "<EOF>" if predicted.eof else slices_bytes(predicted.slices).decode(
+                "utf-8", "replace")
+            if got != expect:
+                raise ScenarioFailure(step, "the model disagrees with the scenario's expect",
+                                      _table(step, "data", expect, got))
+        if self.real is None:
+            return
+        rows = [
+            Difference(label, "length", predicted.length, getattr(real, "length", None)),
+            Difference(label, "sha256", predicted.sha256(), getattr(real, "sha256", None)),
+            Difference(label, "eof", predicted.eof, getattr(real, "eof", None)),
+        ]
+        if expect is not None and not predicted.eof:
+            data = getattr(real, "data", None)
+            text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+            rows.append(Difference(label, "data", expect, text))
+        bad = [row for row in rows if row.expected != row.actual]
+        if bad:
+            raise ScenarioFailure(step, "the real read differs from the prediction",
+                                  format_diff(bad))
+
+    # ------------------------------------------------------------- background ops
+    def _follow_background(self, step: Step, prediction: Prediction) -> None:
+        """Completed ones must have completed as predicted; the others must still block."""
+        done = {c.ticket: c for c in prediction.completed}
+        blocked = {p.ticket for p in self.model.blocked()}
+        still: list[_Background] = []
+        for job in self.background:
+            if job.pending.ticket in done:
+                self._judge_completion(step, job, done[job.pending.ticket])
+            elif job.pending.ticket not in blocked:
+                self._wait_done(step, job)
+            else:
+                self._assert_blocked(step, job)
+                still.append(job)
+        self.background = still
+
+    def _wait_done(self, step: Step, job: _Background) -> tuple[object, str | None]:
+        if self.real is None:
+            return None, None
+        deadline = time.monotonic() + self.options.op_timeout
+        while True:
+            finished, result, error = self.real.guest_op_state(job.handle)
+            if finished:
+                return result, error
+            if time.monotonic() > deadline:
+                raise ScenarioFailure(step, f"{job.pending.op} started at step {job.step.index} "
+                                      f"should have completed here but is still blocked after "
+                                      f"{self.options.op_timeout:.0f} s")
+            time.sleep(self.options.poll_interval)
+
+    def _judge_completion(self, step: Step, job: _Background, done: Completion) -> None:
+        result, error = self._wait_done(step, job)
+        what = f"{job.pending.op} started at step {job.step.index}"
+        if isinstance(done.result, ReadResult) and job.expect is not None:
+            self._judge_read(step, done.result, result, job.expect)
+        if self.real is None:
+            return
+        if done.error is not None:
+            if error is None or done.error.text not in error:
+                raise ScenarioFailure(step, f"{what} should fail with {done.error.text!r}, "
+                                      f"the real system gave {_describe(error)}")
+            return
+        if error is not None:
+            raise ScenarioFailure(step, f"{what} failed with {error!r}, the model predicts "
+                                  "success")
+        if isinstance(done.result, ReadResult):
+            self._judge_read(step, done.result, result, job.expect)
+        elif result != done.result:
+            raise ScenarioFailure(step, f"{what} returned a different count",
+                                  _table(step, "written", done.result, result))
+
+    def _assert_blocked(self, step: Step, job: _Background) -> None:
+        if self.real is None:
+            return
+        finished, result, error = self.real.guest_op_state(job.handle)
+        if finished:
+            raise ScenarioFailure(step, f"{job.pending.op} started at step {job.step.index} "
+                                  f"completed ({_describe(error) if error else result!r}), the "
+                                  "model predicts it is still blocked")
+
+    # ------------------------------------------------------------- snapshots
+    def _settle(self, step: Step) -> Snapshot:
+        """Wait (bounded) for the real system to show the predicted state; return it."""
+        predicted = self.model.snapshot()
+        if self.real is None:
+            return predicted
+        deadline = time.monotonic() + self.options.settle_timeout
+        while True:
+            actual = self.real.snapshot()
+            differences = diff(predicted, actual)
+            if not differences:
+                return actual
+            if time.monotonic() > deadline:
+                raise ScenarioFailure(step, "the real system did not settle on the predicted "
+                                      f"state within {self.options.settle_timeout:g} s",
+                                      format_diff(differences))
+            time.sleep(self.options.poll_interval)
+
+    def _check(self, step: Step) -> None:
+        """The author's values must hold on the model and on the real system."""
+        model_view = self.model.snapshot()
+        bad = check_differences(step.args, model_view, self.sigio)
+        if bad:
+            raise ScenarioFailure(step, "the model disagrees with the scenario",
+                                  format_diff(bad))
+        if self.real is None:
+            return
+        real_view = self.real.snapshot()
+        port = step.args.get("port")
+        real_sigio = {port: self.real.sigio(port)} if "sigio" in step.args and port else {}
+        bad = check_differences(step.args, real_view, real_sigio)
+        if bad:
+            raise ScenarioFailure(step, "the real system disagrees with the scenario",
+                                  format_diff(bad))
+
+    def _record_sigio(self, step: Step, prediction: Prediction, before: Snapshot) -> None:
+        if step.kind == "guest_open" and prediction.error is None:
+            self.sigio[step.args["port"]] = []
+        for port, mask in sigio_events(before, self.model.snapshot()):
+            masks = self.sigio.setdefault(port, [])
+            if not masks or masks[-1] != mask:
+                masks.append(mask)
+
+    def _check_console(self, step: Step) -> None:
+        if self.real is None:
+            return
+        problems = self.real.console_problems()
+        fresh, self._console_seen = problems[self._console_seen:], len(problems)
+        if fresh:
+            raise ScenarioFailure(step, "the guest console reports a kernel problem",
+                                  "\n".join(fresh), console=fresh)
+
+
+def _describe(error: str | None) -> str:
+    return "success" if error is None else repr(error)
+
+
+def _table(step: Step, name: str, expected: object, actual: object) -> str:
+    return format_diff([Difference(step.target or "-", name, expected, actual)])
+
+
+def run_scenario(scenario: Scenario, real: RealSystem | None = None,
+                 options: RunnerOptions | None = None,
+                 step_context: StepContext | None = None) -> ScenarioRunner:
+    """Run every step (booting ``real`` if given; the caller stops it); return the runner."""
+    runner = ScenarioRunner(scenario, real, options or RunnerOptions())
+    if step_context is not None:
+        runner.step_context = step_context
+    runner.run()
+    return runner
