@@ -19,6 +19,8 @@ from harness.plugin.fixtures import (
 )
 from harness.plugin.options import add_options
 
+pytest_plugins = ["harness.plugin.scenarios"]  # YAML scenario collection and running
+
 __all__ = [
     "hil_accel", "hil_guest", "hil_guest_factory", "hil_image", "hil_session_guest",
     "hil_settings", "hil_socket_root", "hil_system", "hil_system_factory", "make_port",

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 ACCEL_CHOICES = ("auto", "kvm", "tcg")
+BACKEND_CHOICES = ("model", "qemu")
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -27,6 +28,11 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption(
         "--hil-qemu", default="qemu-system-x86_64", metavar="BINARY",
         help="QEMU system emulator binary (name on PATH or path)",
+    )
+    group.addoption(
+        "--hil-backend", choices=BACKEND_CHOICES, default="qemu",
+        help="scenarios: qemu runs every step on a real guest and the model; model runs the "
+        "model alone (milliseconds, no QEMU) to lint and preview scenarios",
     )
     group.addoption(
         "--hil-boot-timeout", type=float, default=120, metavar="SECONDS",

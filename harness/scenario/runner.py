@@ -196,8 +196,11 @@ class ScenarioRunner:
             return _Outcome()
         try:
             return _Outcome(self._real_op(self.real, step, prediction))
-        except StepFailure as failure:
-            return _Outcome(error=failure.text)
+        except Exception as failure:
+            text = failure_text(failure)
+            if text is None:
+                raise
+            return _Outcome(error=text)
 
     def _read_size(self, step: Step, prediction: Prediction) -> int:
         """Read exactly what the model says is deliverable, else the author's max_bytes."""
@@ -390,7 +393,9 @@ class ScenarioRunner:
             return
         real_view = self.real.snapshot()
         port = step.args.get("port")
-        real_sigio = {port: self.real.sigio(port)} if "sigio" in step.args and port else {}
+        real_sigio = {}
+        if "sigio" in step.args and port:
+            real_sigio = {port: collapse(self.real.sigio(port))}
         bad = check_differences(step.args, real_view, real_sigio)
         if bad:
             raise ScenarioFailure(step, "the real system disagrees with the scenario",
@@ -412,6 +417,27 @@ class ScenarioRunner:
         if fresh:
             raise ScenarioFailure(step, "the guest console reports a kernel problem",
                                   "\n".join(fresh), console=fresh)
+
+
+def failure_text(error: BaseException) -> str | None:
+    """The error text of a real step failure: StepFailure, or any exception with ``.text``.
+
+    Structural on purpose: the backend raises its own exception type (it may not import
+    this layer), and anything without a ``.text`` is a harness bug that must propagate.
+    """
+    if isinstance(error, StepFailure):
+        return error.text
+    text = getattr(error, "text", None)
+    return text if isinstance(text, str) else None
+
+
+def collapse(masks: list[frozenset[str]]) -> list[frozenset[str]]:
+    """Consecutive equal SIGIO masks are one observation: interrupt batching is not a spec."""
+    out: list[frozenset[str]] = []
+    for mask in masks:
+        if not out or out[-1] != mask:
+            out.append(mask)
+    return out
 
 
 def _describe(error: str | None) -> str:
