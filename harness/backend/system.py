@@ -72,10 +72,13 @@ GuestFactory = Callable[..., Guest]
 
 @dataclass
 class _Port:
-    name: str
-    controller: str
+    spec: PortSpec
     backend: str
     endpoint: HostEndpoint | None
+
+    @property
+    def controller(self) -> str:
+        return self.spec.controller
 
 
 class QemuSystem:
@@ -89,6 +92,7 @@ class QemuSystem:
         self.agent: AgentClient | None = None
         self.ports: PortManager | None = None
         self._ports: dict[str, _Port] = {}
+        self._plugs = 0
         self._open: set[str] = set()
         self._console_mark = 0
         self._kernel_messages: list[str] = []
@@ -96,12 +100,12 @@ class QemuSystem:
     # -- lifetime ----------------------------------------------------------------------------
 
     def start(self, machine: MachineDecl) -> None:
-        boot_ports = [self._declare(p) for p in machine.ports]
+        boot_ports = [self._register(self._declare(p)) for p in machine.ports]
         controllers = [ControllerSpec(c.id, c.max_ports) for c in machine.controllers]
         self.guest = self._create_guest(
             "scenario", memory_mib=machine.memory, controllers=controllers, ports=boot_ports
         )
-        self.ports = PortManager(self.guest.machine, self.socket_dir)
+        self.ports = PortManager(self.guest.machine)
         self.agent = AgentClient(self.guest).start()
         for port in boot_ports:
             self.agent.wait_port(port.name)
@@ -116,15 +120,17 @@ class QemuSystem:
             self.guest.shutdown()
         shutil.rmtree(self.socket_dir, ignore_errors=True)
 
-    def _declare(self, port: PortDecl) -> PortSpec:
-        path = self.socket_dir / f"{len(self._ports)}.sock" if port.backend == "socket" else None
-        self._ports[port.name] = _Port(
-            port.name,
-            port.controller,
-            port.backend,
-            HostEndpoint(port.name, path) if path is not None else None,
-        )
-        return PortSpec(port.name, port.controller, port.nr, port.console, path)
+    def _declare(self, port: PortDecl) -> _Port:
+        """A fresh QEMU identity and socket for every plug (see PortSpec.ident)."""
+        self._plugs += 1
+        path = self.socket_dir / f"{self._plugs}.sock" if port.backend == "socket" else None
+        spec = PortSpec(port.name, port.controller, port.nr, port.console, path, f"port{self._plugs}")
+        endpoint = HostEndpoint(port.name, path) if path is not None else None
+        return _Port(spec, port.backend, endpoint)
+
+    def _register(self, port: _Port) -> PortSpec:
+        self._ports[port.spec.name] = port
+        return port.spec
 
     def _need_guest(self) -> tuple[Guest, AgentClient, PortManager]:
         if self.guest is None or self.agent is None or self.ports is None:
@@ -251,23 +257,20 @@ class QemuSystem:
         self, name: str, nr: int | None, console: bool, controller: str, backend: str
     ) -> None:
         _, agent, ports = self._need_guest()
-        spec = _Decl(name, nr, console, controller, backend)
-        port_spec = self._declare(spec)
-        try:
-            self._qmp(ports.add_port, port_spec)
-        except RealFailure:
-            del self._ports[name]
-            raise
+        port = self._declare(_Decl(name, nr, console, controller, backend))
+        self._qmp(ports.add_port, port.spec)
+        self._register(port)
         agent.wait_port(name)
 
     def unplug(self, name: str) -> None:
         _, agent, ports = self._need_guest()
         entry = self._ports.get(name)
-        self._qmp(ports.remove_port, name, entry is not None and entry.backend == "socket")
-        if entry is not None:
-            if entry.endpoint is not None and entry.endpoint.connected:
-                entry.endpoint.close()
-            del self._ports[name]
+        if entry is None:
+            raise RealFailure(f"Device '{name}' not found", "no such port was plugged")
+        self._qmp(ports.remove_port, entry.spec)
+        if entry.endpoint is not None and entry.endpoint.connected:
+            entry.endpoint.close()
+        del self._ports[name]
         agent.wait_port(name, gone=True)
 
     def hotplug_controller(self, controller_id: str, max_ports: int) -> None:
@@ -367,8 +370,11 @@ class _Decl:
 
 def _guest_view(entry: dict[str, Any]) -> GuestPortView:
     def number(key: str) -> int:
+        """debugfs prints counters as integers and flags as 0/1 or yes/no, depending on field."""
         value = entry.get(key, 0)
-        return int(value) if value not in (None, "") else 0
+        if isinstance(value, str):
+            value = {"yes": 1, "no": 0, "": 0}.get(value.strip().lower(), value)
+        return int(value) if value is not None else 0
 
     return GuestPortView(
         present=True,

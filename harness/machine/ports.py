@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
-from harness.machine.qemu import Machine, PortSpec, port_device_id
+from harness.machine.qemu import Machine, PortSpec
 from harness.machine.qmp import QmpEvent, QmpSession
 
 _QTREE_DEVICE = re.compile(r'^\s*dev: (virtserialport|virtconsole), id "([^"]*)"')
@@ -60,12 +59,19 @@ def parse_qtree(text: str) -> tuple[dict[str, QtreeController], dict[str, QtreeP
         elif (match := _QTREE_DEVICE.match(line)) and bus is not None:
             device = {"driver": match.group(1), "id": match.group(2)}
         elif (match := _QTREE_PROPERTY.match(line)) and device is not None:
-            device[match.group(1)] = match.group(2) if match.group(2) is not None else match.group(3)
+            device[match.group(1)] = (
+                match.group(2) if match.group(2) is not None else match.group(3)
+            )
         elif (match := _QTREE_STATE.match(line)) and device is not None and bus is not None:
             ports[device.get("name", "")] = QtreePort(
-                device_id=device["id"], controller=bus, driver=device["driver"],
-                nr=int(match.group(1)), name=device.get("name", ""), chardev=device.get("chardev", ""),
-                guest_connected=match.group(2) == "on", host_connected=match.group(3) == "on",
+                device_id=device["id"],
+                controller=bus,
+                driver=device["driver"],
+                nr=int(match.group(1)),
+                name=device.get("name", ""),
+                chardev=device.get("chardev", ""),
+                guest_connected=match.group(2) == "on",
+                host_connected=match.group(3) == "on",
                 throttled=match.group(4) == "on",
             )
             device = None
@@ -73,21 +79,18 @@ def parse_qtree(text: str) -> tuple[dict[str, QtreeController], dict[str, QtreeP
 
 
 class PortManager:
-    """Hot-add/remove of controllers and ports on one machine; chardev sockets in `socket_dir`."""
+    """Hot-add/remove of controllers and ports on one machine."""
 
-    def __init__(self, machine: Machine, socket_dir: Path, unplug_timeout: float = 30) -> None:
+    def __init__(self, machine: Machine, unplug_timeout: float = 30) -> None:
         assert machine.qmp is not None, "machine not started"
         self.machine = machine
         self.qmp: QmpSession = machine.qmp
-        self.socket_dir = socket_dir
         self.unplug_timeout = unplug_timeout
-
-    def chardev_path(self, name: str) -> Path:
-        return self.socket_dir / f"{port_device_id(name)}.sock"
 
     def add_controller(self, controller_id: str, max_ports: int = 31) -> None:
         self.qmp.execute(
-            "device_add", {"driver": "virtio-serial-pci", "id": controller_id, "max_ports": max_ports}
+            "device_add",
+            {"driver": "virtio-serial-pci", "id": controller_id, "max_ports": max_ports},
         )
 
     def remove_controller(self, controller_id: str) -> None:
@@ -98,17 +101,29 @@ class PortManager:
         chardev again so that a failed hotplug leaves nothing behind."""
         arguments: dict[str, object] = {
             "driver": "virtconsole" if port.console else "virtserialport",
-            "bus": f"{port.controller}.0", "name": port.name, "id": port.device_id,
+            "bus": f"{port.controller}.0",
+            "name": port.name,
+            "id": port.device_id,
         }
         if port.nr is not None:
             arguments["nr"] = port.nr
         chardev = None
         if port.chardev_path is not None:
-            chardev = f"ch-{port.device_id}"
-            self.qmp.execute("chardev-add", {"id": chardev, "backend": {"type": "socket", "data": {
-                "addr": {"type": "unix", "data": {"path": str(port.chardev_path)}},
-                "server": True, "wait": False,
-            }}})
+            chardev = port.chardev_id
+            self.qmp.execute(
+                "chardev-add",
+                {
+                    "id": chardev,
+                    "backend": {
+                        "type": "socket",
+                        "data": {
+                            "addr": {"type": "unix", "data": {"path": str(port.chardev_path)}},
+                            "server": True,
+                            "wait": False,
+                        },
+                    },
+                },
+            )
             arguments["chardev"] = chardev
         try:
             self.qmp.execute("device_add", arguments)
@@ -117,24 +132,30 @@ class PortManager:
                 self.qmp.execute("chardev-remove", {"id": chardev})
             raise
 
-    def remove_port(self, name: str, has_chardev: bool = True) -> None:
-        device_id = port_device_id(name)
-        self._unplug(device_id)
-        if has_chardev:
-            self.qmp.execute("chardev-remove", {"id": f"ch-{device_id}"})
+    def remove_port(self, port: PortSpec) -> None:
+        self._unplug(port.device_id)
+        if port.chardev_path is not None:
+            self.qmp.execute("chardev-remove", {"id": port.chardev_id})
 
     def _unplug(self, device_id: str) -> None:
         mark = len(self.qmp.events)
         self.qmp.execute("device_del", {"id": device_id})
         self.qmp.wait_event(
-            "DEVICE_DELETED", self.unplug_timeout, where=lambda e: e.data.get("device") == device_id,
-            after=mark, what=f"for device {device_id}",
+            "DEVICE_DELETED",
+            self.unplug_timeout,
+            where=lambda e: e.data.get("device") == device_id,
+            after=mark,
+            what=f"for device {device_id}",
         )
 
     def qtree(self) -> tuple[dict[str, QtreeController], dict[str, QtreePort]]:
         return parse_qtree(self.qmp.hmp("info qtree"))
 
-    def port_events(self, name: str) -> list[QmpEvent]:
+    def port_events(self, port: PortSpec) -> list[QmpEvent]:
         """VSERPORT_CHANGE events of one port, in the order QEMU sent them."""
-        device_id = port_device_id(name)
-        return [e for e in self.qmp.events if e.name == "VSERPORT_CHANGE" and e.data.get("id") == device_id]
+        device_id = port.device_id
+        return [
+            e
+            for e in self.qmp.events
+            if e.name == "VSERPORT_CHANGE" and e.data.get("id") == device_id
+        ]

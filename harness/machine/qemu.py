@@ -24,7 +24,9 @@ from harness.machine.qmp import QmpSession, Transcript
 
 Accel = Literal["kvm", "tcg"]
 KVM_CPU = "host,-arch-capabilities"  # plain `host` fails on some nested hypervisors (MSR 0x10a)
-_USERNET_PORT = re.compile(r"TCP\[HOST_FORWARD\]\s+\d+\s+127\.0\.0\.1\s+(\d+)\s+10\.0\.2\.15\s+22\b")
+_USERNET_PORT = re.compile(
+    r"TCP\[HOST_FORWARD\]\s+\d+\s+127\.0\.0\.1\s+(\d+)\s+10\.0\.2\.15\s+22\b"
+)
 
 
 @dataclass(frozen=True)
@@ -35,17 +37,24 @@ class ControllerSpec:
 
 @dataclass(frozen=True)
 class PortSpec:
-    """A port present at boot. `chardev_path` None means no chardev (backend: none)."""
+    """A port. `chardev_path` None means no chardev (backend: none). `ident` names the QEMU
+    device (and its chardev); give each plug its own, so that plugging a duplicate name reaches
+    virtio-serial's own check instead of failing earlier on a duplicate QEMU id."""
 
     name: str
     controller: str
     nr: int | None = None
     console: bool = False
     chardev_path: Path | None = None
+    ident: str = ""
 
     @property
     def device_id(self) -> str:
-        return port_device_id(self.name)
+        return self.ident or port_device_id(self.name)
+
+    @property
+    def chardev_id(self) -> str:
+        return f"ch-{self.device_id}"
 
 
 def port_device_id(name: str) -> str:
@@ -63,9 +72,10 @@ def port_chardev_args(port: PortSpec) -> list[str]:
     if port.nr is not None:
         props.append(f"nr={port.nr}")
     if port.chardev_path is not None:
-        chardev = f"ch-{port.device_id}"
-        args += ["-chardev", f"socket,id={chardev},path={port.chardev_path},server=on,wait=off"]
-        props.append(f"chardev={chardev}")
+        args += [
+            "-chardev", f"socket,id={port.chardev_id},path={port.chardev_path},server=on,wait=off"
+        ]
+        props.append(f"chardev={port.chardev_id}")
     driver = "virtconsole" if port.console else "virtserialport"
     return [*args, "-device", ",".join([driver, *props])]
 
@@ -98,8 +108,9 @@ class Timeouts:
 class Machine:
     """A running QEMU: `qmp`, `console`, `ssh_port`, and the files it leaves in `workdir`."""
 
-    def __init__(self, spec: MachineSpec, workdir: Path, name: str = "guest",
-                 timeouts: Timeouts = Timeouts()) -> None:
+    def __init__(
+        self, spec: MachineSpec, workdir: Path, name: str = "guest", timeouts: Timeouts = Timeouts()
+    ) -> None:
         self.spec = spec
         self.workdir = workdir
         self.name = name
@@ -115,28 +126,58 @@ class Machine:
         self.console_log = workdir / f"{name}.console.log"
         self.stderr_log = workdir / f"{name}.qemu.stderr"
         self._transcript = Transcript(self.qmp_log)
+        self._shutdown_result: str | None = None
 
     # -- start ---------------------------------------------------------------------------
 
     def argv(self, qmp_fd: int, console_fd: int) -> list[str]:
         spec = self.spec
         argv = [
-            self._binary(), "-S", "-nodefaults", "-no-user-config", "-display", "none",
-            "-machine", "pc", "-accel", spec.accel, "-m", str(spec.memory_mib),
-            "-smp", str(spec.cpus), "-name", self.name,
-            "-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", spec.cmdline,
-            "-chardev", f"socket,id=qmp,fd={qmp_fd}", "-mon", "chardev=qmp,mode=control",
-            "-chardev", f"socket,id=console,fd={console_fd}", "-serial", "chardev:console",
+            self._binary(),
+            "-S",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-machine",
+            "pc",
+            "-accel",
+            spec.accel,
+            "-m",
+            str(spec.memory_mib),
+            "-smp",
+            str(spec.cpus),
+            "-name",
+            self.name,
+            "-kernel",
+            str(spec.kernel),
+            "-initrd",
+            str(spec.initrd),
+            "-append",
+            spec.cmdline,
+            "-chardev",
+            f"socket,id=qmp,fd={qmp_fd}",
+            "-mon",
+            "chardev=qmp,mode=control",
+            "-chardev",
+            f"socket,id=console,fd={console_fd}",
+            "-serial",
+            "chardev:console",
         ]
         if spec.accel == "kvm":
             argv += ["-cpu", KVM_CPU]
         if spec.ssh:
             argv += [
-                "-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:0-:22",
-                "-device", "virtio-net-pci,netdev=net0,romfile=",
+                "-netdev",
+                "user,id=net0,hostfwd=tcp:127.0.0.1:0-:22",
+                "-device",
+                "virtio-net-pci,netdev=net0,romfile=",
             ]
         for controller in spec.controllers:
-            argv += ["-device", f"virtio-serial-pci,id={controller.id},max_ports={controller.max_ports}"]
+            argv += [
+                "-device",
+                f"virtio-serial-pci,id={controller.id},max_ports={controller.max_ports}",
+            ]
         for port in spec.ports:
             argv += port_chardev_args(port)
         if spec.incoming:
@@ -151,7 +192,9 @@ class Machine:
         argv = self.argv(qmp_theirs.fileno(), console_theirs.fileno())
         (self.workdir / f"{self.name}.cmdline").write_text(" ".join(argv) + "\n")
         try:
-            self.process = spawn(argv, self.stderr_log, [qmp_theirs.fileno(), console_theirs.fileno()])
+            self.process = spawn(
+                argv, self.stderr_log, [qmp_theirs.fileno(), console_theirs.fileno()]
+            )
         except OSError as error:
             raise MachineError(f"could not execute {argv[0]}: {error}") from error
         finally:
@@ -178,10 +221,14 @@ class Machine:
         """A kernel that never prints is not booting: fail in seconds, not at the test timeout."""
         assert self.console is not None
         try:
-            self.console.wait_for(r"\S", self.timeouts.first_console_output, "the first kernel output")
+            self.console.wait_for(
+                r"\S", self.timeouts.first_console_output, "the first kernel output"
+            )
         except WaitTimeout:
             if self.process is not None and self.process.poll() is not None:
-                raise self._startup_failure("QEMU exited before the guest printed anything") from None
+                raise self._startup_failure(
+                    "QEMU exited before the guest printed anything"
+                ) from None
             raise MachineError(
                 f"{self.name}: nothing reached the serial console within "
                 f"{self.timeouts.first_console_output:.0f} s of starting the guest ({self.spec.accel}): "
@@ -212,7 +259,9 @@ class Machine:
     def _check_files(self) -> None:
         for what, path in (("kernel", self.spec.kernel), ("initrd", self.spec.initrd)):
             if not Path(path).is_file():
-                raise MachineError(f"{what} {path} does not exist: check --hil-kernel / --hil-image")
+                raise MachineError(
+                    f"{what} {path} does not exist: check --hil-kernel / --hil-image"
+                )
 
     def _startup_failure(self, reason: str) -> MachineError:
         assert self.process is not None
@@ -243,6 +292,8 @@ class Machine:
 
     def shutdown(self) -> str:
         """QMP quit, then SIGTERM, then SIGKILL, each bounded; returns how QEMU ended."""
+        if self._shutdown_result is not None:
+            return self._shutdown_result
         how = "not started"
         if self.process is not None:
             how = self._quit_or_escalate()
@@ -252,6 +303,7 @@ class Machine:
             self.console.close()
         self._transcript.record("shutdown", how)
         self._transcript.close()
+        self._shutdown_result = how
         return how
 
     def _quit_or_escalate(self) -> str:

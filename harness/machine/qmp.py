@@ -62,7 +62,9 @@ class QmpSession:
         self.events: list[QmpEvent] = []
         self._events_changed = threading.Condition()
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=f"qmp-{name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name=f"qmp-{name}", daemon=True
+        )
         self._thread.start()
         self._client = QMPClient(name)
         self._listener = EventListener()
@@ -78,7 +80,9 @@ class QmpSession:
         self.transcript.record("greeting", version)
         return dict(version)
 
-    def execute(self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 30) -> Any:
+    def execute(
+        self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 30
+    ) -> Any:
         self.transcript.record("command", {"execute": command, "arguments": arguments or {}})
         try:
             reply = self._call(
@@ -119,6 +123,9 @@ class QmpSession:
                 self._events_changed.wait(remaining)
 
     def close(self, timeout: float = 5) -> None:
+        """Idempotent: a machine may be shut down by the test and again by its fixture."""
+        if not self._thread.is_alive():
+            return
         if self._client.runstate is not None:
             try:
                 self._call(self._client.disconnect(), timeout, "QMP disconnect")
@@ -161,4 +168,6 @@ class QmpSession:
         except ExecuteError:
             raise
         except (ConnectionError, EOFError, QMPError) as error:
-            raise MachineError(f"{self.name}: QMP connection lost while waiting for {what}: {error}") from error
+            raise MachineError(
+                f"{self.name}: QMP connection lost while waiting for {what}: {error}"
+            ) from error
