@@ -37,18 +37,27 @@ def smoke() -> int:
     choice = choose_accel("auto", "qemu-system-x86_64", image.kernel, image.initramfs)
     print(f"hil: {choice.describe()}")
     with tempfile.TemporaryDirectory(prefix="hil-smoke-") as workdir:
-        spec = MachineSpec(image.kernel, image.initramfs, image.cmdline, accel=choice.accel,
-                           controllers=[ControllerSpec("vser0")])
-        guest = Guest(Machine(spec, Path(workdir), "smoke"),
-                      Credentials(str(image.client_key), image.host_public_key))
+        spec = MachineSpec(
+            image.kernel,
+            image.initramfs,
+            image.cmdline,
+            accel=choice.accel,
+            controllers=[ControllerSpec("vser0")],
+        )
+        guest = Guest(
+            Machine(spec, Path(workdir), "smoke"),
+            Credentials(str(image.client_key), image.host_public_key),
+        )
         try:
             guest.boot()
             ssh = guest.run("uname -r")
             serial = guest.run("uname -r", channel="serial")
         finally:
             how = guest.shutdown()
-    print(f"boot: ready marker {guest.boot_times.to_ready_marker:.1f} s, SSH ready "
-          f"{guest.boot_times.to_ssh:.1f} s; kernel {ssh.output.strip()}; shutdown: {how}")
+    print(
+        f"boot: ready marker {guest.boot_times.to_ready_marker:.1f} s, SSH ready "
+        f"{guest.boot_times.to_ssh:.1f} s; kernel {ssh.output.strip()}; shutdown: {how}"
+    )
     good = ssh.ok and serial.ok and ssh.output == serial.output
     print("smoke check " + ("passed" if good else f"FAILED: ssh={ssh} serial={serial}"))
     return 0 if good else 1

@@ -85,10 +85,12 @@ class HostEndpoint:
             self._closing = False
             self._eof = False
         self._threads = [
-            threading.Thread(target=self._receive_loop, args=(sock,), daemon=True,
-                             name=f"rx-{self.name}"),
-            threading.Thread(target=self._send_loop, args=(sock,), daemon=True,
-                             name=f"tx-{self.name}"),
+            threading.Thread(
+                target=self._receive_loop, args=(sock,), daemon=True, name=f"rx-{self.name}"
+            ),
+            threading.Thread(
+                target=self._send_loop, args=(sock,), daemon=True, name=f"tx-{self.name}"
+            ),
         ]
         for thread in self._threads:
             thread.start()
@@ -194,7 +196,7 @@ class HostEndpoint:
                     chunk = self._inbox.popleft()
                     take = chunk if length is None else chunk[: length - count]
                     if len(take) < len(chunk):
-                        self._inbox.appendleft(chunk[len(take):])
+                        self._inbox.appendleft(chunk[len(take) :])
                     self._inbox_size -= len(take)
                     digest.update(take)
                     count += len(take)
@@ -214,7 +216,9 @@ class HostEndpoint:
                     )
                 self._lock.wait(remaining)
             eof = self._eof and not self._inbox
-        return Received(count, digest.hexdigest(), bytes(kept) if count <= keep_limit else None, eof)
+        return Received(
+            count, digest.hexdigest(), bytes(kept) if count <= keep_limit else None, eof
+        )
 
     def _receive_loop(self, sock: socket.socket) -> None:
         while True:

@@ -18,7 +18,9 @@ logging.getLogger("paramiko.transport").propagate = False
 
 
 class SshChannel:
-    def __init__(self, port: int, client_key: str, host_public_key: str, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, port: int, client_key: str, host_public_key: str, host: str = "127.0.0.1"
+    ) -> None:
         self.host = host
         self.port = port
         self._key = paramiko.ECDSAKey.from_private_key_file(client_key)
@@ -43,11 +45,20 @@ class SshChannel:
 
     def _open(self, timeout: float) -> paramiko.SSHClient:
         client = paramiko.SSHClient()
-        client.get_host_keys().add(f"[{self.host}]:{self.port}", self._host_key.get_name(), self._host_key)
+        client.get_host_keys().add(
+            f"[{self.host}]:{self.port}", self._host_key.get_name(), self._host_key
+        )
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         client.connect(
-            self.host, self.port, username="root", pkey=self._key, timeout=timeout,
-            banner_timeout=timeout, auth_timeout=timeout, allow_agent=False, look_for_keys=False,
+            self.host,
+            self.port,
+            username="root",
+            pkey=self._key,
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
+            allow_agent=False,
+            look_for_keys=False,
         )
         transport = client.get_transport()
         assert transport is not None
@@ -85,8 +96,10 @@ class SshChannel:
                 out += channel.recv(65536)
             while channel.recv_stderr_ready():
                 err += channel.recv_stderr(65536)
-            if channel.exit_status_ready() and channel.eof_received and not (
-                channel.recv_ready() or channel.recv_stderr_ready()
+            if (
+                channel.exit_status_ready()
+                and channel.eof_received
+                and not (channel.recv_ready() or channel.recv_stderr_ready())
             ):
                 return bytes(out), bytes(err)
             remaining = deadline - time.monotonic()

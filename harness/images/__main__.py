@@ -14,7 +14,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.images")
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="build the guest image (cached)")
-    build.add_argument("recipe", nargs="?", help="recipe name in images/ or a path (default: default)")
+    build.add_argument(
+        "recipe", nargs="?", help="recipe name in images/ or a path (default: default)"
+    )
     build.add_argument("--kernel", help="package name, file.deb, or vmlinuz[:modules_dir]")
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
     args = parser.parse_args(argv)
@@ -24,8 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     except ImageBuildError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"image {image.recipe} kernel {image.kernel_version} ({image.kernel_origin}) "
-          f"in {time.monotonic() - started:.2f} s")
+    print(
+        f"image {image.recipe} kernel {image.kernel_version} ({image.kernel_origin}) "
+        f"in {time.monotonic() - started:.2f} s"
+    )
     print(image.directory)
     return 0
 

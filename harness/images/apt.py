@@ -13,9 +13,9 @@ import re
 import shutil
 import subprocess
 import sys
-from glob import escape as glob_escape
 from collections.abc import Iterable
 from dataclasses import dataclass
+from glob import escape as glob_escape
 from pathlib import Path
 
 from harness.images.errors import ImageBuildError
@@ -109,8 +109,15 @@ class Apt:
     def _simulate(self, names: list[str]) -> list[Package]:
         output = self._run(
             [
-                "apt-get", *self._option_args(), "-s", "-o", "Dir::State::status=/dev/null",
-                "-o", "APT::Install-Recommends=false", "install", *names,
+                "apt-get",
+                *self._option_args(),
+                "-s",
+                "-o",
+                "Dir::State::status=/dev/null",
+                "-o",
+                "APT::Install-Recommends=false",
+                "install",
+                *names,
             ]
         )
         packages = [Package(m[1], m[2]) for m in map(_INST.match, output.splitlines()) if m]

@@ -42,7 +42,12 @@ _HARNESS_DIR = Path(__file__).resolve().parents[1]
 INIT_DIR = Path(__file__).resolve().parent / "init"
 AGENT_DIR = _HARNESS_DIR / "guest" / "agent"
 _LIB_DIRS = (
-    "lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "usr/lib64", "lib", "usr/lib",
+    "lib/x86_64-linux-gnu",
+    "usr/lib/x86_64-linux-gnu",
+    "lib64",
+    "usr/lib64",
+    "lib",
+    "usr/lib",
 )
 _MERGED_TOPS = ("bin", "sbin", "lib", "lib64")
 
@@ -130,8 +135,12 @@ class _Builder:
         kernel = prepare_kernel(self.kernel_spec, self.apt, self.cache)
         _check_kernel_file(kernel.vmlinuz)
         key = _digest(
-            BUILDER_VERSION, self.recipe.source_text, repr(userland_packages),
-            _file_identity(kernel.vmlinuz), kernel.version, _tree_digest(AGENT_DIR),
+            BUILDER_VERSION,
+            self.recipe.source_text,
+            repr(userland_packages),
+            _file_identity(kernel.vmlinuz),
+            kernel.version,
+            _tree_digest(AGENT_DIR),
         )
         directory = self.cache / "images" / f"{self.recipe.name}-{kernel.version}-{key}"
         if (directory / "manifest.json").exists() and not self.force:
@@ -147,7 +156,9 @@ class _Builder:
     # -- userland -------------------------------------------------------------------------
 
     def _userland(self, packages: list[Package]) -> Path:
-        key = _digest(BUILDER_VERSION, self.recipe.source_text, repr(packages), _tree_digest(INIT_DIR))
+        key = _digest(
+            BUILDER_VERSION, self.recipe.source_text, repr(packages), _tree_digest(INIT_DIR)
+        )
         directory = self.cache / "userland" / f"{self.recipe.name}-{key}"
         if (directory / "userland.cpio.gz").exists() and not self.force:
             return directory
@@ -191,7 +202,16 @@ class _Builder:
         archive = _Archive(out)  # type: ignore[arg-type]
         for top in _MERGED_TOPS:
             archive.symlink(top, f"usr/{top}")
-        for directory in ("proc", "sys", "dev", "tmp", "run", "root/.ssh", "etc/dropbear", "var/log"):
+        for directory in (
+            "proc",
+            "sys",
+            "dev",
+            "tmp",
+            "run",
+            "root/.ssh",
+            "etc/dropbear",
+            "var/log",
+        ):
             archive.directory(directory)
         files = staging.closure(self.recipe.binaries)
         for guest_path, source in sorted(files.items()):
@@ -207,7 +227,9 @@ class _Builder:
         archive.data("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644)
         archive.data("etc/group", b"root:x:0:\n", 0o644)
         archive.data("etc/shells", b"/bin/sh\n", 0o644)
-        archive.file("etc/dropbear/dropbear_ed25519_host_key", keys / "dropbear_ed25519_host_key", 0o600)
+        archive.file(
+            "etc/dropbear/dropbear_ed25519_host_key", keys / "dropbear_ed25519_host_key", 0o600
+        )
         archive.file("root/.ssh/authorized_keys", keys / "client_key.pub", 0o600)
         archive.close()
 
@@ -238,8 +260,10 @@ class _Builder:
         path = self.cache / "modules" / f"{kernel.version}-{key}.cpio.gz"
         if path.exists() and not self.force:
             return path
-        progress(f"copying {len(order)} kernel modules of {kernel.version}: "
-                 + ", ".join(uncompressed_name(p) for p in order))
+        progress(
+            f"copying {len(order)} kernel modules of {kernel.version}: "
+            + ", ".join(uncompressed_name(p) for p in order)
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
         with partial.open("wb") as out:
@@ -248,7 +272,9 @@ class _Builder:
             for relative in order:
                 assert kernel.modules_root is not None
                 name = uncompressed_name(relative)
-                archive.data(f"lib/modules/hil/{name}", read_module(kernel.modules_root / relative), 0o644)
+                archive.data(
+                    f"lib/modules/hil/{name}", read_module(kernel.modules_root / relative), 0o644
+                )
                 names.append(name)
             archive.data("etc/hil/modules.order", "".join(f"{n}\n" for n in names).encode(), 0o644)
             archive.close()
@@ -271,7 +297,12 @@ class _Builder:
         return path
 
     def _assemble(
-        self, directory: Path, kernel: PreparedKernel, userland: Path, modules: Path, agent: Path,
+        self,
+        directory: Path,
+        kernel: PreparedKernel,
+        userland: Path,
+        modules: Path,
+        agent: Path,
         packages: list[Package],
     ) -> GuestImage:
         partial = directory.with_name(directory.name + ".partial")
@@ -324,8 +355,12 @@ class _Staging:
                 found = root / candidate
                 if found.is_symlink():
                     target = os.readlink(found)
-                    resolved = target if target.startswith("/") else os.path.normpath(
-                        os.path.join(os.path.dirname("/" + candidate), target)
+                    resolved = (
+                        target
+                        if target.startswith("/")
+                        else os.path.normpath(
+                            os.path.join(os.path.dirname("/" + candidate), target)
+                        )
                     )
                     return self.locate(resolved, hops + 1)
                 if found.is_file():

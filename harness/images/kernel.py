@@ -36,7 +36,9 @@ class KernelSpec:
             return f"package {self.package}"
         if self.deb:
             return f"deb {self.deb}"
-        return f"vmlinuz {self.vmlinuz}" + (f" + modules {self.modules_dir}" if self.modules_dir else "")
+        return f"vmlinuz {self.vmlinuz}" + (
+            f" + modules {self.modules_dir}" if self.modules_dir else ""
+        )
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,9 @@ def parse_kernel_spec(text: str) -> KernelSpec:
                 f"kernel modules directory {modules} has no modules.order: give the "
                 "lib/modules/<version> directory of that kernel"
             )
-        return KernelSpec(vmlinuz=vmlinuz.resolve(), modules_dir=modules.resolve() if modules else None)
+        return KernelSpec(
+            vmlinuz=vmlinuz.resolve(), modules_dir=modules.resolve() if modules else None
+        )
     if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]+", text):
         raise ImageBuildError(
             f"kernel {text!r} is neither an existing file nor a Debian package name"
@@ -103,7 +107,11 @@ def _unpack_kernel_deb(deb: Path, target: Path, origin: str) -> PreparedKernel:
         raise ImageBuildError(f"{deb} contains no boot/vmlinuz-*: it is not a kernel image package")
     version = vmlinuzes[0].name.removeprefix("vmlinuz-")
     modules = next(
-        (p for p in (target / "lib/modules" / version, target / "usr/lib/modules" / version) if p.is_dir()),
+        (
+            p
+            for p in (target / "lib/modules" / version, target / "usr/lib/modules" / version)
+            if p.is_dir()
+        ),
         None,
     )
     return PreparedKernel(vmlinuzes[0], version, modules, origin)
@@ -159,7 +167,10 @@ def _modules_dep(kernel: PreparedKernel) -> dict[str, list[str]]:
             (base / modules_dir).mkdir(parents=True)
             (base / modules_dir / kernel.version).symlink_to(kernel.modules_root)
         result = subprocess.run(
-            [depmod, "-b", str(base), "-n", kernel.version], capture_output=True, text=True, check=False
+            [depmod, "-b", str(base), "-n", kernel.version],
+            capture_output=True,
+            text=True,
+            check=False,
         )
     if result.returncode != 0:
         raise ImageBuildError(

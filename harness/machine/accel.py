@@ -33,7 +33,12 @@ def probe_kvm(qemu: str, kernel: Path, initrd: Path, timeout: float = 8) -> tupl
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False, "/dev/kvm is missing or not accessible"
     spec = MachineSpec(
-        kernel=kernel, initrd=initrd, accel="kvm", qemu=qemu, memory_mib=256, ssh=False,
+        kernel=kernel,
+        initrd=initrd,
+        accel="kvm",
+        qemu=qemu,
+        memory_mib=256,
+        ssh=False,
         cmdline="console=ttyS0,115200 earlyprintk=ttyS0,115200 panic=-1",
     )
     with tempfile.TemporaryDirectory(prefix="hil-kvm-probe-") as scratch:

@@ -77,7 +77,9 @@ class Console:
         self._lock = threading.RLock()
         self._closed = threading.Event()
         self._eof = False
-        self._drain = threading.Thread(target=self._drain_forever, name=f"console-{name}", daemon=True)
+        self._drain = threading.Thread(
+            target=self._drain_forever, name=f"console-{name}", daemon=True
+        )
         self._drain.start()
 
     # -- the log -------------------------------------------------------------------------
@@ -105,7 +107,11 @@ class Console:
                     return match
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._eof:
-                    reason = "the console closed (QEMU exited)" if self._eof else f"{timeout:.0f} s passed"
+                    reason = (
+                        "the console closed (QEMU exited)"
+                        if self._eof
+                        else f"{timeout:.0f} s passed"
+                    )
                     raise WaitTimeout(
                         f"{self.name}: waited for {what} (/{pattern}/) on the serial console, "
                         f"but {reason}; last console lines:\n{self._tail()}"
@@ -128,12 +134,10 @@ class Console:
         ident = next(_command_ids)
         begin, end = f"__HIL_B_{ident}", f"__HIL_E_{ident}"
         line = (
-            f"printf '%s\\n' \"__HIL\"\"_B_{ident}\"; ( {command} ) 2>&1; "
-            f"printf '\\n%s %d\\n' \"__HIL\"\"_E_{ident}\" $?"
+            f'printf \'%s\\n\' "__HIL""_B_{ident}"; ( {command} ) 2>&1; '
+            f'printf \'\\n%s %d\\n\' "__HIL""_E_{ident}" $?'
         )
-        pattern = re.compile(
-            rf"{begin}\r?\n(.*?)\r?\n{end} (\d+)\r?\n".encode(), re.DOTALL
-        )
+        pattern = re.compile(rf"{begin}\r?\n(.*?)\r?\n{end} (\d+)\r?\n".encode(), re.DOTALL)
         with self._lock:
             self._child.sendline(line)
             try:
@@ -143,7 +147,9 @@ class Console:
                     f"{self.name}: serial command did not finish within {timeout:.0f} s: {command!r}"
                 ) from None
             except pexpect.EOF:
-                raise MachineError(f"{self.name}: console closed while running {command!r}") from None
+                raise MachineError(
+                    f"{self.name}: console closed while running {command!r}"
+                ) from None
             match = self._child.match
         assert match is not None
         output = match.group(1).decode(errors="replace").replace("\r\n", "\n")

@@ -28,7 +28,9 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def spawn(argv: Sequence[str], stderr_path: Path, pass_fds: Sequence[int]) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: Sequence[str], stderr_path: Path, pass_fds: Sequence[int]
+) -> subprocess.Popen[bytes]:
     """Start `argv` tied to this process's life.
 
     PDEATHSIG fires when the *thread* that forked exits, so QEMU must be started from a thread
@@ -43,7 +45,7 @@ def spawn(argv: Sequence[str], stderr_path: Path, pass_fds: Sequence[int]) -> su
             stderr=stderr,
             pass_fds=tuple(pass_fds),
             start_new_session=True,
-            preexec_fn=lambda: _die_with_parent(parent),  # noqa: PLW1509
+            preexec_fn=lambda: _die_with_parent(parent),
         )
     return process
 

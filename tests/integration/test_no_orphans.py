@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.qemu
 
-INNER_TEST = '''
+INNER_TEST = """
 import os
 from pathlib import Path
 
@@ -21,7 +21,7 @@ def test_hold_a_live_guest(hil_guest):
     Path(os.environ["QEMU_PID_FILE"]).write_text(str(hil_guest.machine.process.pid))
     assert hil_guest.run("true").exit_code == 0
     os.read(os.open(os.environ["BLOCK_FIFO"], os.O_RDONLY), 1)  # blocks until killed
-'''
+"""
 
 
 def _alive(pid: int) -> bool:
@@ -47,11 +47,24 @@ def test_sigkilled_pytest_leaves_no_qemu(tmp_path: Path, pytestconfig: pytest.Co
     pid_file, fifo = tmp_path / "qemu.pid", tmp_path / "block.fifo"
     os.mkfifo(fifo)
     env = {**os.environ, "QEMU_PID_FILE": str(pid_file), "BLOCK_FIFO": str(fifo)}
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path),
-            "--hil-accel=tcg", f"--hil-image={pytestconfig.getoption('--hil-image')}"]
-    inner = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    args = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        str(tmp_path),
+        "--hil-accel=tcg",
+        f"--hil-image={pytestconfig.getoption('--hil-image')}",
+    ]
+    inner = subprocess.Popen(
+        args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
-        _wait_until(lambda: pid_file.exists() and pid_file.read_text(), 180, "the inner guest to boot")
+        _wait_until(
+            lambda: pid_file.exists() and pid_file.read_text(), 180, "the inner guest to boot"
+        )
         qemu_pid = int(pid_file.read_text())
         assert _alive(qemu_pid)
         _wait_until(lambda: _fifo_has_reader(fifo), 60, "the inner test to block")

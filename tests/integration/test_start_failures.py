@@ -18,7 +18,10 @@ pytestmark = pytest.mark.qemu
 
 def _spec(image: GuestImage, **overrides: object) -> MachineSpec:
     fields: dict[str, object] = {
-        "kernel": image.kernel, "initrd": image.initramfs, "cmdline": image.cmdline, "accel": "tcg",
+        "kernel": image.kernel,
+        "initrd": image.initramfs,
+        "cmdline": image.cmdline,
+        "accel": "tcg",
     }
     fields.update(overrides)
     return MachineSpec(**fields)  # type: ignore[arg-type]
@@ -71,7 +74,9 @@ def test_non_kernel_with_a_kernel_header_fails_on_console_silence(
     assert elapsed < 60, f"failing took {elapsed:.0f} s: the silence was not noticed"
 
 
-def test_qemu_start_failure_carries_exit_code_and_stderr(hil_image: GuestImage, tmp_path: Path) -> None:
+def test_qemu_start_failure_carries_exit_code_and_stderr(
+    hil_image: GuestImage, tmp_path: Path
+) -> None:
     spec = _spec(hil_image, extra_args=["-device", "no-such-device-model"])
     with pytest.raises(MachineError, match=r"exit code 1.*no-such-device-model"):
         _start(spec, tmp_path)
