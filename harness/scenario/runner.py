@@ -282,6 +282,9 @@ class ScenarioRunner:
                     expect: str | None) -> None:
         """Author's literal vs the model first (the model must agree with the author too)."""
         label = step.args.get("port", "")
+        if "eof" in step.args and step.args["eof"] != predicted.eof:
+            raise ScenarioFailure(step, "the model disagrees with the scenario's eof",
+                                  _table(step, "eof", step.args["eof"], predicted.eof))
         if expect is not None:
             got = "<EOF>" if predicted.eof else slices_bytes(predicted.slices).decode(
                 "utf-8", "replace")

@@ -298,7 +298,7 @@ class StepSpec:
 
 _PORT_ONLY = StepSpec("port", {"port": "str"}, ("port",), "port")
 _DATA = {"port": "str", "data": "str", "size": "int"}
-_READ = {"port": "str", "expect": "str", "max_bytes": "int"}
+_READ = {"port": "str", "expect": "str", "eof": "bool", "max_bytes": "int"}
 CHECK_PORT_FIELDS = {
     "exists": "bool", "nr": "int", "controller": "str", "is_console": "bool",
     "guest_connected": "bool", "host_connected": "bool", "throttled": "bool",
