@@ -92,7 +92,7 @@ class InvalidScenario(pytest.Item):
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
                      style: str | None = None) -> str:
-        return f"invalid scenario\n{self.error.render()}"
+        return self.error.render()
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, self.error.line - 1, f"invalid scenario {self.name}"
