@@ -288,7 +288,7 @@ class AgentClient:
         return int(self.call("seek", name=name, offset=offset, whence=whence)["offset"])
 
     def start_background(self, op: str, **args: Any) -> int:
-        return int(self.call("start", op=op, args=args)["ticket"])
+        return int(self.call("start", args={"op": op, "args": args})["ticket"])
 
     def ticket(self, ticket: int, wait: float = 0) -> dict[str, Any]:
         return self.call("ticket", wait + 30, ticket=ticket, wait=wait)
