@@ -1,0 +1,158 @@
+"""Runner logic against the model alone and against a fake real system (a second model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.scenario.runner import RunnerOptions, ScenarioFailure, run_scenario
+from harness.scenario.schema import load_scenario, parse_scenario
+from harness.scenario.system import RealSystem
+
+from .fake_system import FakeSystem, throttle
+
+ROOT = Path(__file__).resolve().parents[3]
+SHIPPED = sorted((ROOT / "scenarios").glob("*.yaml")) + sorted(
+    (ROOT / "fixtures" / "scenarios").glob("*.yaml"))
+FAST = RunnerOptions(settle_timeout=0.05, poll_interval=0.01, op_timeout=0.05)
+PORT = "name: t\nmachine: {ports: [{name: p, nr: 1}]}\nsteps:\n"
+
+
+def test_fake_satisfies_the_protocol():
+    assert isinstance(FakeSystem(), RealSystem)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_scenarios_pass_on_the_model(path):
+    run_scenario(load_scenario(path))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_scenarios_pass_against_an_agreeing_system(path):
+    scenario = load_scenario(path)
+    if any(s.kind == "migrate" and s.args.get("destination") for s in scenario.steps):
+        pytest.skip("fake migrates to the same configuration only")
+    run_scenario(scenario, FakeSystem(), FAST)
+
+
+def test_a_snapshot_disagreement_fails_with_the_diff():
+    scenario = parse_scenario(PORT + "  - host_open: p\n  - guest_open: p\n")
+    with pytest.raises(ScenarioFailure) as info:
+        run_scenario(scenario, FakeSystem(tamper=throttle("p")), FAST)
+    text = str(info.value)
+    assert text.startswith("step 0 (boot): the real system did not settle")
+    assert "qemu.throttled" in text and "False" in text and "True" in text
+
+
+def test_an_unexpected_real_error_fails_the_step():
+    scenario = parse_scenario(PORT + "  - host_open: p\n")
+    with pytest.raises(ScenarioFailure, match=r"^step 1 \(host_open p\): the real system "
+                       r"failed with 'ECONNREFUSED'"):
+        run_scenario(scenario, FakeSystem(fail={"host_open": "ECONNREFUSED"}), FAST)
+
+
+def test_an_expected_error_must_happen_on_the_real_system_too():
+    scenario = parse_scenario(PORT + "  - guest_open: p\n  - guest_open: p\n"
+                              "    expect_error: EBUSY\n")
+    with pytest.raises(ScenarioFailure, match="the real system gave success"):
+        run_scenario(scenario, _ForgetsOpen(), FAST)
+
+
+class _ForgetsOpen(FakeSystem):
+    """Lets the second open succeed: the model says EBUSY."""
+
+    def guest_open(self, port: str, nonblocking: bool) -> None:
+        if self.model.ports[port].guest.fd is None:
+            super().guest_open(port, nonblocking)
+
+
+def test_the_model_must_agree_with_expect_error():
+    scenario = parse_scenario(PORT + "  - guest_open: p\n    expect_error: EBUSY\n")
+    with pytest.raises(ScenarioFailure, match="expected error 'EBUSY', the model predicts "
+                       "success"):
+        run_scenario(scenario)
+
+
+def test_a_model_error_without_expect_error_fails():
+    scenario = parse_scenario(PORT + "  - guest_seek: p\n    expect_error: EBADF\n"
+                              "  - guest_open: p\n  - guest_seek: p\n")
+    with pytest.raises(ScenarioFailure, match=r"^step 3 \(guest_seek p\): the model predicts "
+                       "this step fails with 'ESPIPE'"):
+        run_scenario(scenario)
+
+
+def test_console_problems_fail_the_step_they_appear_in():
+    scenario = parse_scenario(PORT + "  - host_open: p\n  - host_close: p\n")
+
+    class Noisy(FakeSystem):
+        def host_close(self, port: str) -> None:
+            super().host_close(port)
+            self.problems.append("BUG: unable to handle page fault")
+
+    with pytest.raises(ScenarioFailure) as info:
+        run_scenario(scenario, Noisy(), FAST)
+    assert str(info.value).startswith("step 2 (host_close p): the guest console reports")
+    assert info.value.console == ["BUG: unable to handle page fault"]
+
+
+def test_a_blocked_operation_must_stay_blocked():
+    scenario = parse_scenario(PORT + "  - host_open: p\n  - guest_open: p\n"
+                              "  - guest_read: p\n  - check: {port: p, guest_connected: true}\n")
+
+    class Early(FakeSystem):
+        def start_guest_op(self, op: str, port: str, **args: object) -> object:
+            handle = super().start_guest_op(op, port, **args)
+            self.early.add(handle)
+            return handle
+
+    with pytest.raises(ScenarioFailure, match=r"^step 3 \(guest_read p\): guest_read started "
+                       "at step 3 completed"):
+        run_scenario(scenario, Early(), FAST)
+
+
+def test_a_blocked_operation_completes_with_the_predicted_result():
+    scenario = parse_scenario(PORT + "  - host_open: p\n  - guest_open: p\n"
+                              "  - guest_read: {port: p, expect: hi}\n"
+                              "  - host_write: {port: p, data: hi}\n")
+    runner = run_scenario(scenario, FakeSystem(), FAST)
+    assert runner.background == []
+
+
+def test_expect_literal_is_checked_against_the_model():
+    scenario = parse_scenario(PORT + "  - host_open: p\n  - guest_open: p\n"
+                              "  - host_write: {port: p, data: hi}\n"
+                              "  - guest_read: {port: p, expect: ho}\n")
+    with pytest.raises(ScenarioFailure, match="the model disagrees with the scenario's expect"):
+        run_scenario(scenario)
+
+
+def test_wrong_check_names_port_field_expected_and_actual():
+    scenario = parse_scenario(PORT + "  - check: {port: p, nr: 2, guest_connected: false}\n")
+    with pytest.raises(ScenarioFailure) as info:
+        run_scenario(scenario)
+    lines = str(info.value).splitlines()
+    assert lines[0] == "step 1 (check p): the model disagrees with the scenario"
+    assert lines[-1].split() == ["p", "nr", "2", "1"]
+
+
+def test_real_check_disagreement_is_reported_separately():
+    scenario = parse_scenario(PORT + "  - check: {port: p, throttled: false}\n")
+    system = FakeSystem()
+    runner_options = RunnerOptions(settle_timeout=0.05, poll_interval=0.01)
+    calls = []
+
+    def late_tamper(snap):
+        calls.append(1)
+        return throttle("p")(snap) if len(calls) > 2 else snap
+
+    system.tamper = late_tamper
+    with pytest.raises(ScenarioFailure, match="the real system disagrees with the scenario"):
+        run_scenario(scenario, system, runner_options)
+
+
+def test_sizes_use_seeded_payloads_that_both_sides_agree_on():
+    scenario = parse_scenario(PORT + "  - host_open: p\n  - guest_open: p\n"
+                              "  - guest_write: {port: p, size: 200000}\n"
+                              "  - host_read: p\n")
+    run_scenario(scenario, FakeSystem(), FAST)
