@@ -5,6 +5,7 @@ Ports are hotplugged with raw QMP here (the port-management layer lives elsewher
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import socket
 import time
@@ -193,8 +194,6 @@ def test_blocking_read_in_background_completes_when_host_writes(
     port.sock.sendall(b"hello guest")
     result = agent.wait_ticket(ticket, timeout=30)
     assert result["data"] and result["eof"] is False
-    import base64
-
     assert base64.b64decode(result["data"]) == b"hello guest"
 
     # Guest -> host through a plain write.
@@ -230,6 +229,20 @@ def test_nonblocking_read_and_write_give_eagain(
     assert (data, eof) == (b"", True)
 
 
+def test_blocking_write_waits_for_the_host_to_open(
+    agent: AgentClient, port_factory: Callable[..., HostPort]
+) -> None:
+    port = port_factory()
+    agent.open("org.test.p1")
+    data = base64.b64encode(b"xyz").decode()
+    ticket = agent.start_background("write", name="org.test.p1", data=data)
+    time.sleep(1.0)
+    assert agent.ticket(ticket)["done"] is False
+    port.connect()
+    assert agent.wait_ticket(ticket, timeout=30)["written"] == 3
+    assert port.recv_exactly(3) == (3, hashlib.sha256(b"xyz").hexdigest())
+
+
 def test_streams_of_one_mib_both_ways_match_the_host_sha256(
     agent: AgentClient, port_factory: Callable[..., HostPort]
 ) -> None:
@@ -263,19 +276,32 @@ def test_write_reports_short_writes_of_32k(agent: AgentClient,
     assert result["written"] == 100_000
     assert max(result["sizes"]) <= 32768 and result["calls"] >= 4
     assert port.recv_exactly(100_000) == (100_000, sha256_of(Payload.generated(3, 100_000)))
+    # One write() call of 100000 bytes is cut to 32 KiB by virtio_console.
+    single = agent.call("write", name="org.test.p1", seed=3, length=100_000, single=True)
+    assert (single["written"], single["calls"]) == (32768, 1)
+    assert port.recv_exactly(32768)[0] == 32768
 
 
 def test_sigio_masks_are_collected(agent: AgentClient, port_factory: Callable[..., HostPort]
                                    ) -> None:
+    """Observed on 6.1: one SIGIO per host open (mask OUT), per arriving data (IN|OUT) and per
+    host close (IN|HUP); none when the guest's own writes are consumed."""
     port = port_factory()
     agent.open("org.test.p1", sigio=True)
     assert agent.sigio("org.test.p1") == []
     port.connect()
     wait_until(lambda: agent.port_info("org.test.p1")["host_connected"] == 1, 30, "host_connected")
+    masks = wait_until(lambda: agent.sigio("org.test.p1"), 30, "a SIGIO on host open")
+    assert [m["events"] for m in masks] == [["OUT"]]
+
     assert port.sock is not None
     port.sock.sendall(b"ping")
-    masks = wait_until(lambda: agent.sigio("org.test.p1"), 30, "a SIGIO")
-    assert any("IN" in m["events"] for m in masks) or any("OUT" in m["events"] for m in masks)
+    masks = wait_until(lambda: agent.sigio("org.test.p1"), 30, "a SIGIO on data")
+    assert [m["events"] for m in masks] == [["IN", "OUT"]]
+
+    port.disconnect()
+    masks = wait_until(lambda: agent.sigio("org.test.p1"), 30, "a SIGIO on host close")
+    assert [m["events"] for m in masks] == [["IN", "HUP"]]
     agent.close("org.test.p1")
 
 

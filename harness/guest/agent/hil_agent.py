@@ -636,7 +636,7 @@ class Agent:
             records = self._read_kmsg_records(fd)
         finally:
             os.close(fd)
-        words = ("BUG", "WARNING", "Oops", "Call Trace", "general protection", "panic")
+        words = ("BUG", "WARNING", "Oops", "Call Trace", "general protection", "Kernel panic")
         return [r for r in records if (r["level"] is not None and r["level"] <= 3)
                 or any(w in r["text"] for w in words)]
 
