@@ -157,7 +157,7 @@ class ScenarioItem(pytest.Function):
                      style: str | None = None) -> str | Any:
         if excinfo.errisinstance((ScenarioFailure, FactoryUnavailable)):
             return f"{self.scenario.path}: {excinfo.value}"
-        return super().repr_failure(excinfo, style=style)  # type: ignore[arg-type]
+        return super().repr_failure(excinfo)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, 0, f"scenario {self.name}"
