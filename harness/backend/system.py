@@ -219,17 +219,17 @@ class QemuSystem:
         if op == "write" and "payload" in args:
             payload: Payload = args.pop("payload")
             if payload.seed is not None:
-                return self._agent_call(
-                    agent.start_background,
-                    "send_stream",
-                    name=port,
-                    seed=payload.seed,
-                    length=payload.length,
+                return self._start_background(
+                    agent, "send_stream", name=port, seed=payload.seed, length=payload.length
                 )
             args["data"] = base64.b64encode(payload.data or b"").decode()
         if op == "open":
             self._open.add(port)
-        return self._agent_call(agent.start_background, op, name=port, **args)
+        return self._start_background(agent, op, name=port, **args)
+
+    def _start_background(self, agent: AgentClient, op: str, **args: Any) -> int:
+        result = self._agent_call(agent.call, "start", args={"op": op, "args": args})
+        return int(result["ticket"])
 
     def guest_op_state(self, handle: int) -> tuple[bool, Any, str | None]:
         _, agent, _ = self._need_guest()

@@ -1,0 +1,59 @@
+"""Drive the spec model and the real system side by side (the model is the oracle)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.backend.settle import settle
+from harness.backend.system import QemuSystem, RealFailure
+from harness.model import ModelError, VirtioSerialModel, format_diff
+
+
+class Twin:
+    def __init__(self, real: QemuSystem, settle_timeout: float = 15) -> None:
+        self.real = real
+        self.model = VirtioSerialModel()
+        self.settle_timeout = settle_timeout
+        for controller in real.snapshot().controllers.values():
+            self.model.add_controller(controller.id, controller.max_ports)
+
+    def both(self, operation: str, *args: Any, model_args: tuple[Any, ...] | None = None,
+             **kwargs: Any) -> tuple[Any, Any]:
+        """Apply to the model and the real system; errors must agree (text equal)."""
+        model_error = real_error = None
+        model_value = real_value = None
+        try:
+            model_value = getattr(self.model, operation)(*(model_args or args), **kwargs)
+        except ModelError as error:
+            model_error = error.text
+        try:
+            real_value = getattr(self.real, _REAL_NAMES.get(operation, operation))(*args, **kwargs)
+        except RealFailure as error:
+            real_error = error.text
+        assert model_error == real_error, (
+            f"{operation}{args}: model says {model_error or 'success'}, real system says "
+            f"{real_error or 'success'}"
+        )
+        return model_value, real_value
+
+    def hotplug(self, name: str, nr: int | None = None, console: bool = False,
+                controller: str = "vser0", backend: str = "socket") -> str | None:
+        """Plug on both; returns the (agreed) error text, or None."""
+        model_error = real_error = None
+        try:
+            self.model.add_port(name, controller=controller, nr=nr, console=console, backend=backend)
+        except ModelError as error:
+            model_error = error.text
+        try:
+            self.real.hotplug(name, nr, console, controller, backend)
+        except RealFailure as error:
+            real_error = error.text
+        assert model_error == real_error, f"hotplug {name}: model {model_error!r}, QEMU {real_error!r}"
+        return real_error
+
+    def agree(self, where: str) -> None:
+        _, differences = settle(self.model.snapshot(), self.real.snapshot, self.settle_timeout)
+        assert not differences, f"after {where}, real != model:\n{format_diff(differences)}"
+
+
+_REAL_NAMES = {"remove_port": "unplug", "add_controller": "hotplug_controller"}
