@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from harness.backend.endpoint import HostEndpoint, Received
 from harness.guest.agent_client import AgentClient, AgentError
 from harness.guest.guest import READY_MARKER, Guest
-from harness.machine.errors import MachineError, QmpError
+from harness.machine.errors import MachineError, QmpError, WaitTimeout
 from harness.machine.ports import PortManager
 from harness.machine.qemu import ControllerSpec, PortSpec
 from harness.model.payload import Payload
@@ -93,6 +93,7 @@ class QemuSystem:
         self.ports: PortManager | None = None
         self._ports: dict[str, _Port] = {}
         self._plugs = 0
+        self._sigio: dict[str, list[frozenset[str]]] = {}
         self._open: set[str] = set()
         self._console_mark = 0
         self._kernel_messages: list[str] = []
@@ -157,7 +158,17 @@ class QemuSystem:
         self._endpoint(port).write(payload)
 
     def host_read(self, port: str, length: int, timeout: float) -> Received:
-        return self._endpoint(port).read(length, timeout)
+        """Nothing at all arriving in time is the host's EAGAIN (its socket is non-blocking in
+        spirit: the harness never waits on the guest unbounded)."""
+        endpoint = self._endpoint(port)
+        if not endpoint.connected:
+            raise RealFailure("ENOTCONN", f"host end of {port} is not connected")
+        try:
+            return endpoint.read(length, timeout)
+        except WaitTimeout as error:
+            if endpoint.buffered_in == 0 and "read 0 of" in str(error):
+                raise RealFailure("EAGAIN", str(error)) from None
+            raise
 
     def host_stall(self, port: str, stalled: bool) -> None:
         self._endpoint(port).stall(stalled)
@@ -171,9 +182,14 @@ class QemuSystem:
             raise RealFailure(error.errno, str(error)) from None
 
     def guest_open(self, port: str, nonblocking: bool = False) -> None:
+        """A second open goes to the kernel as a second fd, so its answer (EBUSY) is real."""
         _, agent, _ = self._need_guest()
+        if port in self._open:
+            self._agent_call(agent.open, port, nonblocking=nonblocking, extra=True)
+            return
         self._agent_call(agent.open, port, nonblocking=nonblocking, sigio=True)
         self._open.add(port)
+        self._sigio[port] = []
 
     def guest_close(self, port: str) -> None:
         _, agent, _ = self._need_guest()
@@ -238,12 +254,15 @@ class QemuSystem:
             return False, None, None
         reply = state["reply"]
         if reply.get("ok"):
-            return True, reply.get("result"), None
+            return True, _op_result(reply.get("result")), None
         return True, None, reply.get("error", {}).get("errno", "?")
 
     def sigio(self, port: str) -> list[frozenset[str]]:
+        """Every SIGIO mask of this port's fd since it was opened (the agent hands out new ones)."""
         _, agent, _ = self._need_guest()
-        return [frozenset(entry.get("events", [])) for entry in self._agent_call(agent.sigio, port)]
+        fresh = [frozenset(e.get("events", [])) for e in self._agent_call(agent.sigio, port)]
+        self._sigio.setdefault(port, []).extend(fresh)
+        return list(self._sigio[port])
 
     # -- hotplug -----------------------------------------------------------------------------
 
@@ -278,7 +297,7 @@ class QemuSystem:
 
     def unplug_controller(self, controller_id: str) -> None:
         _, agent, ports = self._need_guest()
-        gone = [p.name for p in self._ports.values() if p.controller == controller_id]
+        gone = [p.spec.name for p in self._ports.values() if p.controller == controller_id]
         self._qmp(ports.remove_controller, controller_id)
         for name in gone:
             entry = self._ports.pop(name)
@@ -357,6 +376,23 @@ class QemuSystem:
             out["kernel messages"] = "\n".join(self._kernel_messages)
             out["agent log"] = "\n".join(self.agent.log)
         return out
+
+
+def _op_result(result: Any) -> Any:
+    """A background op's agent reply in the shape its foreground twin returns: bytes written
+    for writes, a Received for reads, None for opens."""
+    if not isinstance(result, dict):
+        return result
+    if "written" in result:
+        return int(result["written"])
+    if "data" in result:
+        data = base64.b64decode(result["data"])
+        return Received(len(data), hashlib.sha256(data).hexdigest(), data, bool(result.get("eof")))
+    if "sha256" in result and "bytes" in result:
+        if "eof" in result:
+            return Received(int(result["bytes"]), result["sha256"], None, bool(result["eof"]))
+        return int(result["bytes"])
+    return None
 
 
 @dataclass(frozen=True)

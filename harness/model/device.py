@@ -115,6 +115,8 @@ class GuestPort:
     bytes_received: int = 0
     bytes_discarded: int = 0
     rx: SliceQueue = field(default_factory=SliceQueue)
+    #: bytes left in the one rx buffer the driver holds (port->inbuf); see Behaviour.guest_rx_buffer
+    held: int = 0
     outvq: deque[Chunk] = field(default_factory=deque)
     fd: GuestFile | None = None
 
@@ -386,6 +388,8 @@ class VirtioSerialModel:
         guest.fd = None
         guest.guest_connected = False
         port.guest_connected = False
+        guest.bytes_received += len(guest.rx) - guest.held  # discard_port_data takes them all
+        guest.held = 0
         guest.bytes_discarded += len(guest.rx)
         self._discard(port, H2G, "guest", len(guest.rx), "guest closed with unread input")
         guest.rx = SliceQueue()
@@ -605,8 +609,21 @@ class VirtioSerialModel:
         pieces = port.h2g_socket.take(max(0, room))
         for piece in pieces:
             guest.rx.push(piece)
-            guest.bytes_received += piece.length
+        self._take_inbuf(guest)
         return bool(pieces)
+
+    def _take_inbuf(self, guest: GuestPort) -> None:
+        """get_inbuf(): the driver takes one filled buffer, and only then counts its bytes."""
+        if guest.held == 0 and len(guest.rx):
+            guest.held = min(self.behaviour.guest_rx_buffer, len(guest.rx))
+            guest.bytes_received += guest.held
+
+    def _consume(self, guest: GuestPort, count: int) -> None:
+        """`count` bytes were read: the buffers behind the held one that the read went through
+        were taken (and counted) on the way; then the next buffer is taken if any is left."""
+        guest.bytes_received += max(0, count - guest.held)
+        guest.held = max(0, guest.held - count)
+        self._take_inbuf(guest)
 
     def _try_read(self, port: Port, max_bytes: int | None) -> ReadResult | None:
         guest = port.guest
@@ -617,7 +634,9 @@ class VirtioSerialModel:
             out: list[Slice] = []
             while len(guest.rx) and (max_bytes is None or sum(p.length for p in out) < max_bytes):
                 left = None if max_bytes is None else max_bytes - sum(p.length for p in out)
-                out.extend(guest.rx.take(left))
+                taken = guest.rx.take(left)
+                out.extend(taken)
+                self._consume(guest, sum(p.length for p in taken))
                 self._pump_h2g(port)
             result = ReadResult(tuple(out))
             self.read[H2G] += result.length

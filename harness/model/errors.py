@@ -55,7 +55,8 @@ def device_not_found(dev_id: str) -> str:
 
 
 def bus_not_found(bus: str) -> str:
-    return f"Bus '{bus}' not found"
+    """Named as given to device_add: the harness passes bus=<controller>.0 (observed, QEMU 7.2)."""
+    return f"Bus '{bus}.0' not found"
 
 
 MIGRATION_FAILED = "load of migration failed: Invalid argument"

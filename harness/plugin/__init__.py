@@ -1,30 +1,17 @@
-"""pytest plugin entry point (registered under pytest11 as ``hil``): options, fixtures, hooks."""
+"""pytest plugin entry point (registered under pytest11 as ``hil``).
+
+Only options are defined at import time; fixtures and scenario collection are registered in
+pytest_configure. Why: entry-point plugins are imported before pytest-cov starts measuring, so
+importing the harness layers here would hide the model's module-level lines from coverage.
+"""
 
 from __future__ import annotations
 
 import pytest
 
-from harness.plugin.fixtures import (
-    announced_accel,
-    hil_accel,
-    hil_guest,
-    hil_guest_factory,
-    hil_image,
-    hil_session_guest,
-    hil_settings,
-    hil_socket_root,
-    hil_system,
-    hil_system_factory,
-    make_port,
-)
 from harness.plugin.options import add_options
 
-pytest_plugins = ["harness.plugin.scenarios"]  # YAML scenario collection and running
-
-__all__ = [
-    "hil_accel", "hil_guest", "hil_guest_factory", "hil_image", "hil_session_guest",
-    "hil_settings", "hil_socket_root", "hil_system", "hil_system_factory", "make_port",
-]
+_LAYERS = ("harness.plugin.fixtures", "harness.plugin.scenarios")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -33,9 +20,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "qemu: boots a real QEMU guest")
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    choice = announced_accel(terminalreporter.config)
-    if choice is not None:
-        terminalreporter.write_sep("-", f"hil: {choice.describe()}")
+    for name in _LAYERS:
+        if not config.pluginmanager.has_plugin(name):
+            config.pluginmanager.import_plugin(name)

@@ -185,3 +185,9 @@ def make_port(hil_system: QemuSystem) -> Callable[..., PortHandle]:
         return PortHandle(name, nr, hil_system)
 
     return make
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    choice = announced_accel(terminalreporter.config)
+    if choice is not None:
+        terminalreporter.write_sep("-", f"hil: {choice.describe()}")

@@ -30,6 +30,10 @@ def add_options(parser: pytest.Parser) -> None:
         help="QEMU system emulator binary (name on PATH or path)",
     )
     group.addoption(
+        "--hil-settle-timeout", type=float, default=10.0, metavar="SECONDS",
+        help="how long a scenario step may take to settle on the predicted snapshot",
+    )
+    group.addoption(
         "--hil-backend", choices=BACKEND_CHOICES, default="qemu",
         help="scenarios: qemu runs every step on a real guest and the model; model runs the "
         "model alone (milliseconds, no QEMU) to lint and preview scenarios",

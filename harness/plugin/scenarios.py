@@ -27,14 +27,6 @@ except ImportError:  # pragma: no cover
     allure = None
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("hil")
-    group.addoption(
-        "--hil-settle-timeout", type=float, default=10.0, metavar="SECONDS",
-        help="how long a scenario step may take to settle on the predicted snapshot",
-    )
-
-
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     if file_path.suffix not in SCENARIO_SUFFIXES:
         return None

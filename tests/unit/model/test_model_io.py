@@ -407,8 +407,10 @@ def test_host_can_still_read_what_reached_its_socket_after_unplug(opened):
     assert data_of(opened.host_read("p")) == b"bye"
 
 
-def test_console_unplug_frees_vtermno_for_reuse(model):
-    # Linux 6.x: ida_alloc_min(&vtermno_ida, 1) / ida_free on unplug
+def test_console_unplug_frees_vtermno_for_reuse():
+    # kernels with ida_alloc_min(&vtermno_ida, 1) / ida_free on unplug
+    model = VirtioSerialModel(Behaviour(console_vtermno_reuse=True))
+    model.add_controller("vser0")
     model.add_port("c1", controller="vser0", console=True)
     model.add_port("c2", controller="vser0", console=True)
     model.remove_port("c1")
@@ -463,3 +465,16 @@ def test_guest_close_cancels_blocked_ops(opened):
     done = opened.guest_close("p")
     assert done.completed[0].ticket == pending.ticket
     assert done.completed[0].error.text == "EBADF"
+
+
+def test_bytes_received_counts_only_the_buffer_the_driver_holds(opened):
+    # drivers/char/virtio_console.c: bytes_received += buf->len in get_inbuf(), called for one
+    # buffer at a time (in_intr when port->inbuf is NULL, fill_readbuf when it is used up).
+    name = next(iter(opened.ports))
+    opened.host_write(name, Payload.generated(7, 1024 * 1024))
+    assert opened.snapshot().ports[name].guest.bytes_received == 4096
+    opened.guest_read(name, 1000)
+    assert opened.snapshot().ports[name].guest.bytes_received == 4096
+    opened.guest_close(name)  # discard_port_data takes (and counts) every buffer
+    received = opened.snapshot().ports[name].guest
+    assert received.bytes_received == received.bytes_discarded + 1000
