@@ -10,6 +10,7 @@ on purpose (a slow host) to make QEMU throttle.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import socket
 import threading
@@ -107,10 +108,8 @@ class HostEndpoint:
             self._inbox_size = 0
             self._lock.notify_all()
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             sock.close()
         for thread in self._threads:
             thread.join(timeout=5)

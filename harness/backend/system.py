@@ -125,7 +125,9 @@ class QemuSystem:
         """A fresh QEMU identity and socket for every plug (see PortSpec.ident)."""
         self._plugs += 1
         path = self.socket_dir / f"{self._plugs}.sock" if port.backend == "socket" else None
-        spec = PortSpec(port.name, port.controller, port.nr, port.console, path, f"port{self._plugs}")
+        spec = PortSpec(
+            port.name, port.controller, port.nr, port.console, path, f"port{self._plugs}"
+        )
         endpoint = HostEndpoint(port.name, path) if path is not None else None
         return _Port(spec, port.backend, endpoint)
 

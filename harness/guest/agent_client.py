@@ -38,8 +38,9 @@ AgentChannel = Literal["ssh", "serial"]
 class AgentError(Exception):
     """The agent answered ``ok: false``; `errno` is a name such as "EBUSY"."""
 
-    def __init__(self, errno: str, message: str, op: str = "", details: dict[str, Any] | None = None
-                 ) -> None:
+    def __init__(
+        self, errno: str, message: str, op: str = "", details: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(f"{op + ': ' if op else ''}{errno}: {message}")
         self.errno = errno
         self.message = message
@@ -156,16 +157,23 @@ class AgentClient:
 
     # -- requests --------------------------------------------------------------------------
 
-    def call(self, op: str, timeout: float = 30, channel: AgentChannel = "ssh",
-             args: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    def call(
+        self,
+        op: str,
+        timeout: float = 30,
+        channel: AgentChannel = "ssh",
+        args: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Run `op` in the agent and return its result; AgentError if it failed.
 
         Op arguments are keyword arguments, or `args=` for names that clash with `timeout`
         and `channel` (the call's own reply timeout and transport)."""
         return reply_result(self.request(op, {**(args or {}), **kwargs}, timeout, channel), op)
 
-    def request(self, op: str, args: dict[str, Any], timeout: float = 30,
-                channel: AgentChannel = "ssh") -> dict[str, Any]:
+    def request(
+        self, op: str, args: dict[str, Any], timeout: float = 30, channel: AgentChannel = "ssh"
+    ) -> dict[str, Any]:
         """The raw reply dict for one request."""
         ident = next(self._ids)
         if channel == "serial":
@@ -182,8 +190,9 @@ class AgentClient:
                     ) from error
         raise AssertionError("unreachable")
 
-    def _request_ssh(self, ident: int, op: str, args: dict[str, Any], timeout: float
-                     ) -> dict[str, Any]:
+    def _request_ssh(
+        self, ident: int, op: str, args: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
         channel = self._ready()
         payload = encode_request(ident, op, args)
         self._note(f"-> {_short(payload.decode().strip())}")
@@ -231,8 +240,9 @@ class AgentClient:
         line, self._buffer = self._buffer.split(b"\n", 1)
         return line
 
-    def _request_serial(self, ident: int, op: str, args: dict[str, Any], timeout: float
-                        ) -> dict[str, Any]:
+    def _request_serial(
+        self, ident: int, op: str, args: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
         payload = encode_request(ident, op, args)
         self._note(f"-> (serial) {_short(payload.decode().strip())}")
         encoded = base64.b64encode(payload).decode()
@@ -257,11 +267,13 @@ class AgentClient:
 
     def wait_port(self, name: str, timeout: float = 20, gone: bool = False) -> dict[str, Any]:
         """Wait (in the guest, bounded) until port `name` appears (or is gone)."""
-        return self.call("wait_port", timeout + 15, args={"name": name, "timeout": timeout,
-                                                          "gone": gone})
+        return self.call(
+            "wait_port", timeout + 15, args={"name": name, "timeout": timeout, "gone": gone}
+        )
 
-    def open(self, name: str, nonblocking: bool = False, sigio: bool = False, extra: bool = False
-             ) -> dict[str, Any]:
+    def open(
+        self, name: str, nonblocking: bool = False, sigio: bool = False, extra: bool = False
+    ) -> dict[str, Any]:
         """Open port `name`; `extra=True` opens another fd (handle "<name>#k")."""
         return self.call("open", name=name, nonblocking=nonblocking, sigio=sigio, extra=extra)
 
@@ -273,11 +285,15 @@ class AgentClient:
         """Names of the poll events ("IN", "OUT", "HUP", "ERR", "NVAL", "PRI")."""
         return self.call("poll", timeout + 30, args={"name": name, "timeout": timeout})["events"]
 
-    def read(self, name: str, max_bytes: int = 65536, timeout: float | None = None
-             ) -> tuple[bytes, bool]:
+    def read(
+        self, name: str, max_bytes: int = 65536, timeout: float | None = None
+    ) -> tuple[bytes, bool]:
         """(data, eof) of one read() call."""
-        result = self.call("read", (timeout or 0) + 30,
-                           args={"name": name, "max_bytes": max_bytes, "timeout": timeout})
+        result = self.call(
+            "read",
+            (timeout or 0) + 30,
+            args={"name": name, "max_bytes": max_bytes, "timeout": timeout},
+        )
         return base64.b64decode(result["data"]), bool(result["eof"])
 
     def write(self, name: str, data: bytes, single: bool = False) -> int:
@@ -305,14 +321,24 @@ class AgentClient:
     def sigio(self, name: str) -> list[dict[str, Any]]:
         return self.call("sigio", name=name)
 
-    def send_stream(self, name: str, seed: int, length: int, chunk: int = 32768,
-                    timeout: float = 300) -> dict[str, Any]:
+    def send_stream(
+        self, name: str, seed: int, length: int, chunk: int = 32768, timeout: float = 300
+    ) -> dict[str, Any]:
         return self.call("send_stream", timeout, name=name, seed=seed, length=length, chunk=chunk)
 
-    def recv_stream(self, name: str, length: int, timeout: float = 30, slow: float | None = None,
-                    call_timeout: float = 300) -> dict[str, Any]:
-        return self.call("recv_stream", call_timeout,
-                         args={"name": name, "length": length, "timeout": timeout, "slow": slow})
+    def recv_stream(
+        self,
+        name: str,
+        length: int,
+        timeout: float = 30,
+        slow: float | None = None,
+        call_timeout: float = 300,
+    ) -> dict[str, Any]:
+        return self.call(
+            "recv_stream",
+            call_timeout,
+            args={"name": name, "length": length, "timeout": timeout, "slow": slow},
+        )
 
     def kmsg(self) -> list[dict[str, Any]]:
         return self.call("kmsg")

@@ -40,7 +40,8 @@ class SshChannel:
                 last_error = error
                 time.sleep(0.2)  # dropbear not listening yet; nothing to wait on but time
         raise WaitTimeout(
-            f"SSH to 127.0.0.1:{self.port} not ready within {timeout:.0f} s (last error: {last_error!r})"
+            f"SSH to 127.0.0.1:{self.port} not ready within {timeout:.0f} s "
+            f"(last error: {last_error!r})"
         )
 
     def _open(self, timeout: float) -> paramiko.SSHClient:

@@ -1,4 +1,4 @@
-"""`python -m harness.images build [RECIPE] [--kernel K] [--force]`: build or reuse a guest image."""
+"""`python -m harness.images build [RECIPE] [--kernel K] [--force]`: build or reuse an image."""
 
 from __future__ import annotations
 

@@ -158,7 +158,7 @@ def _builtin_names(root: Path) -> set[str]:
 
 
 def _modules_dep(kernel: PreparedKernel) -> dict[str, list[str]]:
-    """depmod's modules.dep, computed with -n (to stdout): the kernel's own tree is never written."""
+    """depmod's modules.dep, computed with -n (to stdout): the kernel's tree is never written."""
     depmod = require_tool("depmod", "kmod")
     assert kernel.modules_root is not None
     with tempfile.TemporaryDirectory(prefix="hil-depmod-") as scratch:

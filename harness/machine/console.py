@@ -8,6 +8,7 @@ lock that pauses the drain, so their output is read by exactly one reader.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import select
@@ -144,7 +145,8 @@ class Console:
                 self._child.expect(pattern, timeout=timeout)
             except pexpect.TIMEOUT:
                 raise WaitTimeout(
-                    f"{self.name}: serial command did not finish within {timeout:.0f} s: {command!r}"
+                    f"{self.name}: serial command did not finish within {timeout:.0f} s: "
+                    f"{command!r}"
                 ) from None
             except pexpect.EOF:
                 raise MachineError(
@@ -183,8 +185,6 @@ class Console:
     def close(self) -> None:
         self._closed.set()
         self._drain.join(timeout=2)
-        try:
+        with contextlib.suppress(OSError):
             self._sock.close()
-        except OSError:
-            pass
         self._log.close()

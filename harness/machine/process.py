@@ -8,6 +8,7 @@ order), and a weakref finalizer on the Python object for the paths in between.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -62,10 +63,8 @@ def kill_quietly(process: subprocess.Popen[bytes]) -> None:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         return
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 def terminate(process: subprocess.Popen[bytes], term_timeout: float, kill_timeout: float) -> str:

@@ -73,7 +73,8 @@ def port_chardev_args(port: PortSpec) -> list[str]:
         props.append(f"nr={port.nr}")
     if port.chardev_path is not None:
         args += [
-            "-chardev", f"socket,id={port.chardev_id},path={port.chardev_path},server=on,wait=off"
+            "-chardev",
+            f"socket,id={port.chardev_id},path={port.chardev_path},server=on,wait=off",
         ]
         props.append(f"chardev={port.chardev_id}")
     driver = "virtconsole" if port.console else "virtserialport"
@@ -231,7 +232,8 @@ class Machine:
                 ) from None
             raise MachineError(
                 f"{self.name}: nothing reached the serial console within "
-                f"{self.timeouts.first_console_output:.0f} s of starting the guest ({self.spec.accel}): "
+                f"{self.timeouts.first_console_output:.0f} s of starting the guest "
+                f"({self.spec.accel}): "
                 f"the kernel did not start. Is {self.spec.kernel} a kernel for this machine? "
                 "(with accel kvm, a nested hypervisor may hang the boot: try --hil-accel=tcg)"
             ) from None

@@ -9,6 +9,7 @@ waiters block on a condition over that list.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -127,10 +128,8 @@ class QmpSession:
         if not self._thread.is_alive():
             return
         if self._client.runstate is not None:
-            try:
+            with contextlib.suppress(MachineError, OSError):
                 self._call(self._client.disconnect(), timeout, "QMP disconnect")
-            except (MachineError, OSError):
-                pass
         if self._pump_task is not None:
             self._call(self._stop_pump(), timeout, "the QMP event pump to stop")
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -142,10 +141,8 @@ class QmpSession:
     async def _stop_pump(self) -> None:
         assert self._pump_task is not None
         self._pump_task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._pump_task
-        except asyncio.CancelledError:
-            pass
 
     async def _pump_events(self) -> None:
         async for message in self._listener:

@@ -40,9 +40,13 @@ def hil_image(hil_settings: HilSettings) -> GuestImage:
 
 
 @pytest.fixture(scope="session")
-def hil_accel(pytestconfig: pytest.Config, hil_settings: HilSettings, hil_image: GuestImage) -> AccelChoice:
+def hil_accel(
+    pytestconfig: pytest.Config, hil_settings: HilSettings, hil_image: GuestImage
+) -> AccelChoice:
     """KVM or TCG, decided once per run by a probe boot; the choice is announced once."""
-    choice = choose_accel(hil_settings.accel, hil_settings.qemu, hil_image.kernel, hil_image.initramfs)  # type: ignore[arg-type]
+    choice = choose_accel(
+        hil_settings.accel, hil_settings.qemu, hil_image.kernel, hil_image.initramfs
+    )  # type: ignore[arg-type]
     pytestconfig.stash[_ACCEL_KEY] = choice
     reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
@@ -66,7 +70,9 @@ def hil_socket_root() -> Iterator[Path]:
 class GuestPool:
     """Creates guests for one scope and guarantees their shutdown at its end."""
 
-    def __init__(self, settings: HilSettings, image: GuestImage, accel: AccelChoice, workdir: Path) -> None:
+    def __init__(
+        self, settings: HilSettings, image: GuestImage, accel: AccelChoice, workdir: Path
+    ) -> None:
         self.settings = settings
         self.image = image
         self.accel = accel
@@ -102,7 +108,8 @@ class GuestPool:
 def hil_guest_factory(
     hil_settings: HilSettings, hil_image: GuestImage, hil_accel: AccelChoice, tmp_path: Path
 ) -> Iterator[GuestPool]:
-    """`hil_guest_factory.create(name, **MachineSpec overrides)` -> booted Guest, shut down after."""
+    """`hil_guest_factory.create(name, **MachineSpec overrides)` -> booted Guest (shut down
+    at teardown)."""
     pool = GuestPool(hil_settings, hil_image, hil_accel, tmp_path)
     yield pool
     pool.shutdown_all()
@@ -116,7 +123,9 @@ def hil_guest(hil_guest_factory: GuestPool) -> Guest:
 
 @pytest.fixture(scope="session")
 def hil_session_guest(
-    hil_settings: HilSettings, hil_image: GuestImage, hil_accel: AccelChoice,
+    hil_settings: HilSettings,
+    hil_image: GuestImage,
+    hil_accel: AccelChoice,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Guest]:
     """One guest shared by the whole session (tests must leave it as they found it)."""
@@ -126,7 +135,9 @@ def hil_session_guest(
 
 
 @pytest.fixture
-def hil_system_factory(hil_guest_factory: GuestPool, hil_settings: HilSettings) -> Iterator[Callable[[], QemuSystem]]:
+def hil_system_factory(
+    hil_guest_factory: GuestPool, hil_settings: HilSettings
+) -> Iterator[Callable[[], QemuSystem]]:
     """`factory() -> QemuSystem` (not started: the scenario runner starts it with its machine)."""
     systems: list[QemuSystem] = []
 
@@ -178,7 +189,10 @@ def make_port(hil_system: QemuSystem) -> Callable[..., PortHandle]:
     """`make_port(name, nr=None, console=False, controller="vser0", backend="socket")`."""
 
     def make(
-        name: str, nr: int | None = None, console: bool = False, controller: str = "vser0",
+        name: str,
+        nr: int | None = None,
+        console: bool = False,
+        controller: str = "vser0",
         backend: str = "socket",
     ) -> PortHandle:
         hil_system.hotplug(name, nr, console, controller, backend)

@@ -13,33 +13,50 @@ BACKEND_CHOICES = ("model", "qemu")
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("hil", "virtio-serial hardware-in-the-loop harness")
     group.addoption(
-        "--hil-accel", choices=ACCEL_CHOICES, default="auto",
+        "--hil-accel",
+        choices=ACCEL_CHOICES,
+        default="auto",
         help="auto: use KVM if a probe boot shows it works, else TCG (announced); kvm/tcg force it",
     )
     group.addoption(
-        "--hil-kernel", action="append", default=[], metavar="KERNEL",
+        "--hil-kernel",
+        action="append",
+        default=[],
+        metavar="KERNEL",
         help="kernel under test: Debian package name, file.deb, or vmlinuz[:modules_dir] "
         "(default: the image recipe's kernel)",
     )
     group.addoption(
-        "--hil-image", default="default", metavar="RECIPE",
+        "--hil-image",
+        default="default",
+        metavar="RECIPE",
         help="guest image recipe: a name in images/ or a path to a recipe YAML",
     )
     group.addoption(
-        "--hil-qemu", default="qemu-system-x86_64", metavar="BINARY",
+        "--hil-qemu",
+        default="qemu-system-x86_64",
+        metavar="BINARY",
         help="QEMU system emulator binary (name on PATH or path)",
     )
     group.addoption(
-        "--hil-settle-timeout", type=float, default=10.0, metavar="SECONDS",
+        "--hil-settle-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
         help="how long a scenario step may take to settle on the predicted snapshot",
     )
     group.addoption(
-        "--hil-backend", choices=BACKEND_CHOICES, default="qemu",
+        "--hil-backend",
+        choices=BACKEND_CHOICES,
+        default="qemu",
         help="scenarios: qemu runs every step on a real guest and the model; model runs the "
         "model alone (milliseconds, no QEMU) to lint and preview scenarios",
     )
     group.addoption(
-        "--hil-boot-timeout", type=float, default=120, metavar="SECONDS",
+        "--hil-boot-timeout",
+        type=float,
+        default=120,
+        metavar="SECONDS",
         help="how long a guest may take from start to SSH-ready",
     )
 

@@ -30,8 +30,9 @@ except ImportError:  # pragma: no cover
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     if file_path.suffix not in SCENARIO_SUFFIXES:
         return None
-    if _under_scenarios_dir(parent.config, file_path) or _named_explicitly(parent.config,
-                                                                            file_path):
+    if _under_scenarios_dir(parent.config, file_path) or _named_explicitly(
+        parent.config, file_path
+    ):
         return ScenarioFile.from_parent(parent, path=file_path)
     return None
 
@@ -65,8 +66,9 @@ def _display_path(config: pytest.Config, path: Path) -> str:
 class ScenarioFile(pytest.File):
     def collect(self) -> list[pytest.Item]:
         try:
-            scenario = load_scenario(_display_path(self.config, self.path)
-                                     if self.path.exists() else self.path)
+            scenario = load_scenario(
+                _display_path(self.config, self.path) if self.path.exists() else self.path
+            )
         except ScenarioError as error:
             return [InvalidScenario.from_parent(self, name=self.path.stem, error=error)]
         return [ScenarioItem.build(self, scenario)]
@@ -82,8 +84,9 @@ class InvalidScenario(pytest.Item):
     def runtest(self) -> None:
         raise self.error
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
-                     style: str | None = None) -> str:
+    def repr_failure(
+        self, excinfo: pytest.ExceptionInfo[BaseException], style: str | None = None
+    ) -> str:
         return self.error.render()
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
@@ -128,7 +131,8 @@ class ScenarioItem(pytest.Function):
             if factory is None:
                 raise FactoryUnavailable(
                     f"{FACTORY_FIXTURE} fixture not available: the QEMU backend is not "
-                    "installed in this run; use --hil-backend=model to run on the model alone")
+                    "installed in this run; use --hil-backend=model to run on the model alone"
+                )
             real = factory()
         options = RunnerOptions(settle_timeout=self.config.getoption("--hil-settle-timeout"))
         runner = ScenarioRunner(self.scenario, real, options)
@@ -145,8 +149,9 @@ class ScenarioItem(pytest.Function):
             if real is not None:
                 real.stop()
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
-                     style: str | None = None) -> str | Any:
+    def repr_failure(
+        self, excinfo: pytest.ExceptionInfo[BaseException], style: str | None = None
+    ) -> str | Any:
         if excinfo.errisinstance((ScenarioFailure, FactoryUnavailable)):
             return f"{self.scenario.path}: {excinfo.value}"
         return super().repr_failure(excinfo)

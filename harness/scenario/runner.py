@@ -53,8 +53,9 @@ class RunnerOptions:
 class ScenarioFailure(AssertionError):
     """The first disagreement; ``str()`` starts with ``step N (<kind> <port>): ``."""
 
-    def __init__(self, step: Step, message: str, table: str = "",
-                 console: list[str] | None = None) -> None:
+    def __init__(
+        self, step: Step, message: str, table: str = "", console: list[str] | None = None
+    ) -> None:
         self.step, self.reason, self.table = step, message, table
         self.console = console or []
         text = f"step {step.index} ({step.label}): {message}"
@@ -156,7 +157,8 @@ class ScenarioRunner:
             "guest_seek": lambda: model.guest_seek(port),
             "unplug": lambda: model.remove_port(port),
             "hotplug_controller": lambda: model.add_controller(
-                args["id"], args.get("max_ports", 31)),
+                args["id"], args.get("max_ports", 31)
+            ),
             "unplug_controller": lambda: model.remove_controller(args["id"]),
             "reboot": model.reboot,
             "check": lambda: Outcome(),
@@ -165,8 +167,11 @@ class ScenarioRunner:
             return simple[step.kind]()
         if step.kind == "hotplug":
             nr = model.add_port(
-                args["name"], controller=args["controller"], nr=args.get("nr"),
-                console=args.get("console", False), backend=args.get("backend", "socket"),
+                args["name"],
+                controller=args["controller"],
+                nr=args.get("nr"),
+                console=args.get("console", False),
+                backend=args.get("backend", "socket"),
             )
             return Outcome(nr)
         if step.kind == "migrate":
@@ -221,16 +226,20 @@ class ScenarioRunner:
             "host_read": lambda: real.host_read(port, self._read_size(step, prediction), timeout),
             "guest_open": lambda: real.guest_open(port, args.get("nonblocking", False)),
             "guest_close": lambda: real.guest_close(port),
-            "guest_read": lambda: real.guest_read(port, self._read_size(step, prediction),
-                                                  timeout),
+            "guest_read": lambda: real.guest_read(port, self._read_size(step, prediction), timeout),
             "guest_write": lambda: real.guest_write(port, self._payload(step), timeout),
             "guest_seek": lambda: real.guest_seek(port),
-            "hotplug": lambda: real.hotplug(args["name"], args.get("nr"),
-                                            args.get("console", False), args["controller"],
-                                            args.get("backend", "socket")),
+            "hotplug": lambda: real.hotplug(
+                args["name"],
+                args.get("nr"),
+                args.get("console", False),
+                args["controller"],
+                args.get("backend", "socket"),
+            ),
             "unplug": lambda: real.unplug(port),
-            "hotplug_controller": lambda: real.hotplug_controller(args["id"],
-                                                                  args.get("max_ports", 31)),
+            "hotplug_controller": lambda: real.hotplug_controller(
+                args["id"], args.get("max_ports", 31)
+            ),
             "unplug_controller": lambda: real.unplug_controller(args["id"]),
             "migrate": lambda: real.migrate(args.get("destination")),
             "reboot": real.reboot,
@@ -243,7 +252,8 @@ class ScenarioRunner:
         if self.real is not None:
             op = "read" if step.kind == "guest_read" else "write"
             extra: dict[str, object] = (
-                {"max_bytes": step.args.get("max_bytes")} if op == "read"
+                {"max_bytes": step.args.get("max_bytes")}
+                if op == "read"
                 else {"payload": self._payload(step)}
             )
             handle = self.real.start_guest_op(op, step.args["port"], **extra)
@@ -255,42 +265,64 @@ class ScenarioRunner:
         model_text = prediction.error.text if prediction.error else None
         if step.expect_error is None:
             if model_text is not None:
-                raise ScenarioFailure(step, f"the model predicts this step fails with "
-                                      f"{model_text!r}; add expect_error if that is intended")
+                raise ScenarioFailure(
+                    step,
+                    f"the model predicts this step fails with "
+                    f"{model_text!r}; add expect_error if that is intended",
+                )
             if actual.error is not None:
-                raise ScenarioFailure(step, f"the real system failed with {actual.error!r}, "
-                                      "the model predicts success")
+                raise ScenarioFailure(
+                    step,
+                    f"the real system failed with {actual.error!r}, the model predicts success",
+                )
             return
         want = step.expect_error
         if model_text is None or want not in str(prediction.error):
-            raise ScenarioFailure(step, f"expected error {want!r}, the model predicts "
-                                  f"{_describe(model_text)}")
+            raise ScenarioFailure(
+                step, f"expected error {want!r}, the model predicts {_describe(model_text)}"
+            )
         if self.real is not None and (actual.error is None or want not in actual.error):
-            raise ScenarioFailure(step, f"expected error {want!r}, the real system gave "
-                                  f"{_describe(actual.error)}")
+            raise ScenarioFailure(
+                step, f"expected error {want!r}, the real system gave {_describe(actual.error)}"
+            )
 
     def _judge_value(self, step: Step, prediction: Prediction, actual: _Outcome) -> None:
         if isinstance(prediction.value, ReadResult):
             self._judge_read(step, prediction.value, actual.value, step.args.get("expect"))
-        elif step.kind == "guest_write" and self.real is not None and (
-            actual.value != prediction.value
+        elif (
+            step.kind == "guest_write"
+            and self.real is not None
+            and (actual.value != prediction.value)
         ):
-            raise ScenarioFailure(step, "bytes written differ", _table(
-                step, "written", prediction.value, actual.value))
+            raise ScenarioFailure(
+                step,
+                "bytes written differ",
+                _table(step, "written", prediction.value, actual.value),
+            )
 
-    def _judge_read(self, step: Step, predicted: ReadResult, real: object,
-                    expect: str | None) -> None:
+    def _judge_read(
+        self, step: Step, predicted: ReadResult, real: object, expect: str | None
+    ) -> None:
         """Author's literal vs the model first (the model must agree with the author too)."""
         label = step.args.get("port", "")
         if "eof" in step.args and step.args["eof"] != predicted.eof:
-            raise ScenarioFailure(step, "the model disagrees with the scenario's eof",
-                                  _table(step, "eof", step.args["eof"], predicted.eof))
+            raise ScenarioFailure(
+                step,
+                "the model disagrees with the scenario's eof",
+                _table(step, "eof", step.args["eof"], predicted.eof),
+            )
         if expect is not None:
-            got = "<EOF>" if predicted.eof else slices_bytes(predicted.slices).decode(
-                "utf-8", "replace")
+            got = (
+                "<EOF>"
+                if predicted.eof
+                else slices_bytes(predicted.slices).decode("utf-8", "replace")
+            )
             if got != expect:
-                raise ScenarioFailure(step, "the model disagrees with the scenario's expect",
-                                      _table(step, "data", expect, got))
+                raise ScenarioFailure(
+                    step,
+                    "the model disagrees with the scenario's expect",
+                    _table(step, "data", expect, got),
+                )
         if self.real is None:
             return
         rows = [
@@ -304,8 +336,9 @@ class ScenarioRunner:
             rows.append(Difference(label, "data", expect, text))
         bad = [row for row in rows if row.expected != row.actual]
         if bad:
-            raise ScenarioFailure(step, "the real read differs from the prediction",
-                                  format_diff(bad))
+            raise ScenarioFailure(
+                step, "the real read differs from the prediction", format_diff(bad)
+            )
 
     # ------------------------------------------------------------- background ops
     def _follow_background(self, step: Step, prediction: Prediction) -> None:
@@ -332,9 +365,12 @@ class ScenarioRunner:
             if finished:
                 return result, error
             if time.monotonic() > deadline:
-                raise ScenarioFailure(step, f"{job.pending.op} started at step {job.step.index} "
-                                      f"should have completed here but is still blocked after "
-                                      f"{self.options.op_timeout:.0f} s")
+                raise ScenarioFailure(
+                    step,
+                    f"{job.pending.op} started at step {job.step.index} "
+                    f"should have completed here but is still blocked after "
+                    f"{self.options.op_timeout:.0f} s",
+                )
             time.sleep(self.options.poll_interval)
 
     def _judge_completion(self, step: Step, job: _Background, done: Completion) -> None:
@@ -346,26 +382,34 @@ class ScenarioRunner:
             return
         if done.error is not None:
             if error is None or done.error.text not in error:
-                raise ScenarioFailure(step, f"{what} should fail with {done.error.text!r}, "
-                                      f"the real system gave {_describe(error)}")
+                raise ScenarioFailure(
+                    step,
+                    f"{what} should fail with {done.error.text!r}, "
+                    f"the real system gave {_describe(error)}",
+                )
             return
         if error is not None:
-            raise ScenarioFailure(step, f"{what} failed with {error!r}, the model predicts "
-                                  "success")
+            raise ScenarioFailure(step, f"{what} failed with {error!r}, the model predicts success")
         if isinstance(done.result, ReadResult):
             self._judge_read(step, done.result, result, job.expect)
         elif result != done.result:
-            raise ScenarioFailure(step, f"{what} returned a different count",
-                                  _table(step, "written", done.result, result))
+            raise ScenarioFailure(
+                step,
+                f"{what} returned a different count",
+                _table(step, "written", done.result, result),
+            )
 
     def _assert_blocked(self, step: Step, job: _Background) -> None:
         if self.real is None:
             return
         finished, result, error = self.real.guest_op_state(job.handle)
         if finished:
-            raise ScenarioFailure(step, f"{job.pending.op} started at step {job.step.index} "
-                                  f"completed ({_describe(error) if error else result!r}), the "
-                                  "model predicts it is still blocked")
+            raise ScenarioFailure(
+                step,
+                f"{job.pending.op} started at step {job.step.index} "
+                f"completed ({_describe(error) if error else result!r}), the "
+                "model predicts it is still blocked",
+            )
 
     # ------------------------------------------------------------- snapshots
     def _settle(self, step: Step) -> Snapshot:
@@ -380,9 +424,12 @@ class ScenarioRunner:
             if not differences:
                 return actual
             if time.monotonic() > deadline:
-                raise ScenarioFailure(step, "the real system did not settle on the predicted "
-                                      f"state within {self.options.settle_timeout:g} s",
-                                      format_diff(differences))
+                raise ScenarioFailure(
+                    step,
+                    "the real system did not settle on the predicted "
+                    f"state within {self.options.settle_timeout:g} s",
+                    format_diff(differences),
+                )
             time.sleep(self.options.poll_interval)
 
     def _check(self, step: Step) -> None:
@@ -390,8 +437,7 @@ class ScenarioRunner:
         model_view = self.model.snapshot()
         bad = check_differences(step.args, model_view, self.sigio)
         if bad:
-            raise ScenarioFailure(step, "the model disagrees with the scenario",
-                                  format_diff(bad))
+            raise ScenarioFailure(step, "the model disagrees with the scenario", format_diff(bad))
         if self.real is None:
             return
         real_view = self.real.snapshot()
@@ -401,8 +447,9 @@ class ScenarioRunner:
             real_sigio = {port: collapse(self.real.sigio(port))}
         bad = check_differences(step.args, real_view, real_sigio)
         if bad:
-            raise ScenarioFailure(step, "the real system disagrees with the scenario",
-                                  format_diff(bad))
+            raise ScenarioFailure(
+                step, "the real system disagrees with the scenario", format_diff(bad)
+            )
 
     def _record_sigio(self, step: Step, prediction: Prediction, before: Snapshot) -> None:
         if step.kind == "guest_open" and prediction.error is None:
@@ -416,10 +463,11 @@ class ScenarioRunner:
         if self.real is None:
             return
         problems = self.real.console_problems()
-        fresh, self._console_seen = problems[self._console_seen:], len(problems)
+        fresh, self._console_seen = problems[self._console_seen :], len(problems)
         if fresh:
-            raise ScenarioFailure(step, "the guest console reports a kernel problem",
-                                  "\n".join(fresh), console=fresh)
+            raise ScenarioFailure(
+                step, "the guest console reports a kernel problem", "\n".join(fresh), console=fresh
+            )
 
 
 def failure_text(error: BaseException) -> str | None:
@@ -451,9 +499,12 @@ def _table(step: Step, name: str, expected: object, actual: object) -> str:
     return format_diff([Difference(step.target or "-", name, expected, actual)])
 
 
-def run_scenario(scenario: Scenario, real: RealSystem | None = None,
-                 options: RunnerOptions | None = None,
-                 step_context: StepContext | None = None) -> ScenarioRunner:
+def run_scenario(
+    scenario: Scenario,
+    real: RealSystem | None = None,
+    options: RunnerOptions | None = None,
+    step_context: StepContext | None = None,
+) -> ScenarioRunner:
     """Run every step (booting ``real`` if given; the caller stops it); return the runner."""
     runner = ScenarioRunner(scenario, real, options or RunnerOptions())
     if step_context is not None:

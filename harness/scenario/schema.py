@@ -253,7 +253,10 @@ def build_model(machine: MachineDecl) -> VirtioSerialModel:
         model.add_controller(ctrl.id, ctrl.max_ports)
     for port in machine.ports:
         model.add_port(
-            port.name, controller=port.controller, nr=port.nr, console=port.console,
+            port.name,
+            controller=port.controller,
+            nr=port.nr,
+            console=port.console,
             backend=port.backend,  # type: ignore[arg-type]
         )
     return model
@@ -273,12 +276,19 @@ def _check_machine_boots(
     for port in machine.ports:
         where = nodes.get(port.name, node)
         if port.controller not in model.controllers:
-            raise ctx.error(where, f"port {port.name!r} names unknown controller "
-                            f"{port.controller!r}", _did_you_mean(port.controller,
-                                                                  list(model.controllers)))
+            raise ctx.error(
+                where,
+                f"port {port.name!r} names unknown controller {port.controller!r}",
+                _did_you_mean(port.controller, list(model.controllers)),
+            )
         try:
-            model.add_port(port.name, controller=port.controller, nr=port.nr,
-                           console=port.console, backend=port.backend)  # type: ignore[arg-type]
+            model.add_port(
+                port.name,
+                controller=port.controller,
+                nr=port.nr,
+                console=port.console,
+                backend=port.backend,
+            )  # type: ignore[arg-type]
         except ModelError as error:
             message = f"QEMU would refuse to boot with port {port.name!r}: {error.text}"
             hint = "hotplug it in a step with expect_error instead"
@@ -300,10 +310,19 @@ _PORT_ONLY = StepSpec("port", {"port": "str"}, ("port",), "port")
 _DATA = {"port": "str", "data": "str", "size": "int"}
 _READ = {"port": "str", "expect": "str", "eof": "bool", "max_bytes": "int"}
 CHECK_PORT_FIELDS = {
-    "exists": "bool", "nr": "int", "controller": "str", "is_console": "bool",
-    "guest_connected": "bool", "host_connected": "bool", "throttled": "bool",
-    "poll": "mask", "sigio": "sigio", "bytes_sent": "int", "bytes_received": "int",
-    "bytes_discarded": "int", "console_vtermno": "int",
+    "exists": "bool",
+    "nr": "int",
+    "controller": "str",
+    "is_console": "bool",
+    "guest_connected": "bool",
+    "host_connected": "bool",
+    "throttled": "bool",
+    "poll": "mask",
+    "sigio": "sigio",
+    "bytes_sent": "int",
+    "bytes_received": "int",
+    "bytes_discarded": "int",
+    "console_vtermno": "int",
 }
 CHECK_CONTROLLER_FIELDS = {"exists": "bool", "max_ports": "int", "multiport": "bool"}
 
@@ -317,15 +336,20 @@ STEP_SPECS: dict[str, StepSpec] = {
     "guest_read": StepSpec("port", _READ, ("port",), "port"),
     "guest_write": StepSpec(None, _DATA, ("port",), "port"),
     "guest_seek": _PORT_ONLY,
-    "hotplug": StepSpec(None, {"name": "str", "nr": "int", "console": "bool",
-                               "controller": "str", "backend": "str"}, ("name",), "controller"),
+    "hotplug": StepSpec(
+        None,
+        {"name": "str", "nr": "int", "console": "bool", "controller": "str", "backend": "str"},
+        ("name",),
+        "controller",
+    ),
     "unplug": StepSpec("port", {"port": "str"}, ("port",), "port"),
     "hotplug_controller": StepSpec(None, {"id": "str", "max_ports": "int"}, ("id",)),
     "unplug_controller": StepSpec("id", {"id": "str"}, ("id",), "controller"),
     "migrate": StepSpec(None, {"destination": "machine"}),
     "reboot": StepSpec(None, {}),
-    "check": StepSpec("port", {"port": "str", **CHECK_PORT_FIELDS, "max_ports": "int",
-                               "multiport": "bool"}),
+    "check": StepSpec(
+        "port", {"port": "str", **CHECK_PORT_FIELDS, "max_ports": "int", "multiport": "bool"}
+    ),
 }
 STEP_KINDS = tuple(STEP_SPECS)
 
@@ -361,36 +385,49 @@ def _step_body(ctx: _Ctx, kind: str, node: yaml.Node) -> tuple[dict[str, Any], s
 
 
 def _check_step_shape(
-    ctx: _Ctx, kind: str, node: yaml.Node, keys: dict[str, tuple[yaml.Node, yaml.Node]],
+    ctx: _Ctx,
+    kind: str,
+    node: yaml.Node,
+    keys: dict[str, tuple[yaml.Node, yaml.Node]],
     args: dict[str, Any],
 ) -> None:
     """Combinations a type check cannot see."""
     if kind in ("host_write", "guest_write"):
         if ("data" in args) == ("size" in args):
-            raise ctx.error(node, f"{kind} needs exactly one of data: and size:",
-                            "data: is literal text, size: a seeded random payload")
+            raise ctx.error(
+                node,
+                f"{kind} needs exactly one of data: and size:",
+                "data: is literal text, size: a seeded random payload",
+            )
         if args.get("size", 0) < 0:
             raise ctx.error(keys["size"][1], "size must not be negative")
     if kind == "hotplug" and "backend" in args and args["backend"] not in BACKENDS:
-        raise ctx.error(keys["backend"][1], f"unknown backend {args['backend']!r}",
-                        "backend is socket or none")
+        raise ctx.error(
+            keys["backend"][1], f"unknown backend {args['backend']!r}", "backend is socket or none"
+        )
     if kind == "check":
         _check_check_shape(ctx, node, keys, args)
 
 
 def _check_check_shape(
-    ctx: _Ctx, node: yaml.Node, keys: dict[str, tuple[yaml.Node, yaml.Node]],
+    ctx: _Ctx,
+    node: yaml.Node,
+    keys: dict[str, tuple[yaml.Node, yaml.Node]],
     args: dict[str, Any],
 ) -> None:
     if "port" not in args and "controller" not in args:
-        raise ctx.error(node, "check needs port: (a port check) or controller: (a controller "
-                        "check)")
+        raise ctx.error(
+            node, "check needs port: (a port check) or controller: (a controller check)"
+        )
     allowed = CHECK_PORT_FIELDS if "port" in args else CHECK_CONTROLLER_FIELDS
     for key, (key_node, _) in keys.items():
         if key not in (*allowed, "port", "controller", "expect_error"):
             what = "port" if "port" in args else "controller"
-            raise ctx.error(key_node, f"{key!r} is not a field of a {what} check",
-                            _did_you_mean(key, list(allowed)))
+            raise ctx.error(
+                key_node,
+                f"{key!r} is not a field of a {what} check",
+                _did_you_mean(key, list(allowed)),
+            )
     if len(args) == 1 + ("port" in args and "controller" in args):
         raise ctx.error(node, "check asserts nothing", "add a field such as exists: true")
 
@@ -398,8 +435,11 @@ def _check_check_shape(
 def _step(ctx: _Ctx, node: yaml.Node, index: int) -> Step:
     """``- kind: body`` plus an optional sibling ``expect_error:``."""
     if not isinstance(node, yaml.MappingNode) or not node.value:
-        raise ctx.error(node, f"step {index} must be a one-key mapping such as "
-                        "'- host_open: PORT'", f"got {_type_name(node)}")
+        raise ctx.error(
+            node,
+            f"step {index} must be a one-key mapping such as '- host_open: PORT'",
+            f"got {_type_name(node)}",
+        )
     kinds = []
     expect = None
     for key_node, value_node in node.value:
@@ -411,8 +451,11 @@ def _step(ctx: _Ctx, node: yaml.Node, index: int) -> Step:
         else:
             kinds.append((key, key_node, value_node))
     if len(kinds) != 1:
-        raise ctx.error(node, f"step {index} must have exactly one kind, got {len(kinds)}",
-                        "split it into one step per list entry")
+        raise ctx.error(
+            node,
+            f"step {index} must have exactly one kind, got {len(kinds)}",
+            "split it into one step per list entry",
+        )
     kind, key_node, value_node = kinds[0]
     args, inner = _step_body(ctx, kind, value_node)
     if inner is not None and expect is not None:
@@ -447,10 +490,14 @@ def _check_references(ctx: _Ctx, steps: list[Step], nodes: list[yaml.Node], know
 def _check_one_reference(ctx: _Ctx, step: Step, node: yaml.Node, known: _Known) -> None:
     port = step.args.get("port")
     if port is not None and port not in known.ports:
-        raise ctx.error(node, f"step {step.index} ({step.kind}) names port {port!r}, which is "
-                        "neither declared under machine.ports nor hotplugged earlier",
-                        _did_you_mean(port, sorted(known.ports)) if known.ports else
-                        "declare it under machine.ports or hotplug it first")
+        raise ctx.error(
+            node,
+            f"step {step.index} ({step.kind}) names port {port!r}, which is "
+            "neither declared under machine.ports nor hotplugged earlier",
+            _did_you_mean(port, sorted(known.ports))
+            if known.ports
+            else "declare it under machine.ports or hotplug it first",
+        )
     controller = step.args.get("controller", step.args.get("id"))
     if step.kind == "hotplug" and controller is None:
         return
@@ -458,9 +505,12 @@ def _check_one_reference(ctx: _Ctx, step: Step, node: yaml.Node, known: _Known) 
         step.kind == "check" and not port
     )
     if names_controller and controller not in known.controllers and step.expect_error is None:
-        raise ctx.error(node, f"step {step.index} ({step.kind}) names controller "
-                            f"{controller!r}, which is neither declared nor hotplugged earlier",
-                            _did_you_mean(str(controller), sorted(known.controllers)))
+        raise ctx.error(
+            node,
+            f"step {step.index} ({step.kind}) names controller "
+            f"{controller!r}, which is neither declared nor hotplugged earlier",
+            _did_you_mean(str(controller), sorted(known.controllers)),
+        )
 
 
 def _fill_defaults(steps: list[Step], machine: MachineDecl) -> list[Step]:
@@ -469,8 +519,9 @@ def _fill_defaults(steps: list[Step], machine: MachineDecl) -> list[Step]:
     for step in steps:
         if step.kind == "hotplug" and "controller" not in step.args:
             args = {**step.args, "controller": machine.controllers[0].id}
-            step = Step(step.index, step.kind, args, step.expect_error, step.path, step.line,
-                        step.column)
+            step = Step(
+                step.index, step.kind, args, step.expect_error, step.path, step.line, step.column
+            )
         out.append(step)
     return out
 
@@ -487,8 +538,9 @@ def parse_scenario(text: str, path: str = "<string>") -> Scenario:
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise ScenarioError(path, line, column, f"not valid YAML: {error.problem}",
-                            "check indentation and quoting") from None
+        raise ScenarioError(
+            path, line, column, f"not valid YAML: {error.problem}", "check indentation and quoting"
+        ) from None
     if root is None:
         raise ScenarioError(path, 1, 1, "empty file", "a scenario needs name: and steps:")
     keys = _mapping(ctx, root, "the scenario", _TOP_KEYS, ("name", "steps"))
@@ -526,4 +578,3 @@ def load_scenario(path: Path | str) -> Scenario:
     except (OSError, UnicodeDecodeError) as error:
         raise ScenarioError(str(path), 1, 1, f"cannot read: {error}") from None
     return parse_scenario(text, str(path))
-

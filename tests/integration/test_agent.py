@@ -36,12 +36,31 @@ class HostPort:
     def plug(self) -> HostPort:
         qmp = self.guest.machine.qmp
         assert qmp is not None
-        qmp.execute("chardev-add", {"id": f"ch{self.nr}", "backend": {"type": "socket", "data": {
-            "addr": {"type": "unix", "data": {"path": str(self.path)}},
-            "server": True, "wait": False}}})
-        qmp.execute("device_add", {"driver": "virtserialport", "bus": "vser0.0",
-                                   "chardev": f"ch{self.nr}", "name": self.name,
-                                   "id": self.ident, "nr": self.nr})
+        qmp.execute(
+            "chardev-add",
+            {
+                "id": f"ch{self.nr}",
+                "backend": {
+                    "type": "socket",
+                    "data": {
+                        "addr": {"type": "unix", "data": {"path": str(self.path)}},
+                        "server": True,
+                        "wait": False,
+                    },
+                },
+            },
+        )
+        qmp.execute(
+            "device_add",
+            {
+                "driver": "virtserialport",
+                "bus": "vser0.0",
+                "chardev": f"ch{self.nr}",
+                "name": self.name,
+                "id": self.ident,
+                "nr": self.nr,
+            },
+        )
         return self
 
     def connect(self) -> socket.socket:
@@ -76,8 +95,12 @@ class HostPort:
         assert qmp is not None
         after = len(qmp.events)
         qmp.execute("device_del", {"id": self.ident})
-        qmp.wait_event("DEVICE_DELETED", timeout, after=after,
-                       where=lambda e: e.data.get("device") == self.ident)
+        qmp.wait_event(
+            "DEVICE_DELETED",
+            timeout,
+            after=after,
+            where=lambda e: e.data.get("device") == self.ident,
+        )
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
@@ -99,8 +122,9 @@ def agent(hil_guest: Guest) -> Iterator[AgentClient]:
 
 
 @pytest.fixture
-def port_factory(hil_guest: Guest, hil_socket_root: Path, agent: AgentClient
-                 ) -> Iterator[Callable[..., HostPort]]:
+def port_factory(
+    hil_guest: Guest, hil_socket_root: Path, agent: AgentClient
+) -> Iterator[Callable[..., HostPort]]:
     ports: list[HostPort] = []
 
     def create(name: str = "org.test.p1", nr: int = 1, connect: bool = False) -> HostPort:
@@ -126,15 +150,23 @@ def test_list_ports_after_hotplug_shows_name_nr_and_debugfs_fields(
     assert entry["name"] == "org.test.p1"
     assert entry["nr"] == 3
     assert entry["dev"].startswith("vport") and entry["dev"].endswith("p3")
-    for key in ("guest_connected", "host_connected", "outvq_full", "bytes_sent",
-                "bytes_received", "bytes_discarded", "console_vtermno"):
+    for key in (
+        "guest_connected",
+        "host_connected",
+        "outvq_full",
+        "bytes_sent",
+        "bytes_received",
+        "bytes_discarded",
+        "console_vtermno",
+    ):
         assert isinstance(entry[key], int), key
     assert entry["is_console"] == "no"
     assert (entry["guest_connected"], entry["host_connected"]) == (0, 0)
 
 
-def test_open_close_ebusy_and_espipe(agent: AgentClient, port_factory: Callable[..., HostPort]
-                                     ) -> None:
+def test_open_close_ebusy_and_espipe(
+    agent: AgentClient, port_factory: Callable[..., HostPort]
+) -> None:
     port_factory()
     opened = agent.open("org.test.p1")
     assert opened["handle"] == "org.test.p1"
@@ -175,8 +207,11 @@ def test_host_connection_is_visible_in_debugfs_and_poll(
     assert "OUT" in events and "HUP" not in events and "IN" not in events
 
     port.disconnect()
-    wait_until(lambda: agent.port_info("org.test.p1")["host_connected"] == 0, 30,
-               "host_connected back to 0")
+    wait_until(
+        lambda: agent.port_info("org.test.p1")["host_connected"] == 0,
+        30,
+        "host_connected back to 0",
+    )
     assert "HUP" in agent.poll("org.test.p1")
     agent.close("org.test.p1")
 
@@ -201,8 +236,9 @@ def test_blocking_read_in_background_completes_when_host_writes(
     assert port.recv_exactly(10) == (10, hashlib.sha256(b"hello host").hexdigest())
 
 
-def test_read_timeout_on_a_blocking_fd(agent: AgentClient, port_factory: Callable[..., HostPort]
-                                       ) -> None:
+def test_read_timeout_on_a_blocking_fd(
+    agent: AgentClient, port_factory: Callable[..., HostPort]
+) -> None:
     port_factory(connect=True)
     agent.open("org.test.p1")
     with pytest.raises(AgentError) as timed_out:
@@ -268,8 +304,9 @@ def test_streams_of_one_mib_both_ways_match_the_host_sha256(
     assert got["sha256"] == sha256_of(Payload.generated(11, length))
 
 
-def test_write_reports_short_writes_of_32k(agent: AgentClient,
-                                           port_factory: Callable[..., HostPort]) -> None:
+def test_write_reports_short_writes_of_32k(
+    agent: AgentClient, port_factory: Callable[..., HostPort]
+) -> None:
     port = port_factory(connect=True)
     agent.open("org.test.p1")
     result = agent.call("write", name="org.test.p1", seed=3, length=100_000)
@@ -282,8 +319,9 @@ def test_write_reports_short_writes_of_32k(agent: AgentClient,
     assert port.recv_exactly(32768)[0] == 32768
 
 
-def test_sigio_masks_are_collected(agent: AgentClient, port_factory: Callable[..., HostPort]
-                                   ) -> None:
+def test_sigio_masks_are_collected(
+    agent: AgentClient, port_factory: Callable[..., HostPort]
+) -> None:
     """Observed on 6.1: one SIGIO per host open (mask OUT), per arriving data (IN|OUT) and per
     host close (IN|HUP); none when the guest's own writes are consumed."""
     port = port_factory()
@@ -332,8 +370,9 @@ def test_agent_survives_a_dropped_ssh_connection(
     assert "OUT" in agent.poll("org.test.p1")
 
 
-def test_serial_fallback(hil_guest: Guest, port_factory: Callable[..., HostPort],
-                         agent: AgentClient) -> None:
+def test_serial_fallback(
+    hil_guest: Guest, port_factory: Callable[..., HostPort], agent: AgentClient
+) -> None:
     port_factory()
     pong = agent.call("ping", channel="serial", timeout=60)
     assert pong["pong"] is True

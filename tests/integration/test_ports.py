@@ -21,7 +21,7 @@ def twin(hil_system: QemuSystem) -> Twin:
     return Twin(hil_system)
 
 
-def _agent(twin: Twin):  # noqa: ANN202
+def _agent(twin: Twin):
     assert twin.real.agent is not None
     return twin.real.agent
 
@@ -45,7 +45,9 @@ def test_host_and_guest_open_close_are_seen_across(twin: Twin) -> None:
     spec = twin.real._ports[NAME].spec
     # QEMU rate-limits VSERPORT_CHANGE to one per second per id: the close may come later.
     twin.real.ports.qmp.wait_event(
-        "VSERPORT_CHANGE", 5, where=lambda e: e.data == {"id": spec.device_id, "open": False},
+        "VSERPORT_CHANGE",
+        5,
+        where=lambda e: e.data == {"id": spec.device_id, "open": False},
         what=f"(open false) for {spec.device_id}",
     )
     events = [e.data["open"] for e in twin.real.ports.port_events(spec)]
@@ -151,8 +153,11 @@ def test_unplug_while_the_guest_holds_the_port_open(twin: Twin) -> None:
 @pytest.mark.parametrize(
     ("case", "nr", "expected"),
     [
-        ("nr 0 for a serial port", 0,
-         "Port number 0 on virtio-serial devices reserved for virtconsole devices"),
+        (
+            "nr 0 for a serial port",
+            0,
+            "Port number 0 on virtio-serial devices reserved for virtconsole devices",
+        ),
         ("out of range", 31, "Out-of-range port id specified, max. allowed: 30"),
     ],
 )

@@ -27,8 +27,8 @@ def _spec(image: GuestImage, **overrides: object) -> MachineSpec:
     return MachineSpec(**fields)  # type: ignore[arg-type]
 
 
-def _start(spec: MachineSpec, workdir: Path, timeouts: Timeouts = Timeouts()) -> None:
-    machine = Machine(spec, workdir, "bad", timeouts)
+def _start(spec: MachineSpec, workdir: Path, timeouts: Timeouts | None = None) -> None:
+    machine = Machine(spec, workdir, "bad", timeouts or Timeouts())
     try:
         machine.start()
         machine.wait_for_first_output()

@@ -17,8 +17,9 @@ class Twin:
         for controller in real.snapshot().controllers.values():
             self.model.add_controller(controller.id, controller.max_ports)
 
-    def both(self, operation: str, *args: Any, model_args: tuple[Any, ...] | None = None,
-             **kwargs: Any) -> tuple[Any, Any]:
+    def both(
+        self, operation: str, *args: Any, model_args: tuple[Any, ...] | None = None, **kwargs: Any
+    ) -> tuple[Any, Any]:
         """Apply to the model and the real system; errors must agree (text equal)."""
         model_error = real_error = None
         model_value = real_value = None
@@ -36,19 +37,29 @@ class Twin:
         )
         return model_value, real_value
 
-    def hotplug(self, name: str, nr: int | None = None, console: bool = False,
-                controller: str = "vser0", backend: str = "socket") -> str | None:
+    def hotplug(
+        self,
+        name: str,
+        nr: int | None = None,
+        console: bool = False,
+        controller: str = "vser0",
+        backend: str = "socket",
+    ) -> str | None:
         """Plug on both; returns the (agreed) error text, or None."""
         model_error = real_error = None
         try:
-            self.model.add_port(name, controller=controller, nr=nr, console=console, backend=backend)
+            self.model.add_port(
+                name, controller=controller, nr=nr, console=console, backend=backend
+            )
         except ModelError as error:
             model_error = error.text
         try:
             self.real.hotplug(name, nr, console, controller, backend)
         except RealFailure as error:
             real_error = error.text
-        assert model_error == real_error, f"hotplug {name}: model {model_error!r}, QEMU {real_error!r}"
+        assert model_error == real_error, (
+            f"hotplug {name}: model {model_error!r}, QEMU {real_error!r}"
+        )
         return real_error
 
     def agree(self, where: str) -> None:

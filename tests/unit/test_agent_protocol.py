@@ -46,7 +46,9 @@ def test_client_request_decodes_in_the_agent(hil_agent: ModuleType) -> None:
     line = encode_request(5, "open", {"name": "org.test.p1", "nonblocking": True})
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert hil_agent.decode_message(line) == {
-        "id": 5, "op": "open", "args": {"name": "org.test.p1", "nonblocking": True}
+        "id": 5,
+        "op": "open",
+        "args": {"name": "org.test.p1", "nonblocking": True},
     }
 
 
@@ -87,8 +89,10 @@ def test_errno_names_and_poll_names(hil_agent: ModuleType) -> None:
 
 def test_serial_reply_line_is_found_among_console_noise() -> None:
     reply = {"id": 9, "ok": True, "result": {"pong": True}}
-    line = agent_client.REPLY_PREFIX + base64.b64encode(
-        (agent_client.json.dumps(reply)).encode()).decode()
+    line = (
+        agent_client.REPLY_PREFIX
+        + base64.b64encode((agent_client.json.dumps(reply)).encode()).decode()
+    )
     noisy = f"[   12.3] virtio_console: something\r\n{line}\r\n"
     assert agent_client.parse_serial_reply(noisy) == reply
     with pytest.raises(agent_client.AgentConnectionError):
@@ -105,8 +109,14 @@ def test_parse_debugfs_fields(hil_agent: ModuleType) -> None:
         "console_vtermno: 0\n"
     )
     assert hil_agent.parse_debugfs(text) == {
-        "name": "org.test.p1", "guest_connected": 1, "host_connected": 0, "outvq_full": 0,
-        "bytes_sent": 10, "bytes_received": 20, "bytes_discarded": 0, "is_console": "no",
+        "name": "org.test.p1",
+        "guest_connected": 1,
+        "host_connected": 0,
+        "outvq_full": 0,
+        "bytes_sent": 10,
+        "bytes_received": 20,
+        "bytes_discarded": 0,
+        "is_console": "no",
         "console_vtermno": 0,
     }
     assert hil_agent.parse_debugfs("name: \n") == {"name": ""}
@@ -128,8 +138,10 @@ def test_generated_block_matches_the_model(hil_agent: ModuleType, seed: int, ind
     assert hil_agent.generated_block(seed, index) == generated_block(seed, index)
 
 
-@pytest.mark.parametrize(("offset", "length"), [(0, 0), (0, 1), (0, 65536), (65530, 20),
-                                                (1000, 200_000), (131072, 65537)])
+@pytest.mark.parametrize(
+    ("offset", "length"),
+    [(0, 0), (0, 1), (0, 65536), (65530, 20), (1000, 200_000), (131072, 65537)],
+)
 def test_generated_ranges_match_the_model(hil_agent: ModuleType, offset: int, length: int) -> None:
     payload = Payload.generated(42, offset + length)
     assert hil_agent.generated_bytes(42, length, offset) == payload_bytes(payload, offset)
@@ -164,15 +176,18 @@ def test_nonblocking_write_stops_at_eagain_and_reports_progress(hil_agent: Modul
     os.set_blocking(w, False)
     try:
         _inject(hil_agent, agent, "pipe", w, True)
-        reply = agent.handle({"id": 1, "op": "write",
-                              "args": {"name": "pipe", "seed": 1, "length": 1 << 20}})
+        reply = agent.handle(
+            {"id": 1, "op": "write", "args": {"name": "pipe", "seed": 1, "length": 1 << 20}}
+        )
         assert reply["ok"], reply
         assert reply["result"]["stopped"] == "EAGAIN"
         assert 0 < reply["result"]["written"] < 1 << 20
         again = agent.handle({"id": 2, "op": "write", "args": {"name": "pipe", "data": "eA=="}})
         assert again["error"]["errno"] == "EAGAIN"
-        assert agent.handle({"id": 3, "op": "seek", "args": {"name": "pipe"}})["error"][
-            "errno"] == "ESPIPE"
+        assert (
+            agent.handle({"id": 3, "op": "seek", "args": {"name": "pipe"}})["error"]["errno"]
+            == "ESPIPE"
+        )
     finally:
         agent.close_all()
         os.close(r)
@@ -211,18 +226,25 @@ def test_streams_match_the_model_sha256(hil_agent: ModuleType) -> None:
 
     reader = threading.Thread(target=drain)
     reader.start()
-    sent = agent.handle({"id": 1, "op": "send_stream",
-                         "args": {"name": "sock", "seed": 9, "length": length}})
+    sent = agent.handle(
+        {"id": 1, "op": "send_stream", "args": {"name": "sock", "seed": 9, "length": length}}
+    )
     reader.join(10)
     expected = sha256_of(Payload.generated(9, length))
     assert sent["result"]["sha256"] == expected == received.hexdigest()
 
-    ticket = agent.handle({"id": 2, "op": "start", "args": {
-        "op": "recv_stream", "args": {"name": "sock", "length": length, "timeout": 5}}})
+    ticket = agent.handle(
+        {
+            "id": 2,
+            "op": "start",
+            "args": {"op": "recv_stream", "args": {"name": "sock", "length": length, "timeout": 5}},
+        }
+    )
     for chunk in hil_agent.iter_generated(9, 0, length):
         b.sendall(chunk)
-    state = agent.handle({"id": 3, "op": "ticket",
-                          "args": {"ticket": ticket["result"]["ticket"], "wait": 10}})
+    state = agent.handle(
+        {"id": 3, "op": "ticket", "args": {"ticket": ticket["result"]["ticket"], "wait": 10}}
+    )
     assert state["result"]["done"], state
     assert state["result"]["reply"]["result"]["sha256"] == expected
     a.detach()  # the agent owns the fd now
@@ -253,12 +275,18 @@ def test_ensure_once_and_bridge_run_on_this_interpreter(python: str, tmp_path: P
     run_dir.mkdir()
     env = {**os.environ, "HIL_AGENT_RUN_DIR": str(run_dir)}
     try:
-        ensure = subprocess.run([python, str(AGENT_FILE), "ensure"], env=env, timeout=30,
-                                capture_output=True, text=True)
+        ensure = subprocess.run(
+            [python, str(AGENT_FILE), "ensure"], env=env, timeout=30, capture_output=True, text=True
+        )
         assert ensure.returncode == 0, ensure.stderr
         request = base64.b64encode(encode_request(1, "ping", {})).decode()
-        once = subprocess.run([python, str(AGENT_FILE), "once", request], env=env, timeout=30,
-                              capture_output=True, text=True)
+        once = subprocess.run(
+            [python, str(AGENT_FILE), "once", request],
+            env=env,
+            timeout=30,
+            capture_output=True,
+            text=True,
+        )
         reply = agent_client.parse_serial_reply(once.stdout)
         assert reply["ok"] and reply["result"]["pong"]
         daemon_pid = reply["result"]["pid"]
@@ -266,7 +294,10 @@ def test_ensure_once_and_bridge_run_on_this_interpreter(python: str, tmp_path: P
         again = subprocess.run([python, str(AGENT_FILE), "ensure"], env=env, timeout=30)
         assert again.returncode == 0
         bridge = subprocess.run(
-            [python, str(AGENT_FILE), "bridge"], env=env, timeout=30, capture_output=True,
+            [python, str(AGENT_FILE), "bridge"],
+            env=env,
+            timeout=30,
+            capture_output=True,
             input=encode_request(2, "ping", {}) + encode_request(3, "kmsg", {}),
         )
         lines = bridge.stdout.splitlines()

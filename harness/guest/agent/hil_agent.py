@@ -186,8 +186,12 @@ def list_ports() -> list[dict[str, Any]]:
         if parsed is None:
             continue
         name = (_read_text(f"{SYSFS_PORTS}/{dev}/name") or "").strip() or None
-        entry: dict[str, Any] = {"dev": dev, "path": f"/dev/{dev}", "device": parsed[0],
-                                 "nr": parsed[1]}
+        entry: dict[str, Any] = {
+            "dev": dev,
+            "path": f"/dev/{dev}",
+            "device": parsed[0],
+            "nr": parsed[1],
+        }
         debug_text = _read_text(f"{DEBUGFS_PORTS}/{dev}")
         if debug_text is not None:
             for key, value in parse_debugfs(debug_text).items():
@@ -206,8 +210,9 @@ def find_dev(name: str) -> str:
 
 
 class Port:
-    def __init__(self, handle: str, name: str, dev: str, fd: int, nonblocking: bool,
-                 sigio: bool) -> None:
+    def __init__(
+        self, handle: str, name: str, dev: str, fd: int, nonblocking: bool, sigio: bool
+    ) -> None:
         self.handle = handle
         self.name = name
         self.dev = dev
@@ -217,8 +222,14 @@ class Port:
         self.sigio_masks: list[dict[str, Any]] = []
 
     def describe(self) -> dict[str, Any]:
-        return {"handle": self.handle, "name": self.name, "dev": self.dev, "fd": self.fd,
-                "nonblocking": self.nonblocking, "sigio": self.sigio}
+        return {
+            "handle": self.handle,
+            "name": self.name,
+            "dev": self.dev,
+            "fd": self.fd,
+            "nonblocking": self.nonblocking,
+            "sigio": self.sigio,
+        }
 
 
 # -- the agent state and ops ------------------------------------------------------------------
@@ -237,8 +248,9 @@ def _poll_fd(fd: int, timeout: float | None, events: int | None = None) -> int:
     return mask
 
 
-def _arg(args: dict[str, Any], key: str, default: Any = ..., kind: type | tuple[type, ...] = object
-         ) -> Any:
+def _arg(
+    args: dict[str, Any], key: str, default: Any = ..., kind: type | tuple[type, ...] = object
+) -> Any:
     if key not in args or args[key] is None:
         if default is ...:
             raise AgentFailure("EINVAL", f"missing argument {key!r}")
@@ -295,9 +307,13 @@ class Agent:
     # basics ------------------------------------------------------------------------------
 
     def op_ping(self, args: dict[str, Any]) -> dict[str, Any]:
-        return {"pong": True, "pid": os.getpid(), "python": sys.version.split()[0],
-                "uptime": round(time.time() - self.started, 3),
-                "open": sorted(self.ports)}
+        return {
+            "pong": True,
+            "pid": os.getpid(),
+            "python": sys.version.split()[0],
+            "uptime": round(time.time() - self.started, 3),
+            "open": sorted(self.ports),
+        }
 
     def op_list_ports(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         ports = list_ports()
@@ -340,8 +356,10 @@ class Agent:
         with self.lock:
             if not extra and name in self.ports:
                 raise AgentFailure(
-                    "EALREADY", f"the agent already holds an fd for {name!r}; pass extra=true "
-                    "to open a second one")
+                    "EALREADY",
+                    f"the agent already holds an fd for {name!r}; pass extra=true "
+                    "to open a second one",
+                )
             handle = name
             if extra:
                 k = 2
@@ -412,8 +430,10 @@ class Agent:
         if not port.nonblocking and timeout is not None:
             mask = _poll_fd(port.fd, timeout, select.POLLIN | select.POLLPRI)
             if not mask:
-                raise AgentFailure("ETIMEDOUT", f"nothing to read on {port.handle!r} within "
-                                                f"{timeout} s (poll mask 0)")
+                raise AgentFailure(
+                    "ETIMEDOUT",
+                    f"nothing to read on {port.handle!r} within {timeout} s (poll mask 0)",
+                )
         data = os.read(port.fd, max_bytes)
         return {"data": b64(data), "length": len(data), "eof": not data and max_bytes > 0}
 
@@ -439,17 +459,32 @@ class Agent:
                 except OSError as error:
                     if written == 0:
                         raise
-                    return {"written": written, "calls": calls, "sizes": sizes[:64],
-                            "stopped": errno_name(error.errno), "requested": total_length}
+                    return {
+                        "written": written,
+                        "calls": calls,
+                        "sizes": sizes[:64],
+                        "stopped": errno_name(error.errno),
+                        "requested": total_length,
+                    }
                 calls += 1
                 sizes.append(n)
                 written += n
                 view = view[n:]
                 if single:
-                    return {"written": written, "calls": calls, "sizes": sizes,
-                            "stopped": None, "requested": total_length}
-        return {"written": written, "calls": calls, "sizes": sizes[:64], "stopped": None,
-                "requested": total_length}
+                    return {
+                        "written": written,
+                        "calls": calls,
+                        "sizes": sizes,
+                        "stopped": None,
+                        "requested": total_length,
+                    }
+        return {
+            "written": written,
+            "calls": calls,
+            "sizes": sizes[:64],
+            "stopped": None,
+            "requested": total_length,
+        }
 
     def op_seek(self, args: dict[str, Any]) -> dict[str, Any]:
         port = self.port(args)
@@ -472,15 +507,22 @@ class Agent:
                 try:
                     n = os.write(port.fd, view)
                 except OSError as error:
-                    raise AgentFailure(errno_name(error.errno),
-                                       f"send_stream stopped after {sent} bytes: {error}",
-                                       bytes=sent, sha256=digest.hexdigest()) from None
+                    raise AgentFailure(
+                        errno_name(error.errno),
+                        f"send_stream stopped after {sent} bytes: {error}",
+                        bytes=sent,
+                        sha256=digest.hexdigest(),
+                    ) from None
                 digest.update(view[:n])
                 sent += n
                 calls += 1
                 view = view[n:]
-        return {"bytes": sent, "sha256": digest.hexdigest(), "calls": calls,
-                "seconds": round(time.monotonic() - started, 3)}
+        return {
+            "bytes": sent,
+            "sha256": digest.hexdigest(),
+            "calls": calls,
+            "seconds": round(time.monotonic() - started, 3),
+        }
 
     def op_recv_stream(self, args: dict[str, Any]) -> dict[str, Any]:
         """Read ``length`` bytes (or until EOF); ``timeout`` bounds each wait for data."""
@@ -498,17 +540,23 @@ class Agent:
         while got < length:
             mask = _poll_fd(port.fd, timeout, select.POLLIN | select.POLLPRI)
             if not mask:
-                raise AgentFailure("ETIMEDOUT", f"recv_stream: no data for {timeout} s after "
-                                   f"{got} of {length} bytes", bytes=got,
-                                   sha256=digest.hexdigest())
+                raise AgentFailure(
+                    "ETIMEDOUT",
+                    f"recv_stream: no data for {timeout} s after {got} of {length} bytes",
+                    bytes=got,
+                    sha256=digest.hexdigest(),
+                )
             try:
                 data = os.read(port.fd, min(chunk, length - got))
             except OSError as error:
                 if error.errno == errno.EAGAIN:
                     continue
-                raise AgentFailure(errno_name(error.errno),
-                                   f"recv_stream stopped after {got} bytes: {error}",
-                                   bytes=got, sha256=digest.hexdigest()) from None
+                raise AgentFailure(
+                    errno_name(error.errno),
+                    f"recv_stream stopped after {got} bytes: {error}",
+                    bytes=got,
+                    sha256=digest.hexdigest(),
+                ) from None
             reads += 1
             if not data:
                 eof = True
@@ -520,8 +568,13 @@ class Agent:
                 pause = due - time.monotonic()
                 if pause > 0:
                     time.sleep(pause)
-        return {"bytes": got, "sha256": digest.hexdigest(), "eof": eof, "reads": reads,
-                "seconds": round(time.monotonic() - started, 3)}
+        return {
+            "bytes": got,
+            "sha256": digest.hexdigest(),
+            "eof": eof,
+            "reads": reads,
+            "seconds": round(time.monotonic() - started, 3),
+        }
 
     # SIGIO -------------------------------------------------------------------------------
 
@@ -534,8 +587,7 @@ class Agent:
                 mask = _poll_fd(port.fd, 0)
             except (OSError, ValueError):
                 mask = select.POLLNVAL
-            port.sigio_masks.append({"t": round(now, 6), "mask": mask,
-                                     "events": poll_names(mask)})
+            port.sigio_masks.append({"t": round(now, 6), "mask": mask, "events": poll_names(mask)})
 
     def op_sigio(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         port = self.port(args)
@@ -553,8 +605,12 @@ class Agent:
         with self.lock:
             ticket = self.next_ticket
             self.next_ticket += 1
-            record: dict[str, Any] = {"done": False, "reply": None, "op": op,
-                                      "started": time.time()}
+            record: dict[str, Any] = {
+                "done": False,
+                "reply": None,
+                "op": op,
+                "started": time.time(),
+            }
             self.tickets[ticket] = record
 
         def run() -> None:
@@ -578,9 +634,14 @@ class Agent:
                 if record is None:
                     raise AgentFailure("ENOENT", f"no ticket {ticket}")
                 if record["done"] or time.monotonic() >= deadline:
-                    result = {"done": record["done"], "reply": record["reply"], "op": record["op"],
-                              "elapsed": round(record.get("finished", time.time())
-                                               - record["started"], 3)}
+                    result = {
+                        "done": record["done"],
+                        "reply": record["reply"],
+                        "op": record["op"],
+                        "elapsed": round(
+                            record.get("finished", time.time()) - record["started"], 3
+                        ),
+                    }
                     if record["done"] and args.get("forget", True):
                         self.tickets.pop(ticket, None)
                     return result
@@ -603,8 +664,9 @@ class Agent:
                 raw = os.read(fd, 8192)
             except OSError as error:
                 if error.errno == errno.EPIPE:  # overwritten records: keep going
-                    records.append({"seq": None, "level": None, "ts_usec": None,
-                                    "text": "<kmsg records lost>"})
+                    records.append(
+                        {"seq": None, "level": None, "ts_usec": None, "text": "<kmsg records lost>"}
+                    )
                     continue
                 if error.errno in (errno.EAGAIN, errno.EINVAL):
                     break
@@ -618,8 +680,9 @@ class Agent:
                 prio, seq, ts = int(parts[0]), int(parts[1]), int(parts[2])
             except (IndexError, ValueError):
                 prio, seq, ts = 6, -1, 0
-            records.append({"seq": seq, "level": prio & 7, "facility": prio >> 3,
-                            "ts_usec": ts, "text": text})
+            records.append(
+                {"seq": seq, "level": prio & 7, "facility": prio >> 3, "ts_usec": ts, "text": text}
+            )
         return records
 
     def op_kmsg(self, args: dict[str, Any]) -> list[dict[str, Any]]:
@@ -637,8 +700,11 @@ class Agent:
         finally:
             os.close(fd)
         words = ("BUG", "WARNING", "Oops", "Call Trace", "general protection", "Kernel panic")
-        return [r for r in records if (r["level"] is not None and r["level"] <= 3)
-                or any(w in r["text"] for w in words)]
+        return [
+            r
+            for r in records
+            if (r["level"] is not None and r["level"] <= 3) or any(w in r["text"] for w in words)
+        ]
 
     # misc --------------------------------------------------------------------------------
 
@@ -805,7 +871,7 @@ def bridge() -> int:
                 return 0
             view = memoryview(data)
             while view:
-                view = view[os.write(stdout, view):]
+                view = view[os.write(stdout, view) :]
     return 0
 
 

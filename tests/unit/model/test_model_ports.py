@@ -96,7 +96,7 @@ def test_nr_0_for_serial_port_when_0_taken_reports_duplicate(model):
 
 
 def test_unknown_controller(model):
-    with pytest.raises(ModelError, match="Bus 'nope.0' not found"):
+    with pytest.raises(ModelError, match=r"Bus 'nope\.0' not found"):
         model.add_port("a", controller="nope")
 
 

@@ -26,8 +26,11 @@ def as_read(result: ReadResult) -> Read:
 
 
 class FakeSystem:
-    def __init__(self, tamper: Callable[[Snapshot], Snapshot] | None = None,
-                 fail: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        tamper: Callable[[Snapshot], Snapshot] | None = None,
+        fail: dict[str, str] | None = None,
+    ) -> None:
         self.tamper = tamper
         self.fail = fail or {}  # method name -> error text to raise instead of running
         self.problems: list[str] = []
@@ -91,8 +94,7 @@ class FakeSystem:
         if op == "read":
             outcome = self._do("guest_read", lambda: self.model.guest_read(port, args["max_bytes"]))
         else:
-            outcome = self._do("guest_write",
-                               lambda: self.model.guest_write(port, args["payload"]))
+            outcome = self._do("guest_write", lambda: self.model.guest_write(port, args["payload"]))
         assert outcome.pending is not None
         return outcome.pending.ticket
 
@@ -104,10 +106,17 @@ class FakeSystem:
             return True, result, error
         return False, None, None
 
-    def hotplug(self, name: str, nr: int | None, console: bool, controller: str,
-                backend: str) -> None:
-        self._do("hotplug", lambda: Outcome(self.model.add_port(
-            name, controller=controller, nr=nr, console=console, backend=backend)))
+    def hotplug(
+        self, name: str, nr: int | None, console: bool, controller: str, backend: str
+    ) -> None:
+        self._do(
+            "hotplug",
+            lambda: Outcome(
+                self.model.add_port(
+                    name, controller=controller, nr=nr, console=console, backend=backend
+                )
+            ),
+        )
 
     def unplug(self, name: str) -> None:
         self._do("unplug", lambda: self.model.remove_port(name))
@@ -138,8 +147,12 @@ class FakeSystem:
         return list(self.problems)
 
     def artifacts(self) -> dict[str, str]:
-        return {"serial log": "boot...", "QMP transcript": "{}", "kernel messages": "",
-                "agent log": "ok"}
+        return {
+            "serial log": "boot...",
+            "QMP transcript": "{}",
+            "kernel messages": "",
+            "agent log": "ok",
+        }
 
 
 def throttle(port: str) -> Callable[[Snapshot], Snapshot]:

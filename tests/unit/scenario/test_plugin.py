@@ -29,18 +29,21 @@ def test_wrong_check_names_step_port_field_expected_actual(pytester):
     (pytester.path / "scenarios" / "wrong_check.yaml").write_text(WRONG_CHECK)
     result = pytester.runpytest("--hil-backend=model", "-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        "*step 2 (check org.example.data): the model disagrees with the scenario*",
-        "*port*field*expected*actual*",
-        "org.example.data*host_connected*False*True*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*step 2 (check org.example.data): the model disagrees with the scenario*",
+            "*port*field*expected*actual*",
+            "org.example.data*host_connected*False*True*",
+        ]
+    )
     assert "Traceback" not in result.stdout.str()
 
 
 def test_test_id_is_the_file_stem_and_marks_apply(pytester):
     (pytester.path / "scenarios").mkdir()
     (pytester.path / "scenarios" / "marked.yaml").write_text(
-        "name: marked\nmarks: [slow]\nsteps:\n  - reboot: {}\n")
+        "name: marked\nmarks: [slow]\nsteps:\n  - reboot: {}\n"
+    )
     pytester.makeini("[pytest]\nmarkers =\n    slow: slow\n")
     result = pytester.runpytest("--hil-backend=model", "-m", "slow", "--collect-only", "-q")
     result.stdout.fnmatch_lines(["scenarios/marked.yaml::marked"])
@@ -70,8 +73,10 @@ def test_failing_scenario_attaches_the_diff_to_allure(pytester):
     assert len(reports) == 1
     report = reports[0]
     assert report["status"] == "failed"
-    assert [s["name"] for s in report["steps"]] == ["step 1: host_open org.example.data",
-                                                    "step 2: check org.example.data"]
+    assert [s["name"] for s in report["steps"]] == [
+        "step 1: host_open org.example.data",
+        "step 2: check org.example.data",
+    ]
     attachments = {a["name"]: a["source"] for a in report.get("attachments", [])}
     assert "diff" in attachments
     text = (results / attachments["diff"]).read_text()

@@ -14,7 +14,8 @@ from .fake_system import FakeSystem, throttle
 
 ROOT = Path(__file__).resolve().parents[3]
 SHIPPED = sorted((ROOT / "scenarios").glob("*.yaml")) + sorted(
-    (ROOT / "fixtures" / "scenarios").glob("*.yaml"))
+    (ROOT / "fixtures" / "scenarios").glob("*.yaml")
+)
 FAST = RunnerOptions(settle_timeout=0.05, poll_interval=0.01, op_timeout=0.05)
 PORT = "name: t\nmachine: {ports: [{name: p, nr: 1}]}\nsteps:\n"
 
@@ -47,14 +48,18 @@ def test_a_snapshot_disagreement_fails_with_the_diff():
 
 def test_an_unexpected_real_error_fails_the_step():
     scenario = parse_scenario(PORT + "  - host_open: p\n")
-    with pytest.raises(ScenarioFailure, match=r"^step 1 \(host_open p\): the real system "
-                       r"failed with 'ECONNREFUSED'"):
+    with pytest.raises(
+        ScenarioFailure,
+        match=r"^step 1 \(host_open p\): the real system "
+        r"failed with 'ECONNREFUSED'",
+    ):
         run_scenario(scenario, FakeSystem(fail={"host_open": "ECONNREFUSED"}), FAST)
 
 
 def test_an_expected_error_must_happen_on_the_real_system_too():
-    scenario = parse_scenario(PORT + "  - guest_open: p\n  - guest_open: p\n"
-                              "    expect_error: EBUSY\n")
+    scenario = parse_scenario(
+        PORT + "  - guest_open: p\n  - guest_open: p\n    expect_error: EBUSY\n"
+    )
     with pytest.raises(ScenarioFailure, match="the real system gave success"):
         run_scenario(scenario, _ForgetsOpen(), FAST)
 
@@ -69,16 +74,19 @@ class _ForgetsOpen(FakeSystem):
 
 def test_the_model_must_agree_with_expect_error():
     scenario = parse_scenario(PORT + "  - guest_open: p\n    expect_error: EBUSY\n")
-    with pytest.raises(ScenarioFailure, match="expected error 'EBUSY', the model predicts "
-                       "success"):
+    with pytest.raises(ScenarioFailure, match="expected error 'EBUSY', the model predicts success"):
         run_scenario(scenario)
 
 
 def test_a_model_error_without_expect_error_fails():
-    scenario = parse_scenario(PORT + "  - guest_seek: p\n    expect_error: EBADF\n"
-                              "  - guest_open: p\n  - guest_seek: p\n")
-    with pytest.raises(ScenarioFailure, match=r"^step 3 \(guest_seek p\): the model predicts "
-                       "this step fails with 'ESPIPE'"):
+    scenario = parse_scenario(
+        PORT + "  - guest_seek: p\n    expect_error: EBADF\n  - guest_open: p\n  - guest_seek: p\n"
+    )
+    with pytest.raises(
+        ScenarioFailure,
+        match=r"^step 3 \(guest_seek p\): the model predicts "
+        "this step fails with 'ESPIPE'",
+    ):
         run_scenario(scenario)
 
 
@@ -97,8 +105,10 @@ def test_console_problems_fail_the_step_they_appear_in():
 
 
 def test_a_blocked_operation_must_stay_blocked():
-    scenario = parse_scenario(PORT + "  - host_open: p\n  - guest_open: p\n"
-                              "  - guest_read: p\n  - check: {port: p, guest_connected: true}\n")
+    scenario = parse_scenario(
+        PORT + "  - host_open: p\n  - guest_open: p\n"
+        "  - guest_read: p\n  - check: {port: p, guest_connected: true}\n"
+    )
 
     class Early(FakeSystem):
         def start_guest_op(self, op: str, port: str, **args: object) -> object:
@@ -106,23 +116,30 @@ def test_a_blocked_operation_must_stay_blocked():
             self.early.add(handle)
             return handle
 
-    with pytest.raises(ScenarioFailure, match=r"^step 3 \(guest_read p\): guest_read started "
-                       "at step 3 completed"):
+    with pytest.raises(
+        ScenarioFailure,
+        match=r"^step 3 \(guest_read p\): guest_read started "
+        "at step 3 completed",
+    ):
         run_scenario(scenario, Early(), FAST)
 
 
 def test_a_blocked_operation_completes_with_the_predicted_result():
-    scenario = parse_scenario(PORT + "  - host_open: p\n  - guest_open: p\n"
-                              "  - guest_read: {port: p, expect: hi}\n"
-                              "  - host_write: {port: p, data: hi}\n")
+    scenario = parse_scenario(
+        PORT + "  - host_open: p\n  - guest_open: p\n"
+        "  - guest_read: {port: p, expect: hi}\n"
+        "  - host_write: {port: p, data: hi}\n"
+    )
     runner = run_scenario(scenario, FakeSystem(), FAST)
     assert runner.background == []
 
 
 def test_expect_literal_is_checked_against_the_model():
-    scenario = parse_scenario(PORT + "  - host_open: p\n  - guest_open: p\n"
-                              "  - host_write: {port: p, data: hi}\n"
-                              "  - guest_read: {port: p, expect: ho}\n")
+    scenario = parse_scenario(
+        PORT + "  - host_open: p\n  - guest_open: p\n"
+        "  - host_write: {port: p, data: hi}\n"
+        "  - guest_read: {port: p, expect: ho}\n"
+    )
     with pytest.raises(ScenarioFailure, match="the model disagrees with the scenario's expect"):
         run_scenario(scenario)
 
@@ -152,7 +169,9 @@ def test_real_check_disagreement_is_reported_separately():
 
 
 def test_sizes_use_seeded_payloads_that_both_sides_agree_on():
-    scenario = parse_scenario(PORT + "  - host_open: p\n  - guest_open: p\n"
-                              "  - guest_write: {port: p, size: 200000}\n"
-                              "  - host_read: p\n")
+    scenario = parse_scenario(
+        PORT + "  - host_open: p\n  - guest_open: p\n"
+        "  - guest_write: {port: p, size: 200000}\n"
+        "  - host_read: p\n"
+    )
     run_scenario(scenario, FakeSystem(), FAST)

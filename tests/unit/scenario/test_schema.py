@@ -45,7 +45,8 @@ def test_machine_defaults():
 def test_expect_error_inside_the_mapping():
     scenario = parse_scenario(
         "name: n\nmachine: {ports: [{name: p}]}\nsteps:\n"
-        "  - guest_open: {port: p, expect_error: EBUSY}\n")
+        "  - guest_open: {port: p, expect_error: EBUSY}\n"
+    )
     assert scenario.steps[0].expect_error == "EBUSY"
 
 
@@ -68,10 +69,16 @@ def test_error_renders_with_hint():
         ("name: n\nsteps:\n  - reboot: {}\n    hotplug: {name: x}\n", (3, 5), "exactly one"),
         ("name: n\nsteps:\n  - hotplug: {name: x, nr: one}\n", (3, 28), "nr must be int"),
         ("name: n\nsteps:\n  - hotplug: {name: x, nr: 0}\n", None, None),
-        ("name: n\nmachine: {ports: [{name: p, nr: 0}]}\nsteps: [reboot: {}]\n", (2, 19),
-         "refuse to boot"),
-        ("name: n\nmachine: {ports: [{name: p}, {name: p}]}\nsteps: [reboot: {}]\n", (2, 30),
-         "already exists by name"),
+        (
+            "name: n\nmachine: {ports: [{name: p, nr: 0}]}\nsteps: [reboot: {}]\n",
+            (2, 19),
+            "refuse to boot",
+        ),
+        (
+            "name: n\nmachine: {ports: [{name: p}, {name: p}]}\nsteps: [reboot: {}]\n",
+            (2, 30),
+            "already exists by name",
+        ),
         ("name: n\nsteps:\n  - guest_read: {port: p}\n", (3, 5), "names port 'p'"),
         ("name: n\nsteps: []\n", (2, 8), "at least one step"),
         ("", (1, 1), "empty file"),
@@ -89,8 +96,10 @@ def test_mistakes_point_at_the_node(text, where, words):
 
 
 def test_a_port_unplugged_earlier_may_still_be_named():
-    parse_scenario("name: n\nsteps:\n  - hotplug: {name: x}\n  - unplug: x\n"
-                   "  - guest_open: x\n    expect_error: ENXIO\n")
+    parse_scenario(
+        "name: n\nsteps:\n  - hotplug: {name: x}\n  - unplug: x\n"
+        "  - guest_open: x\n    expect_error: ENXIO\n"
+    )
 
 
 @pytest.mark.parametrize("path", MALFORMED, ids=[p.stem for p in MALFORMED])
