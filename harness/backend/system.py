@@ -375,7 +375,9 @@ class QemuSystem:
                 self._kernel_messages += [str(m.get("text", m)) for m in messages]
             except (AgentError, MachineError) as error:
                 self._kernel_messages.append(f"(could not read kernel messages: {error})")
-            out["kernel messages"] = "\n".join(self._kernel_messages)
+            out["kernel messages"] = "\n".join(self._kernel_messages) or (
+                "(no kernel messages since the guest agent started)"
+            )
             out["agent log"] = "\n".join(self.agent.log)
         return out
 
