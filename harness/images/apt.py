@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from glob import escape as glob_escape
@@ -22,6 +23,13 @@ from harness.images.errors import ImageBuildError
 
 _INST = re.compile(r"^Inst (\S+) \((\S+) ")
 _KERNEL_PACKAGE = re.compile(r"^linux-image-\d")
+_SUITE = re.compile(r"[a-z][a-z0-9-]*")
+SYSTEM_LISTS = Path("/var/lib/apt/lists")
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+#: A private suite's package lists are refreshed when older than this (seconds): often enough
+#: to follow point releases, rarely enough that a day of test runs does not hit the mirror.
+SUITE_MAX_AGE = 24 * 3600
 
 
 @dataclass(frozen=True, order=True)
@@ -49,10 +57,9 @@ def require_tool(tool: str, package: str) -> str:
     return found
 
 
-def apt_lists_fingerprint(extra_args: tuple[str, ...] = ()) -> str:
+def apt_lists_fingerprint(extra_args: tuple[str, ...] = (), lists: Path = SYSTEM_LISTS) -> str:
     """Changes whenever `apt-get update` brings new package lists (new versions may be there)."""
     digest = hashlib.sha256(repr(extra_args).encode())
-    lists = Path("/var/lib/apt/lists")
     for path in sorted(lists.glob("*Packages*")) if lists.is_dir() else []:
         stat = path.stat()
         digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
@@ -62,17 +69,25 @@ def apt_lists_fingerprint(extra_args: tuple[str, ...] = ()) -> str:
 class Apt:
     """Resolves and downloads packages, caching both under `cache_dir`."""
 
-    def __init__(self, cache_dir: Path, apt_options: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        cache_dir: Path,
+        apt_options: tuple[str, ...] = (),
+        lists: Path = SYSTEM_LISTS,
+        sources: str = "the configured Debian sources",
+    ) -> None:
         self.cache_dir = cache_dir
         self.debs = cache_dir / "debs"
         self.options = apt_options
+        self.lists = lists
+        self.sources = sources
         self.debs.mkdir(parents=True, exist_ok=True)
 
     def closure(self, names: Iterable[str]) -> list[Package]:
         """Every package (with version) that installing `names` on an empty system would bring."""
         wanted = sorted(set(names))
         key = hashlib.sha256(
-            (apt_lists_fingerprint(self.options) + " ".join(wanted)).encode()
+            (apt_lists_fingerprint(self.options, self.lists) + " ".join(wanted)).encode()
         ).hexdigest()[:16]
         memo = self.cache_dir / "resolved" / f"{key}.json"
         if memo.exists():
@@ -135,7 +150,7 @@ class Apt:
             unknown = re.findall(r"Unable to locate package (\S+)", result.stderr)
             if unknown:
                 raise ImageBuildError(
-                    f"package(s) not found in the configured Debian sources: {', '.join(unknown)}"
+                    f"package(s) not found in {self.sources}: {', '.join(unknown)}"
                     "; check the name (apt-cache search) or run apt-get update"
                 )
             raise ImageBuildError(
@@ -143,6 +158,63 @@ class Apt:
                 f"{result.stderr.strip()[-2000:]}"
             )
         return result.stdout
+
+
+def suite_apt(suite: str, cache_dir: Path, mirror: str = DEBIAN_MIRROR) -> Apt:
+    """An Apt that sees only Debian `suite`, through a private state directory.
+
+    Why private: testing another release's kernel must never add sources to the machine (or
+    need root for it); the state lives under the image cache and is refreshed daily.
+    """
+    if not _SUITE.fullmatch(suite):
+        raise ImageBuildError(f"{suite!r} is not a Debian suite name (e.g. trixie, bookworm)")
+    root = cache_dir / "apt-suites" / suite
+    options = suite_apt_options(root)
+    _write_sources(root, suite, mirror)
+    stamp = root / "updated"
+    if not stamp.exists() or time.time() - stamp.stat().st_mtime > SUITE_MAX_AGE:
+        progress(f"apt-get update for Debian {suite} (private state in {root})")
+        apt = Apt(cache_dir, options, root / "state" / "lists", f"Debian {suite} ({mirror})")
+        apt._run(["apt-get", *apt._option_args(), "update"])
+        stamp.touch()
+    return Apt(cache_dir, options, root / "state" / "lists", f"Debian {suite} ({mirror})")
+
+
+def suite_apt_options(root: Path) -> tuple[str, ...]:
+    """apt options pointing every piece of state and configuration at `root`."""
+    return (
+        f"Dir::Etc::SourceList={root / 'sources.list'}",
+        f"Dir::Etc::SourceParts={root / 'sources.list.d'}",
+        "Dir::Etc::Preferences=/dev/null",
+        f"Dir::Etc::PreferencesParts={root / 'preferences.d'}",
+        f"Dir::State={root / 'state'}",
+        f"Dir::State::Lists={root / 'state' / 'lists'}",
+        "Dir::State::status=/dev/null",
+        f"Dir::Cache={root / 'cache'}",
+        "Acquire::Languages=none",
+    )
+
+
+def suite_sources(suite: str, mirror: str = DEBIAN_MIRROR) -> str:
+    """sources.list text: the suite (and its base release for -backports, whose kernels
+    depend on packages of the base release)."""
+    signed = f"[signed-by={DEBIAN_KEYRING}]"
+    suites = [suite.removesuffix("-backports"), suite] if suite.endswith("-backports") else [suite]
+    return "".join(f"deb {signed} {mirror} {name} main\n" for name in suites)
+
+
+def _write_sources(root: Path, suite: str, mirror: str) -> None:
+    if not DEBIAN_KEYRING.exists():
+        raise ImageBuildError(
+            f"{DEBIAN_KEYRING} is missing; install it with: apt-get install debian-archive-keyring"
+        )
+    for directory in ("sources.list.d", "preferences.d", "state/lists/partial", "cache"):
+        (root / directory).mkdir(parents=True, exist_ok=True)
+    sources = root / "sources.list"
+    text = suite_sources(suite, mirror)
+    if not sources.exists() or sources.read_text() != text:
+        sources.write_text(text)
+        (root / "updated").unlink(missing_ok=True)
 
 
 def extract_deb(deb: Path, destination: Path) -> None:

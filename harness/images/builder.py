@@ -110,6 +110,21 @@ def build_image(
         return _Builder(recipe, parse_kernel_spec(kernel or recipe.kernel), cache, force).build()
 
 
+def kernel_release(
+    kernel: str | None, recipe_name: str | None = None, cache_dir: Path | None = None
+) -> str:
+    """The release `kernel` (default: the recipe's) would boot, without building an image.
+
+    Why: a model-only run still picks behaviour switches per kernel release.
+    """
+    recipe = load_recipe(find_recipe(recipe_name))
+    cache = cache_dir or default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    with _build_lock(cache):
+        spec = parse_kernel_spec(kernel or recipe.kernel)
+        return prepare_kernel(spec, Apt(cache), cache).version
+
+
 @contextmanager
 def _build_lock(cache: Path) -> Iterator[None]:
     """One builder at a time per cache (pytest-xdist workers all ask for the same image)."""
@@ -254,7 +269,14 @@ class _Builder:
 
     # -- kernel modules and agent -------------------------------------------------------
 
-    def _modules_segment(self, kernel: PreparedKernel) -> Path:
+    def _modules_segment(self, kernel: PreparedKernel) -> Path | None:
+        """The modules cpio, or None for a kernel given without modules (drivers built in)."""
+        if kernel.modules_root is None:
+            progress(
+                f"kernel {kernel.version} comes without modules: no modules segment, the "
+                f"guest relies on built-in {', '.join(self.recipe.modules)}"
+            )
+            return None
         order = module_load_order(kernel, list(self.recipe.modules))
         key = _digest(BUILDER_VERSION, kernel.version, _file_identity(kernel.vmlinuz), repr(order))
         path = self.cache / "modules" / f"{kernel.version}-{key}.cpio.gz"
@@ -301,7 +323,7 @@ class _Builder:
         directory: Path,
         kernel: PreparedKernel,
         userland: Path,
-        modules: Path,
+        modules: Path | None,
         agent: Path,
         packages: list[Package],
     ) -> GuestImage:
@@ -311,7 +333,8 @@ class _Builder:
         shutil.copyfile(kernel.vmlinuz, partial / "vmlinuz")
         with (partial / "initramfs.img").open("wb") as out:
             for segment in (userland / "userland.cpio.gz", modules, agent):
-                out.write(segment.read_bytes())
+                if segment is not None:
+                    out.write(segment.read_bytes())
         shutil.copyfile(userland / "client_key", partial / "client_key")
         os.chmod(partial / "client_key", 0o600)
         if directory.exists():

@@ -1,7 +1,8 @@
 """Kernels under test: where they come from, and the few modules the guest needs from them.
 
-A kernel is named on the command line in one of three ways (see `parse_kernel_spec`); whatever
-the source, the builder ends up with a vmlinuz, a version string and optionally a module tree.
+A kernel is named on the command line in one of four ways (see `parse_kernel_spec`); whatever
+the source, the builder ends up with a vmlinuz, a version string and optionally a module tree
+(none for a kernel with the drivers built in).
 Only the requested modules and their dependencies (per depmod's modules.dep) enter the guest,
 decompressed, because busybox insmod cannot read .ko.xz/.ko.zst.
 """
@@ -11,27 +12,37 @@ from __future__ import annotations
 import gzip
 import lzma
 import re
+import struct
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.images.apt import Apt, extract_deb, progress, require_tool
+from harness.images.apt import Apt, extract_deb, progress, require_tool, suite_apt
 from harness.images.errors import ImageBuildError
 
 _COMPRESSED_SUFFIXES = (".xz", ".zst", ".gz")
+_DEBIAN_PREFIX = "debian:"
+_PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9.+-]+")
 
 
 @dataclass(frozen=True)
 class KernelSpec:
-    """What the user asked for: exactly one of package / deb / vmlinuz is set."""
+    """What the user asked for: exactly one of package / deb / vmlinuz is set.
+
+    `suite` (with `package`) names another Debian release, resolved through a private apt
+    state so the machine's own sources are never touched.
+    """
 
     package: str | None = None
     deb: Path | None = None
     vmlinuz: Path | None = None
     modules_dir: Path | None = None
+    suite: str | None = None
 
     def describe(self) -> str:
+        if self.package and self.suite:
+            return f"package {self.package} from Debian {self.suite}"
         if self.package:
             return f"package {self.package}"
         if self.deb:
@@ -50,10 +61,16 @@ class PreparedKernel:
 
 
 def parse_kernel_spec(text: str) -> KernelSpec:
-    """PACKAGE | FILE.deb | VMLINUZ | VMLINUZ:MODULES_DIR (modules dir = lib/modules/<version>)."""
+    """PACKAGE | debian:SUITE/PACKAGE | FILE.deb | VMLINUZ[:MODULES_DIR].
+
+    MODULES_DIR is that kernel's lib/modules/<version>; without it the kernel must have the
+    recipe's drivers built in.
+    """
     text = text.strip()
     if not text:
         raise ImageBuildError("empty kernel specification")
+    if text.startswith(_DEBIAN_PREFIX):
+        return _parse_debian_suite(text)
     if text.endswith(".deb"):
         deb = Path(text).expanduser()
         _require_file(deb, "kernel .deb")
@@ -71,11 +88,23 @@ def parse_kernel_spec(text: str) -> KernelSpec:
         return KernelSpec(
             vmlinuz=vmlinuz.resolve(), modules_dir=modules.resolve() if modules else None
         )
-    if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]+", text):
+    if not _PACKAGE_NAME.fullmatch(text):
         raise ImageBuildError(
             f"kernel {text!r} is neither an existing file nor a Debian package name"
         )
     return KernelSpec(package=text)
+
+
+def _parse_debian_suite(text: str) -> KernelSpec:
+    suite, slash, package = text.removeprefix(_DEBIAN_PREFIX).partition("/")
+    if not slash or not re.fullmatch(r"[a-z][a-z0-9-]*", suite):
+        raise ImageBuildError(
+            f"kernel {text!r}: write debian:SUITE/PACKAGE, e.g. "
+            "debian:trixie/linux-image-cloud-amd64"
+        )
+    if not _PACKAGE_NAME.fullmatch(package):
+        raise ImageBuildError(f"kernel {text!r}: {package!r} is not a Debian package name")
+    return KernelSpec(package=package, suite=suite)
 
 
 def _require_file(path: Path, what: str) -> None:
@@ -85,15 +114,40 @@ def _require_file(path: Path, what: str) -> None:
 
 def prepare_kernel(spec: KernelSpec, apt: Apt, cache_dir: Path) -> PreparedKernel:
     if spec.vmlinuz is not None:
-        version = spec.modules_dir.name if spec.modules_dir else f"file-{spec.vmlinuz.name}"
+        version = (
+            spec.modules_dir.name
+            if spec.modules_dir
+            else bzimage_release(spec.vmlinuz) or f"file-{spec.vmlinuz.name}"
+        )
         return PreparedKernel(spec.vmlinuz, version, spec.modules_dir, spec.describe())
     if spec.package is not None:
+        if spec.suite is not None:
+            apt = suite_apt(spec.suite, cache_dir)
         package = apt.kernel_package(spec.package)
         (deb,) = apt.download([package])
     else:
         assert spec.deb is not None
         deb = spec.deb
     return _unpack_kernel_deb(deb, cache_dir / "kernels" / deb.stem, spec.describe())
+
+
+def bzimage_release(vmlinuz: Path) -> str | None:
+    """The release string (`uname -r`) a bzImage carries in its setup header, if any.
+
+    Why: a bare vmlinuz (drivers built in, no modules dir) has no other name for its version,
+    and the version is what results and behaviour switches are keyed by.
+    """
+    with vmlinuz.open("rb") as f:
+        header = f.read(0x210)
+        if len(header) < 0x210 or header[0x202:0x206] != b"HdrS":
+            return None
+        (protocol,) = struct.unpack_from("<H", header, 0x206)
+        (pointer,) = struct.unpack_from("<H", header, 0x20E)
+        if protocol < 0x200 or pointer == 0:
+            return None
+        f.seek(pointer + 0x200)
+        text = f.read(256).split(b"\0", 1)[0].decode("ascii", "replace").split()
+    return text[0] if text else None
 
 
 def _unpack_kernel_deb(deb: Path, target: Path, origin: str) -> PreparedKernel:

@@ -11,7 +11,7 @@ import pytest
 
 from harness.plugin.options import add_options
 
-_LAYERS = ("harness.plugin.fixtures", "harness.plugin.scenarios")
+_LAYERS = ("harness.plugin.fixtures", "harness.plugin.scenarios", "harness.plugin.report")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from harness.images.builder import GuestImage, build_image
 from harness.images.errors import ImageBuildError
 from harness.machine.accel import AccelChoice, choose_accel
 from harness.machine.qemu import ControllerSpec, Machine, MachineSpec
+from harness.plugin.kernels import kernel_id
 from harness.plugin.options import HilSettings
 
 GuestFactory = Callable[..., Guest]
@@ -30,32 +33,107 @@ def hil_settings(pytestconfig: pytest.Config) -> HilSettings:
     return HilSettings.from_config(pytestconfig)
 
 
-@pytest.fixture(scope="session")
-def hil_image(hil_settings: HilSettings) -> GuestImage:
-    """The guest image for this run, built once (cached across runs and xdist workers)."""
-    try:
-        return build_image(hil_settings.image, hil_settings.kernel)
-    except ImageBuildError as error:
-        pytest.fail(f"guest image could not be built: {error}", pytrace=False)
+class ImageSet:
+    """Guest images by kernel spec, built at most once per process (and, through the builder's
+    cache and file lock, once per machine: xdist workers wait for the first builder)."""
+
+    def __init__(self, settings: HilSettings) -> None:
+        self.settings = settings
+        self._built: dict[str | None, GuestImage | ImageBuildError] = {}
+
+    def get(self, kernel: str | None) -> GuestImage:
+        if kernel not in self._built:
+            try:
+                self._built[kernel] = build_image(self.settings.image, kernel)
+            except ImageBuildError as error:
+                self._built[kernel] = error  # remembered: every test of this kernel fails fast
+        found = self._built[kernel]
+        if isinstance(found, ImageBuildError):
+            pytest.fail(f"guest image could not be built: {found}", pytrace=False)
+        return found
 
 
 @pytest.fixture(scope="session")
-def hil_accel(
-    pytestconfig: pytest.Config, hil_settings: HilSettings, hil_image: GuestImage
-) -> AccelChoice:
-    """KVM or TCG, decided once per run by a probe boot; the choice is announced once."""
+def hil_images(hil_settings: HilSettings) -> ImageSet:
+    """`hil_images.get(kernel_spec)` -> GuestImage (None: the recipe's kernel)."""
+    return ImageSet(hil_settings)
+
+
+@pytest.fixture
+def hil_kernel(request: pytest.FixtureRequest, hil_settings: HilSettings) -> str | None:
+    """The kernel spec this test runs on: its parameter when several --hil-kernel values were
+    given (tests are parametrized per kernel), else the only one (None: the recipe's)."""
+    if hasattr(request, "param"):
+        return request.param  # type: ignore[no-any-return]
+    return getattr(request.node, "hil_kernel", hil_settings.kernel)
+
+
+@pytest.fixture
+def hil_image(hil_images: ImageSet, hil_kernel: str | None) -> GuestImage:
+    """The guest image for this test's kernel, built once (cached across runs and workers)."""
+    return hil_images.get(hil_kernel)
+
+
+def _session_accel(config: pytest.Config, settings: HilSettings, image: GuestImage) -> AccelChoice:
+    """KVM or TCG, decided once per process by a probe boot of the first image; announced."""
+    choice = announced_accel(config)
+    if choice is not None:
+        return choice
     choice = choose_accel(
-        hil_settings.accel, hil_settings.qemu, hil_image.kernel, hil_image.initramfs
-    )  # type: ignore[arg-type]
-    pytestconfig.stash[_ACCEL_KEY] = choice
-    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+        settings.accel,  # type: ignore[arg-type]
+        settings.qemu,
+        image.kernel,
+        image.initramfs,
+    )
+    config.stash[_ACCEL_KEY] = choice
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(f"hil: {choice.describe()}", yellow=choice.accel == "tcg")
     return choice
 
 
+@pytest.fixture
+def hil_accel(
+    pytestconfig: pytest.Config, hil_settings: HilSettings, hil_image: GuestImage
+) -> AccelChoice:
+    """KVM or TCG, decided once per run by a probe boot; the choice is announced once."""
+    return _session_accel(pytestconfig, hil_settings, hil_image)
+
+
 def announced_accel(config: pytest.Config) -> AccelChoice | None:
     return config.stash.get(_ACCEL_KEY, None)
+
+
+def record_run_properties(
+    node: pytest.Item, settings: HilSettings, image: GuestImage, accel: AccelChoice
+) -> None:
+    """Kernel, QEMU, accel and recipe as junit properties (xdist carries them to the report)."""
+    properties = run_properties(settings, image, accel)
+    known = {name for name, _ in node.user_properties}
+    node.user_properties.extend((k, v) for k, v in properties.items() if k not in known)
+
+
+def run_properties(settings: HilSettings, image: GuestImage, accel: AccelChoice) -> dict[str, str]:
+    return {
+        "hil_kernel": image.kernel_version,
+        "hil_kernel_origin": image.kernel_origin,
+        "hil_qemu": qemu_version(settings.qemu),
+        "hil_accel": accel.accel,
+        "hil_image": f"{image.recipe} ({image.directory.name})",
+    }
+
+
+@functools.cache
+def qemu_version(binary: str) -> str:
+    """`QEMU emulator version X` -> "X (binary)"; asked once per process."""
+    try:
+        result = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"unknown ({binary}: {error})"
+    first = (result.stdout.splitlines() or ["unknown"])[0]
+    return first.removeprefix("QEMU emulator version ").strip()
 
 
 @pytest.fixture(scope="session")
@@ -106,10 +184,15 @@ class GuestPool:
 
 @pytest.fixture
 def hil_guest_factory(
-    hil_settings: HilSettings, hil_image: GuestImage, hil_accel: AccelChoice, tmp_path: Path
+    request: pytest.FixtureRequest,
+    hil_settings: HilSettings,
+    hil_image: GuestImage,
+    hil_accel: AccelChoice,
+    tmp_path: Path,
 ) -> Iterator[GuestPool]:
     """`hil_guest_factory.create(name, **MachineSpec overrides)` -> booted Guest (shut down
-    at teardown)."""
+    at teardown). Records kernel, QEMU, accel and recipe as the test's junit properties."""
+    record_run_properties(request.node, hil_settings, hil_image, hil_accel)
     pool = GuestPool(hil_settings, hil_image, hil_accel, tmp_path)
     yield pool
     pool.shutdown_all()
@@ -123,13 +206,16 @@ def hil_guest(hil_guest_factory: GuestPool) -> Guest:
 
 @pytest.fixture(scope="session")
 def hil_session_guest(
+    pytestconfig: pytest.Config,
     hil_settings: HilSettings,
-    hil_image: GuestImage,
-    hil_accel: AccelChoice,
+    hil_images: ImageSet,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Guest]:
-    """One guest shared by the whole session (tests must leave it as they found it)."""
-    pool = GuestPool(hil_settings, hil_image, hil_accel, tmp_path_factory.mktemp("session-guest"))
+    """One guest shared by the whole session, on the first --hil-kernel (tests must leave it
+    as they found it)."""
+    image = hil_images.get(hil_settings.kernel)
+    accel = _session_accel(pytestconfig, hil_settings, image)
+    pool = GuestPool(hil_settings, image, accel, tmp_path_factory.mktemp("session-guest"))
     yield pool.create("session")
     pool.shutdown_all()
 
@@ -199,6 +285,13 @@ def make_port(hil_system: QemuSystem) -> Callable[..., PortHandle]:
         return PortHandle(name, nr, hil_system)
 
     return make
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Several --hil-kernel values: every test that boots a guest runs once per kernel."""
+    kernels = metafunc.config.getoption("--hil-kernel")
+    if len(kernels) > 1 and "hil_kernel" in metafunc.fixturenames:
+        metafunc.parametrize("hil_kernel", kernels, indirect=True, ids=kernel_id)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

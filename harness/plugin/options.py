@@ -8,6 +8,7 @@ import pytest
 
 ACCEL_CHOICES = ("auto", "kvm", "tcg")
 BACKEND_CHOICES = ("model", "qemu")
+BEHAVIOUR_CHOICES = ("auto", "default")
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -23,8 +24,16 @@ def add_options(parser: pytest.Parser) -> None:
         action="append",
         default=[],
         metavar="KERNEL",
-        help="kernel under test: Debian package name, file.deb, or vmlinuz[:modules_dir] "
-        "(default: the image recipe's kernel)",
+        help="kernel under test: Debian package name, debian:SUITE/PACKAGE, file.deb, or "
+        "vmlinuz[:modules_dir]; repeat it to run every scenario (and guest test) once per "
+        "kernel with a comparison table at the end (default: the image recipe's kernel)",
+    )
+    group.addoption(
+        "--hil-behaviour",
+        choices=BEHAVIOUR_CHOICES,
+        default="auto",
+        help="auto: the model's kernel-dependent switches follow each kernel's release; "
+        "default: the defaults for every kernel (shows what a kernel change breaks)",
     )
     group.addoption(
         "--hil-image",

@@ -1,19 +1,26 @@
 """Collect YAML scenarios as pytest items and run them on the model and (optionally) QEMU.
 
-One item per file (id = file stem).  A file that fails validation becomes an item that fails
-with the clean ``path:line:column: message`` text instead of a collection error, because a
-collection error would stop pytest from running the other, valid, files.
+One item per file (id = file stem), or one per file and kernel when several --hil-kernel
+values are given (id = ``stem[kernel]``).  A file that fails validation becomes an item that
+fails with the clean ``path:line:column: message`` text instead of a collection error, because
+a collection error would stop pytest from running the other, valid, files.
+
+Each item runs the model with its kernel's behaviour switches (``kernels.behaviour_for``) and
+records what every step left on the system, so kernels can be compared step by step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from harness.model import Behaviour, VirtioSerialModel
+from harness.plugin.kernels import Observation, behaviour_for, flatten, kernel_id
 from harness.scenario.runner import RunnerOptions, ScenarioFailure, ScenarioRunner
 from harness.scenario.schema import Scenario, ScenarioError, Step, load_scenario
 from harness.scenario.system import RealSystem
@@ -71,7 +78,10 @@ class ScenarioFile(pytest.File):
             )
         except ScenarioError as error:
             return [InvalidScenario.from_parent(self, name=self.path.stem, error=error)]
-        return [ScenarioItem.build(self, scenario)]
+        kernels: list[str] = self.config.getoption("--hil-kernel", [])
+        if len(kernels) <= 1:
+            return [ScenarioItem.build(self, scenario, kernels[0] if kernels else None)]
+        return [ScenarioItem.build(self, scenario, kernel, kernel_id(kernel)) for kernel in kernels]
 
 
 class InvalidScenario(pytest.Item):
@@ -105,19 +115,50 @@ def _needs_factory(hil_system_factory: Callable[[], RealSystem]) -> None:
     """Signature carrier: qemu mode gets the backend's factory through pytest's fixtures."""
 
 
+@dataclass
+class _KernelRunner(ScenarioRunner):
+    """The runner with a kernel's behaviour switches in every model it builds (the boot model
+    and a migration's destination), so the runner itself need not know about kernels.
+
+    The switches are set just after the model's boot-time ports were added; the kernel-
+    dependent switches (kernels.KERNEL_CHANGES) only matter after boot (console vtermnos of
+    boot-time consoles are 1, 2, ... either way).
+    """
+
+    behaviour: Behaviour = field(default_factory=Behaviour)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "model" and isinstance(value, VirtioSerialModel):
+            value.behaviour = self.behaviour
+        super().__setattr__(name, value)
+
+
 class ScenarioItem(pytest.Function):
     """A Function item so pytest resolves fixtures (the system factory) the usual way."""
 
     scenario: Scenario
     backend: str
+    hil_kernel: str | None
+    hil_kernel_id: str | None
+    hil_release: str | None
+    hil_observations: list[Observation]
 
     @classmethod
-    def build(cls, parent: ScenarioFile, scenario: Scenario) -> ScenarioItem:
+    def build(
+        cls,
+        parent: ScenarioFile,
+        scenario: Scenario,
+        kernel: str | None = None,
+        kernel_label: str | None = None,
+    ) -> ScenarioItem:
         backend = parent.config.getoption("--hil-backend", "qemu")
         available = _factory_available(parent)
         carrier = _needs_factory if backend == "qemu" and available else _needs_nothing
-        item = cls.from_parent(parent, name=parent.path.stem, callobj=carrier)
+        name = parent.path.stem if kernel_label is None else f"{parent.path.stem}[{kernel_label}]"
+        item = cls.from_parent(parent, name=name, callobj=carrier)
         item.scenario, item.backend = scenario, backend
+        item.hil_kernel, item.hil_kernel_id = kernel, kernel_label
+        item.hil_release, item.hil_observations = None, []
         for mark in scenario.marks:
             item.add_marker(mark)
         if backend == "qemu":
@@ -135,8 +176,8 @@ class ScenarioItem(pytest.Function):
                 )
             real = factory()
         options = RunnerOptions(settle_timeout=self.config.getoption("--hil-settle-timeout"))
-        runner = ScenarioRunner(self.scenario, real, options)
-        runner.step_context = _allure_step
+        runner = _KernelRunner(self.scenario, real, options, behaviour=self._behaviour())
+        runner.step_context = self._observing(runner)
         try:
             runner.run()
         except ScenarioFailure as failure:
@@ -149,6 +190,35 @@ class ScenarioItem(pytest.Function):
             if real is not None:
                 real.stop()
 
+    def _behaviour(self) -> Behaviour:
+        """The switches for this item's kernel (defaults with --hil-behaviour=default)."""
+        self.hil_release = self._release()
+        if self.config.getoption("--hil-behaviour", "auto") == "default":
+            return Behaviour()
+        return behaviour_for(self.hil_release)
+
+    def _release(self) -> str | None:
+        """The kernel release: from the booted image, or (model mode, kernel named) resolved
+        without a build; None in model mode without --hil-kernel (defaults, no apt)."""
+        if self.backend == "qemu" and "hil_image" in self.fixturenames:
+            return str(self._request.getfixturevalue("hil_image").kernel_version)
+        if self.hil_kernel is None:
+            return None
+        return _model_mode_release(self.config, self.hil_kernel)
+
+    def _observing(self, runner: ScenarioRunner) -> Callable[[Step], AbstractContextManager[Any]]:
+        """Allure step + the settled snapshot after each step (what the real system showed:
+        a step only completes once the real snapshot equals this prediction)."""
+
+        @contextmanager
+        def context(step: Step) -> Iterator[None]:
+            with _allure_step(step):
+                yield
+            label = f"step {step.index} ({step.label})"
+            self.hil_observations.append(Observation(label, flatten(runner.model.snapshot())))
+
+        return context
+
     def repr_failure(
         self, excinfo: pytest.ExceptionInfo[BaseException], style: str | None = None
     ) -> str | Any:
@@ -158,6 +228,19 @@ class ScenarioItem(pytest.Function):
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, 0, f"scenario {self.name}"
+
+
+_RELEASES = pytest.StashKey[dict[str, str]]()
+
+
+def _model_mode_release(config: pytest.Config, kernel: str) -> str:
+    """Resolved once per process (apt resolution and the kernel package, both cached)."""
+    from harness.images.builder import kernel_release
+
+    releases = config.stash.setdefault(_RELEASES, {})
+    if kernel not in releases:
+        releases[kernel] = kernel_release(kernel, config.getoption("--hil-image", None))
+    return releases[kernel]
 
 
 def _factory_available(node: pytest.Collector) -> bool:

@@ -1,0 +1,138 @@
+"""What a run reports beyond pass/fail: the per-kernel comparison and the run's environment.
+
+Data travels on the test reports (attributes and user_properties), because under pytest-xdist
+the items run in workers and only their reports reach the controller, which prints the table
+and writes the allure environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.plugin.kernels import Comparison, KernelResult, Observation, kernel_id
+
+_RUN = pytest.StashKey["RunReport"]()
+#: user_properties that describe the run (set by the guest factory) -> allure environment.
+ENVIRONMENT_PROPERTIES = ("hil_kernel", "hil_qemu", "hil_accel", "hil_image")
+
+
+def _several_kernels(config: pytest.Config) -> bool:
+    return len(config.getoption("--hil-kernel", [])) > 1
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[Any]:
+    """Tag each report with its kernel, the test id without it, and the observations."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    spec = _kernel_of(item)
+    if spec is None:
+        return
+    label = kernel_id(spec)
+    report.hil_kernel_id = label  # type: ignore[attr-defined]
+    report.hil_test = item.name.replace(f"[{label}]", "").replace(f"-{label}]", "]")  # type: ignore[attr-defined]
+    report.hil_release = getattr(item, "hil_release", None) or dict(item.user_properties).get(  # type: ignore[attr-defined]
+        "hil_kernel"
+    )
+    report.hil_observations = [  # type: ignore[attr-defined]
+        [o.step, o.values] for o in getattr(item, "hil_observations", [])
+    ]
+
+
+def _kernel_of(item: pytest.Item) -> str | None:
+    """The kernel spec an item ran on, when the run compares several kernels."""
+    if not _several_kernels(item.config):
+        return None
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "hil_kernel" in callspec.params:
+        return str(callspec.params["hil_kernel"])
+    return getattr(item, "hil_kernel", None)
+
+
+class RunReport:
+    """Registered per config; collects what reports carry where they arrive (the controller
+    under xdist): the comparison table and the environment values."""
+
+    def __init__(self) -> None:
+        self.comparison = Comparison()
+        self.environment: dict[str, set[str]] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for name, value in report.user_properties:
+            if name in ENVIRONMENT_PROPERTIES:
+                self.environment.setdefault(name, set()).add(str(value))
+        label = getattr(report, "hil_kernel_id", None)
+        if label is None or not _decisive(report):
+            return
+        observations = [Observation(step, values) for step, values in report.hil_observations]  # type: ignore[attr-defined]
+        self.comparison.add(
+            report.hil_test,  # type: ignore[attr-defined]
+            label,
+            KernelResult(_outcome(report), report.hil_release, observations),  # type: ignore[attr-defined]
+        )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_RUN] = run = RunReport()
+    config.pluginmanager.register(run, "hil-run-report")
+
+
+def _decisive(report: pytest.TestReport) -> bool:
+    """The report that decides the outcome: the call, or a setup that failed or skipped."""
+    return report.when == "call" or (report.when == "setup" and not report.passed)
+
+
+def _outcome(report: pytest.TestReport) -> str:
+    if report.when == "setup" and report.failed:
+        return "error"
+    if hasattr(report, "wasxfail"):
+        return "xfail" if report.skipped else "xpass"
+    return report.outcome
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    run = terminalreporter.config.stash.get(_RUN, None)
+    if run is None or not run.comparison.results:
+        return
+    comparison = run.comparison
+    terminalreporter.write_sep("=", "hil: results per kernel")
+    terminalreporter.write_line(comparison.render())
+    differing = sum(1 for row in comparison.rows()[1:] if row[-1])
+    terminalreporter.write_line(
+        f"{differing} of {len(comparison.results)} tests differ between kernels "
+        "(RESULT DIFFERS: outcomes; observed: the first step/field whose settled value differs)"
+    )
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Allure's environment widget: kernels, QEMU, accel, image recipe of this run."""
+    config = session.config
+    directory = getattr(config.option, "allure_report_dir", None)
+    if not directory or hasattr(config, "workerinput"):
+        return
+    write_allure_environment(Path(directory), environment_lines(config))
+
+
+def environment_lines(config: pytest.Config) -> dict[str, str]:
+    run = config.stash.get(_RUN, None)
+    seen = run.environment if run is not None else {}
+    lines = {name: ", ".join(sorted(values)) for name, values in sorted(seen.items())}
+    kernels = config.getoption("--hil-kernel", [])
+    lines["hil_kernel_specs"] = ", ".join(kernels) or "the image recipe's"
+    lines["hil_backend"] = str(config.getoption("--hil-backend", "qemu"))
+    return lines
+
+
+def write_allure_environment(directory: Path, lines: dict[str, str]) -> None:
+    """environment.properties (key = value; allure shows it on the report's overview)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    text = "".join(f"{key} = {_escape(value)}\n" for key, value in lines.items())
+    (directory / "environment.properties").write_text(text)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n")
