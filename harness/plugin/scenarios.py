@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from harness.images.errors import ImageBuildError
 from harness.model import Behaviour, VirtioSerialModel
 from harness.plugin.kernels import Observation, behaviour_for, flatten, kernel_id
 from harness.scenario.runner import RunnerOptions, ScenarioFailure, ScenarioRunner
@@ -200,11 +201,15 @@ class ScenarioItem(pytest.Function):
     def _release(self) -> str | None:
         """The kernel release: from the booted image, or (model mode, kernel named) resolved
         without a build; None in model mode without --hil-kernel (defaults, no apt)."""
-        if self.backend == "qemu" and "hil_image" in self.fixturenames:
-            return str(self._request.getfixturevalue("hil_image").kernel_version)
+        image = self.funcargs.get("hil_image")  # set up with the backend's factory
+        if image is not None:
+            return str(image.kernel_version)
         if self.hil_kernel is None:
             return None
-        return _model_mode_release(self.config, self.hil_kernel)
+        try:
+            return _model_mode_release(self.config, self.hil_kernel)
+        except ImageBuildError as error:
+            pytest.fail(f"kernel {self.hil_kernel}: {error}", pytrace=False)
 
     def _observing(self, runner: ScenarioRunner) -> Callable[[Step], AbstractContextManager[Any]]:
         """Allure step + the settled snapshot after each step (what the real system showed:
