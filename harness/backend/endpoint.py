@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import socket
+import subprocess
 import threading
 import time
 from collections import deque
@@ -24,6 +26,7 @@ from harness.machine.errors import MachineError, WaitTimeout
 from harness.model.payload import Payload, iter_chunks
 
 RECEIVE_LIMIT = 4 * 1024 * 1024
+REPLAY_LIMIT = 8 * 1024 * 1024  # > any unix socket queue: what QEMU may not have read yet
 _CHUNK = 65536
 
 
@@ -54,6 +57,11 @@ class HostEndpoint:
         self.bytes_received = 0
         self._threads: list[threading.Thread] = []
         self.error: BaseException | None = None
+        self._paused = False
+        self._partial = b""  # a chunk the sender has begun, carried across a migration
+        self._recent = bytearray()  # the last REPLAY_LIMIT bytes sent, to re-send unread ones
+        self._successor: socket.socket | None = None
+        self.migration_log: list[str] = []
 
     # -- connection ------------------------------------------------------------------------
 
@@ -64,21 +72,12 @@ class HostEndpoint:
     def connect(self, timeout: float = 10) -> None:
         if self._sock is not None:
             raise MachineError(f"host end of {self.name} is already connected")
-        deadline = time.monotonic() + timeout
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.connect(str(self.path))
-                break
-            except (FileNotFoundError, ConnectionRefusedError) as error:
-                sock.close()
-                if time.monotonic() > deadline:
-                    raise WaitTimeout(
-                        f"host end of {self.name}: chardev socket {self.path} not accepting "
-                        f"within {timeout:.0f} s ({error})"
-                    ) from None
-                time.sleep(0.05)  # QEMU creates the listening socket asynchronously
-        self._start(sock)
+        self._start(_connect(self.path, timeout, self.name))
+
+    @property
+    def inode(self) -> int | None:
+        """Our socket's inode: `ss` names QEMU's end of the connection by it."""
+        return os.fstat(self._sock.fileno()).st_ino if self._sock is not None else None
 
     def _start(self, sock: socket.socket) -> None:
         with self._lock:
@@ -98,11 +97,14 @@ class HostEndpoint:
 
     def close(self) -> int:
         """Disconnect; returns how many queued outgoing bytes were never sent (dropped)."""
+        self.drop_successor()
         with self._lock:
             sock, self._sock = self._sock, None
             self._closing = True
             dropped = self._pending_out
             self._outbox.clear()
+            self._partial = b""
+            self._recent.clear()
             self._pending_out = 0
             self._inbox.clear()
             self._inbox_size = 0
@@ -146,28 +148,104 @@ class HostEndpoint:
                 self._lock.wait(remaining)
 
     def _send_loop(self, sock: socket.socket) -> None:
-        pending = b""
         while True:
             with self._lock:
-                while not pending and not self._outbox and not self._closing:
+                idle = not self._partial and not self._outbox
+                while (self._paused or idle) and not self._closing:
                     self._lock.wait()
+                    idle = not self._partial and not self._outbox
                 if self._closing:
                     return
-                if not pending:
-                    pending = next(self._outbox[0], b"")
-                    if not pending:
+                if not self._partial:
+                    self._partial = next(self._outbox[0], b"")
+                    if not self._partial:
                         self._outbox.popleft()
                         continue
+                pending = self._partial
             try:
                 sent = sock.send(pending)
             except OSError as error:
                 self._fail(error)
                 return
-            pending = pending[sent:]
             with self._lock:
+                self._partial = self._partial[sent:]
                 self.bytes_sent += sent
                 self._pending_out -= sent
+                self._recent += pending[:sent]
+                if len(self._recent) > REPLAY_LIMIT:
+                    del self._recent[: len(self._recent) - REPLAY_LIMIT]
                 self._lock.notify_all()
+
+    # -- migration -----------------------------------------------------------------------------
+
+    def pause_sending(self, paused: bool = True) -> None:
+        with self._lock:
+            self._paused = paused
+            self._lock.notify_all()
+
+    def connect_successor(self, path: Path, timeout: float = 10) -> None:
+        """Connect to the migration destination's chardev now, so that the destination loads
+        with the host already connected (no PORT_OPEN 0/1 blip the model does not predict)."""
+        self._successor = _connect(path, timeout, self.name)
+        self.migration_log.append(f"connected to destination socket {path}")
+
+    def drop_successor(self) -> None:
+        if self._successor is not None:
+            self._successor.close()
+            self._successor = None
+
+    def switch_to_successor(self, unread_by_source: int, new_path: Path) -> None:
+        """After the source stopped for good: keep what it wrote to us, re-send what it never
+        read (exactly `unread_by_source` bytes, measured in its socket), continue on the new
+        socket. The source must have exited (our old socket at EOF) before this is called."""
+        assert self._successor is not None, "connect_successor() first"
+        old = self._sock
+        with self._lock:
+            self._closing = True  # the old socket's threads end (the receiver at its EOF)
+            self._lock.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=10)
+            if thread.is_alive():
+                raise MachineError(f"host end of {self.name}: {thread.name} did not stop")
+        with self._lock:
+            if old is not None:
+                self._drain_residue(old)
+                old.close()
+            if unread_by_source > len(self._recent):
+                raise MachineError(
+                    f"host end of {self.name}: {unread_by_source} bytes unread by the source "
+                    f"QEMU, more than the {len(self._recent)} kept for replay"
+                )
+            if unread_by_source:
+                replay = bytes(self._recent[len(self._recent) - unread_by_source :])
+                self._partial = replay + self._partial
+                self._pending_out += unread_by_source
+                self.bytes_sent -= unread_by_source
+                del self._recent[len(self._recent) - unread_by_source :]
+            self.migration_log.append(
+                f"switched to {new_path}: re-sending {unread_by_source} bytes the source never "
+                f"read, kept {self._inbox_size} received bytes"
+            )
+            self.path = new_path
+            self._eof = False
+            self._closing = False
+            self._paused = False
+            successor, self._successor = self._successor, None
+        self._start(successor)
+
+    def _drain_residue(self, sock: socket.socket) -> None:
+        """Everything the source wrote before exiting, whatever the receive limit or stall."""
+        sock.setblocking(False)
+        while True:
+            try:
+                data = sock.recv(_CHUNK)
+            except (BlockingIOError, OSError):
+                return
+            if not data:
+                return
+            self._inbox.append(data)
+            self._inbox_size += len(data)
+            self.bytes_received += len(data)
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -247,3 +325,38 @@ class HostEndpoint:
                 self.error = error
                 self._eof = True
             self._lock.notify_all()
+
+
+def _connect(path: Path, timeout: float, name: str) -> socket.socket:
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(path))
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError) as error:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise WaitTimeout(
+                    f"host end of {name}: chardev socket {path} not accepting within "
+                    f"{timeout:.0f} s ({error})"
+                ) from None
+            time.sleep(0.05)  # QEMU creates the listening socket asynchronously
+
+
+def unread_by_peer(inodes: set[int]) -> dict[int, int]:
+    """Bytes QEMU has not read from each of our sockets (by our socket's inode).
+
+    Our own send queue (SIOCOUTQ) counts kernel overhead, not bytes; the peer's receive queue,
+    which `ss -x` reports per socket with the peer's inode, is exact."""
+    if not inodes:
+        return {}
+    output = subprocess.run(["ss", "-xn"], capture_output=True, text=True, check=True).stdout
+    unread: dict[int, int] = {}
+    for line in output.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 6 and fields[0] == "u_str" and fields[-1].isdigit():
+            peer = int(fields[-1])
+            if peer in inodes:
+                unread[peer] = int(fields[2])
+    return unread

@@ -14,14 +14,16 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from harness.backend.endpoint import HostEndpoint, Received
+from harness.backend.endpoint import HostEndpoint, Received, unread_by_peer
 from harness.guest.agent_client import AgentClient, AgentError
 from harness.guest.guest import READY_MARKER, Guest
 from harness.machine.errors import MachineError, QmpError, WaitTimeout
+from harness.machine.migration import MODES, MigrationRefused, MigrationStats
+from harness.machine.migration import migrate as run_migration
 from harness.machine.ports import PortManager
 from harness.machine.qemu import ControllerSpec, PortSpec
 from harness.model.payload import Payload
@@ -94,6 +96,7 @@ class QemuSystem:
         self._ports: dict[str, _Port] = {}
         self._plugs = 0
         self._sigio: dict[str, list[frozenset[str]]] = {}
+        self.migrations: list[MigrationStats] = []
         self._open: set[str] = set()
         self._console_mark = 0
         self._kernel_messages: list[str] = []
@@ -322,8 +325,104 @@ class QemuSystem:
         for name in self._ports:
             self.agent.wait_port(name)
 
-    def migrate(self, destination: MachineDecl | None) -> None:
-        raise RealFailure("migration is not implemented on the real system yet (issue 6)")
+    def migrate(self, destination: MachineDecl | None, mode: str = "live") -> MigrationStats:
+        """Move the guest to a new QEMU (same configuration, or `destination`'s), carrying the
+        host ends over: connected ones connect to the destination before it loads, and bytes
+        the source never read are re-sent exactly (see HostEndpoint.switch_to_successor)."""
+        guest, _, ports = self._need_guest()
+        if mode not in MODES:
+            raise RealFailure(f"unknown migration mode {mode!r}")
+        planned = self._destination_ports(destination, ports)
+        target = self._start_destination(guest, destination, planned, ports)
+        endpoints = self._connect_successors(planned)
+        try:
+            stats = run_migration(
+                guest.machine, target.machine, mode, target.machine.workdir,  # type: ignore[arg-type]
+                at_switchover=lambda: [e.pause_sending() for e, _ in endpoints],
+            )
+        except MigrationRefused as error:
+            for endpoint, _ in endpoints:
+                endpoint.drop_successor()
+                endpoint.pause_sending(False)
+            target.shutdown()
+            raise RealFailure(error.text) from None
+        self._hand_over(guest, target, planned, endpoints)
+        self.migrations.append(stats)
+        return stats
+
+    def _destination_ports(
+        self, destination: MachineDecl | None, ports: PortManager
+    ) -> dict[str, _Port]:
+        """The destination's ports: the source's own (ids pinned from qtree) unless overridden."""
+        _, qtree_ports = ports.qtree()
+        wanted = (
+            [_Decl(q.name, q.nr, q.driver == "virtconsole", q.controller,
+                   self._ports[q.name].backend if q.name in self._ports else "none")
+             for q in qtree_ports.values()]
+            if destination is None else list(destination.ports)
+        )
+        planned: dict[str, _Port] = {}
+        for decl in wanted:
+            nr = decl.nr if decl.nr is not None else getattr(qtree_ports.get(decl.name), "nr", None)
+            port = self._declare(_Decl(decl.name, nr, decl.console, decl.controller, decl.backend))
+            source = self._ports.get(decl.name)
+            if source is not None:  # same QEMU id: VSERPORT_CHANGE keeps naming the same port
+                port = _Port(replace(port.spec, ident=source.spec.ident or port.spec.ident),
+                             port.backend, source.endpoint if port.endpoint else None)
+            planned[decl.name] = port
+        return planned
+
+    def _start_destination(
+        self, guest: Guest, destination: MachineDecl | None, planned: dict[str, _Port],
+        ports: PortManager,
+    ) -> Guest:
+        qtree_controllers, _ = ports.qtree()
+        if destination is None:
+            controllers = [
+                ControllerSpec(c.id, c.max_ports, c.addr) for c in qtree_controllers.values()
+            ]
+        else:
+            source_addr = {c.id: c.addr for c in qtree_controllers.values()}
+            controllers = [
+                ControllerSpec(c.id, c.max_ports, source_addr.get(c.id))
+                for c in destination.controllers
+            ]
+        specs = [p.spec for p in planned.values()]
+        target = self._create_guest(
+            "destination", boot=False, incoming="defer", controllers=controllers, ports=specs,
+            memory_mib=guest.machine.spec.memory_mib,
+        )
+        target.machine.start()
+        return target
+
+    def _connect_successors(self, planned: dict[str, _Port]) -> list[tuple[HostEndpoint, Path]]:
+        endpoints = []
+        for name, port in planned.items():
+            source = self._ports.get(name)
+            if (source and source.endpoint and source.endpoint.connected
+                    and port.spec.chardev_path is not None):
+                source.endpoint.connect_successor(port.spec.chardev_path)
+                endpoints.append((source.endpoint, port.spec.chardev_path))
+        return endpoints
+
+    def _hand_over(
+        self, guest: Guest, target: Guest, planned: dict[str, _Port],
+        endpoints: list[tuple[HostEndpoint, Path]],
+    ) -> None:
+        inodes = {e.inode: e for e, _ in endpoints if e.inode is not None}
+        unread = unread_by_peer(set(inodes))  # measured while the paused source still holds them
+        guest.shutdown()
+        for inode, endpoint in inodes.items():
+            new_path = next(path for e, path in endpoints if e is endpoint)
+            endpoint.switch_to_successor(unread.get(inode, 0), new_path)
+        for port in planned.values():
+            if port.endpoint is not None and port.spec.chardev_path is not None:
+                port.endpoint.path = port.spec.chardev_path
+        self._ports = planned
+        self.guest = target
+        self.ports = PortManager(target.machine)
+        target.connect_ssh(self.boot_timeout)
+        self.agent = AgentClient(target).start()
 
     # -- observation -------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ _QTREE_PROPERTY = re.compile(r'^\s*(nr|name|chardev) = (?:"([^"]*)"|(\d+))')
 _QTREE_STATE = re.compile(r"^\s*port (\d+), guest (on|off), host (on|off), throttle (on|off)")
 _QTREE_CONTROLLER = re.compile(r'^\s*dev: virtio-serial-pci, id "([^"]*)"')
 _QTREE_MAX_PORTS = re.compile(r"^\s*max_ports = (\d+)")
+_QTREE_ADDR = re.compile(r"^\s*addr = (\S+)$")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class QtreePort:
 class QtreeController:
     id: str
     max_ports: int
+    addr: str | None = None  # PCI slot, e.g. "04.0": a migration destination must match it
 
 
 def parse_qtree(text: str) -> tuple[dict[str, QtreeController], dict[str, QtreePort]]:
@@ -49,11 +51,14 @@ def parse_qtree(text: str) -> tuple[dict[str, QtreeController], dict[str, QtreeP
     controller: str | None = None
     bus: str | None = None
     device: dict[str, str] | None = None
+    addr: str | None = None
     for line in text.splitlines():
         if match := _QTREE_CONTROLLER.match(line):
-            controller = match.group(1)
+            controller, addr = match.group(1), None
+        elif (match := _QTREE_ADDR.match(line)) and controller is not None and addr is None:
+            addr = match.group(1)
         elif (match := _QTREE_MAX_PORTS.match(line)) and controller is not None:
-            controllers[controller] = QtreeController(controller, int(match.group(1)))
+            controllers[controller] = QtreeController(controller, int(match.group(1)), addr)
         elif match := _QTREE_BUS.match(line):
             bus = match.group(1)
         elif (match := _QTREE_DEVICE.match(line)) and bus is not None:

@@ -33,6 +33,7 @@ _USERNET_PORT = re.compile(
 class ControllerSpec:
     id: str
     max_ports: int = 31
+    addr: str | None = None  # PCI slot; pinned on migration destinations
 
 
 @dataclass(frozen=True)
@@ -175,10 +176,8 @@ class Machine:
                 "virtio-net-pci,netdev=net0,romfile=",
             ]
         for controller in spec.controllers:
-            argv += [
-                "-device",
-                f"virtio-serial-pci,id={controller.id},max_ports={controller.max_ports}",
-            ]
+            device = f"virtio-serial-pci,id={controller.id},max_ports={controller.max_ports}"
+            argv += ["-device", device + (f",addr={controller.addr}" if controller.addr else "")]
         for port in spec.ports:
             argv += port_chardev_args(port)
         if spec.incoming:

@@ -241,7 +241,7 @@ class ScenarioRunner:
                 args["id"], args.get("max_ports", 31)
             ),
             "unplug_controller": lambda: real.unplug_controller(args["id"]),
-            "migrate": lambda: real.migrate(args.get("destination")),
+            "migrate": lambda: real.migrate(args.get("destination"), args.get("mode", "live")),
             "reboot": real.reboot,
             "check": lambda: None,
         }

@@ -345,13 +345,14 @@ STEP_SPECS: dict[str, StepSpec] = {
     "unplug": StepSpec("port", {"port": "str"}, ("port",), "port"),
     "hotplug_controller": StepSpec(None, {"id": "str", "max_ports": "int"}, ("id",)),
     "unplug_controller": StepSpec("id", {"id": "str"}, ("id",), "controller"),
-    "migrate": StepSpec(None, {"destination": "machine"}),
+    "migrate": StepSpec(None, {"destination": "machine", "mode": "str"}),
     "reboot": StepSpec(None, {}),
     "check": StepSpec(
         "port", {"port": "str", **CHECK_PORT_FIELDS, "max_ports": "int", "multiport": "bool"}
     ),
 }
 STEP_KINDS = tuple(STEP_SPECS)
+MIGRATION_MODES = ("live", "paused", "file")
 
 
 def _value(ctx: _Ctx, node: yaml.Node, kind: str, what: str) -> Any:
@@ -392,6 +393,11 @@ def _check_step_shape(
     args: dict[str, Any],
 ) -> None:
     """Combinations a type check cannot see."""
+    if kind == "migrate" and args.get("mode", "live") not in MIGRATION_MODES:
+        raise ctx.error(
+            keys["mode"][1], f"unknown migration mode {args['mode']!r}",
+            "mode is live (default), paused or file",
+        )
     if kind in ("host_write", "guest_write"):
         if ("data" in args) == ("size" in args):
             raise ctx.error(

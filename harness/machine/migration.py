@@ -1,0 +1,162 @@
+"""Migrating a guest between two QEMU processes of this host, over QMP.
+
+Three modes: `live` (the guest keeps running), `paused` (stop, migrate, cont) and `file` (save
+to a file, restore from it: also the base of fast start from a booted snapshot).
+
+Two capabilities make the result judgeable: `return-path`, so that a destination that refuses
+the stream (different ports, bitmap mismatch) fails the migration on the *source*, which then
+keeps running; and `pause-before-switchover`, which stops at the point where the guest is
+already paused but device state is not yet saved, so the host side can quiesce its sockets
+(see QemuSystem.migrate) before the chardevs change hands.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from harness.machine.errors import MachineError
+from harness.machine.qemu import Machine
+from harness.machine.qmp import QmpSession
+
+Mode = Literal["live", "paused", "file"]
+MODES: tuple[Mode, ...] = ("live", "paused", "file")
+
+
+class MigrationRefused(MachineError):
+    """The migration failed; `text` is QEMU's reason (destination stderr or query-migrate)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+@dataclass(frozen=True)
+class MigrationStats:
+    mode: Mode
+    total_ms: int | None
+    downtime_ms: int | None
+    transferred_bytes: int | None
+    wall_seconds: float
+
+
+def migration_uri(mode: Mode, workdir: Path) -> tuple[str, str]:
+    """(source uri, destination uri) for a mode."""
+    if mode == "file":
+        image = workdir / "migration.state"
+        return f"exec:cat > {image}", f"exec:cat {image}"
+    sock = workdir / "migration.sock"
+    return f"unix:{sock}", f"unix:{sock}"
+
+
+def _set_capabilities(qmp: QmpSession, names: dict[str, bool]) -> None:
+    qmp.execute(
+        "migrate-set-capabilities",
+        {"capabilities": [{"capability": k, "state": v} for k, v in names.items()]},
+    )
+
+
+def migrate(
+    source: Machine,
+    destination: Machine,
+    mode: Mode,
+    workdir: Path,
+    at_switchover: Callable[[], None],
+    timeout: float = 300,
+) -> MigrationStats:
+    """Move the guest from `source` to `destination` (started with `incoming="defer"`).
+
+    `at_switchover` runs while both are paused, before device state is saved. On failure the
+    source is running again and MigrationRefused carries QEMU's reason."""
+    assert source.qmp is not None and destination.qmp is not None
+    started = time.monotonic()
+    source_uri, destination_uri = migration_uri(mode, workdir)
+    live = mode == "live"
+    # `events`: MIGRATION status events are only sent with it (QEMU 7.2 and 10.0 alike).
+    capabilities = {"events": True, "return-path": mode != "file", "pause-before-switchover": live}
+    _set_capabilities(destination.qmp, {"events": True, "return-path": mode != "file"})
+    destination.qmp.execute("migrate-incoming", {"uri": destination_uri})
+    _set_capabilities(source.qmp, capabilities)
+    if not live:
+        source.qmp.execute("stop")
+    mark = len(source.qmp.events)
+    source.qmp.execute("migrate", {"uri": source_uri})
+    if live:
+        _await_status(source, ("pre-switchover", "failed"), timeout, mark)
+        if _status(source) == "pre-switchover":
+            at_switchover()
+            source.qmp.execute("migrate-continue", {"state": "pre-switchover"})
+    else:
+        at_switchover()
+    _await_status(source, ("completed", "failed", "cancelled"), timeout, mark)
+    info = source.qmp.execute("query-migrate")
+    if info.get("status") != "completed":
+        _keep_source_running(source)
+        raise MigrationRefused(_failure_text(info, destination))
+    try:
+        _await_destination(destination, timeout)
+    except MigrationRefused:
+        _keep_source_running(source)  # file mode: the source finished; the load failed later
+        raise
+    destination.qmp.execute("cont")
+    return MigrationStats(
+        mode, info.get("total-time"), info.get("downtime"),
+        (info.get("ram") or {}).get("transferred"), time.monotonic() - started,
+    )
+
+
+def _keep_source_running(source: Machine) -> None:
+    """A refused migration must leave the guest running where it was (QEMU restarts a live
+    source itself; a source we stopped, or one that finished a file save, needs `cont`)."""
+    assert source.qmp is not None
+    if source.qmp.execute("query-status").get("status") != "running":
+        source.qmp.execute("cont")
+
+
+def _status(machine: Machine) -> str:
+    assert machine.qmp is not None
+    return str(machine.qmp.execute("query-migrate").get("status", ""))
+
+
+def _await_status(machine: Machine, wanted: tuple[str, ...], timeout: float, after: int) -> None:
+    """MIGRATION events carry the status; query-migrate covers an event we raced."""
+    assert machine.qmp is not None
+    if _status(machine) in wanted:
+        return
+    machine.qmp.wait_event(
+        "MIGRATION", timeout, where=lambda e: e.data.get("status") in wanted, after=after,
+        what=f"with status {'/'.join(wanted)} on {machine.name}",
+    )
+
+
+def _await_destination(destination: Machine, timeout: float) -> None:
+    """The destination has loaded everything when it leaves the `inmigrate` run state."""
+    assert destination.qmp is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        status = destination.qmp.execute("query-status")
+        if status.get("status") not in ("inmigrate", "prelaunch"):
+            if status.get("status") not in ("paused", "running", "postmigrate"):
+                raise MigrationRefused(_destination_error(destination, status.get("status")))
+            return
+        if not destination.running:
+            raise MigrationRefused(_destination_error(destination, "exited"))
+        if time.monotonic() > deadline:
+            raise MachineError(f"destination still {status.get('status')} after {timeout:.0f} s")
+        time.sleep(0.05)  # no event marks the end of an incoming load on every version
+
+
+def _failure_text(info: dict[str, object], destination: Machine) -> str:
+    reason = str(info.get("error-desc") or "")
+    stderr = _destination_error(destination, "")
+    return "; ".join(part for part in (reason, stderr) if part) or "migration failed"
+
+
+def _destination_error(destination: Machine, state: object) -> str:
+    log = destination.stderr_log
+    text = log.read_text(errors="replace").strip() if log.exists() else ""
+    lines = [ln.removeprefix("qemu-system-x86_64: ") for ln in text.splitlines() if ln.strip()]
+    return " / ".join(lines[-3:]) or f"destination state {state}"
