@@ -78,7 +78,8 @@ def migrate(
     # `events`: MIGRATION status events are only sent with it (QEMU 7.2 and 10.0 alike).
     capabilities = {"events": True, "return-path": mode != "file", "pause-before-switchover": live}
     _set_capabilities(destination.qmp, {"events": True, "return-path": mode != "file"})
-    destination.qmp.execute("migrate-incoming", {"uri": destination_uri})
+    if mode != "file":  # a file is read only once it is complete
+        destination.qmp.execute("migrate-incoming", {"uri": destination_uri})
     _set_capabilities(source.qmp, capabilities)
     if not live:
         source.qmp.execute("stop")
@@ -96,6 +97,8 @@ def migrate(
     if info.get("status") != "completed":
         _keep_source_running(source)
         raise MigrationRefused(_failure_text(info, destination))
+    if mode == "file":
+        destination.qmp.execute("migrate-incoming", {"uri": destination_uri})
     try:
         _await_destination(destination, timeout)
     except MigrationRefused:
