@@ -337,7 +337,10 @@ class QemuSystem:
         endpoints = self._connect_successors(planned)
         try:
             stats = run_migration(
-                guest.machine, target.machine, mode, target.machine.workdir,  # type: ignore[arg-type]
+                guest.machine,
+                target.machine,
+                mode,
+                target.machine.workdir,  # type: ignore[arg-type]
                 at_switchover=lambda: [e.pause_sending() for e, _ in endpoints],
             )
         except MigrationRefused as error:
@@ -356,10 +359,18 @@ class QemuSystem:
         """The destination's ports: the source's own (ids pinned from qtree) unless overridden."""
         _, qtree_ports = ports.qtree()
         wanted = (
-            [_Decl(q.name, q.nr, q.driver == "virtconsole", q.controller,
-                   self._ports[q.name].backend if q.name in self._ports else "none")
-             for q in qtree_ports.values()]
-            if destination is None else list(destination.ports)
+            [
+                _Decl(
+                    q.name,
+                    q.nr,
+                    q.driver == "virtconsole",
+                    q.controller,
+                    self._ports[q.name].backend if q.name in self._ports else "none",
+                )
+                for q in qtree_ports.values()
+            ]
+            if destination is None
+            else list(destination.ports)
         )
         planned: dict[str, _Port] = {}
         for decl in wanted:
@@ -367,13 +378,19 @@ class QemuSystem:
             port = self._declare(_Decl(decl.name, nr, decl.console, decl.controller, decl.backend))
             source = self._ports.get(decl.name)
             if source is not None:  # same QEMU id: VSERPORT_CHANGE keeps naming the same port
-                port = _Port(replace(port.spec, ident=source.spec.ident or port.spec.ident),
-                             port.backend, source.endpoint if port.endpoint else None)
+                port = _Port(
+                    replace(port.spec, ident=source.spec.ident or port.spec.ident),
+                    port.backend,
+                    source.endpoint if port.endpoint else None,
+                )
             planned[decl.name] = port
         return planned
 
     def _start_destination(
-        self, guest: Guest, destination: MachineDecl | None, planned: dict[str, _Port],
+        self,
+        guest: Guest,
+        destination: MachineDecl | None,
+        planned: dict[str, _Port],
         ports: PortManager,
     ) -> Guest:
         qtree_controllers, _ = ports.qtree()
@@ -389,7 +406,11 @@ class QemuSystem:
             ]
         specs = [p.spec for p in planned.values()]
         target = self._create_guest(
-            "destination", boot=False, incoming="defer", controllers=controllers, ports=specs,
+            "destination",
+            boot=False,
+            incoming="defer",
+            controllers=controllers,
+            ports=specs,
             memory_mib=guest.machine.spec.memory_mib,
         )
         target.machine.start()
@@ -399,14 +420,21 @@ class QemuSystem:
         endpoints = []
         for name, port in planned.items():
             source = self._ports.get(name)
-            if (source and source.endpoint and source.endpoint.connected
-                    and port.spec.chardev_path is not None):
+            if (
+                source
+                and source.endpoint
+                and source.endpoint.connected
+                and port.spec.chardev_path is not None
+            ):
                 source.endpoint.connect_successor(port.spec.chardev_path)
                 endpoints.append((source.endpoint, port.spec.chardev_path))
         return endpoints
 
     def _hand_over(
-        self, guest: Guest, target: Guest, planned: dict[str, _Port],
+        self,
+        guest: Guest,
+        target: Guest,
+        planned: dict[str, _Port],
         endpoints: list[tuple[HostEndpoint, Path]],
     ) -> None:
         inodes = {e.inode: e for e, _ in endpoints if e.inode is not None}

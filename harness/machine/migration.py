@@ -106,8 +106,11 @@ def migrate(
         raise
     destination.qmp.execute("cont")
     return MigrationStats(
-        mode, info.get("total-time"), info.get("downtime"),
-        (info.get("ram") or {}).get("transferred"), time.monotonic() - started,
+        mode,
+        info.get("total-time"),
+        info.get("downtime"),
+        (info.get("ram") or {}).get("transferred"),
+        time.monotonic() - started,
     )
 
 
@@ -130,7 +133,10 @@ def _await_status(machine: Machine, wanted: tuple[str, ...], timeout: float, aft
     if _status(machine) in wanted:
         return
     machine.qmp.wait_event(
-        "MIGRATION", timeout, where=lambda e: e.data.get("status") in wanted, after=after,
+        "MIGRATION",
+        timeout,
+        where=lambda e: e.data.get("status") in wanted,
+        after=after,
         what=f"with status {'/'.join(wanted)} on {machine.name}",
     )
 
