@@ -351,7 +351,13 @@ def unread_by_peer(inodes: set[int]) -> dict[int, int]:
     which `ss -x` reports per socket with the peer's inode, is exact."""
     if not inodes:
         return {}
-    output = subprocess.run(["ss", "-xn"], capture_output=True, text=True, check=True).stdout
+    try:
+        output = subprocess.run(["ss", "-xn"], capture_output=True, text=True, check=True).stdout
+    except FileNotFoundError:
+        raise MachineError(
+            "migration needs `ss` to measure bytes QEMU left unread: apt-get install iproute2 "
+            "(sh .ci/bootstrap does)"
+        ) from None
     unread: dict[int, int] = {}
     for line in output.splitlines()[1:]:
         fields = line.split()
