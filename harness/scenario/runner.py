@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.backend.settle import settle
 from harness.model import (
     Completion,
     Difference,
@@ -25,7 +26,6 @@ from harness.model import (
     ReadResult,
     Snapshot,
     VirtioSerialModel,
-    diff,
     format_diff,
     migrate,
 )
@@ -417,20 +417,17 @@ class ScenarioRunner:
         predicted = self.model.snapshot()
         if self.real is None:
             return predicted
-        deadline = time.monotonic() + self.options.settle_timeout
-        while True:
-            actual = self.real.snapshot()
-            differences = diff(predicted, actual)
-            if not differences:
-                return actual
-            if time.monotonic() > deadline:
-                raise ScenarioFailure(
-                    step,
-                    "the real system did not settle on the predicted "
-                    f"state within {self.options.settle_timeout:g} s",
-                    format_diff(differences),
-                )
-            time.sleep(self.options.poll_interval)
+        actual, differences = settle(
+            predicted, self.real.snapshot, self.options.settle_timeout, self.options.poll_interval
+        )
+        if differences:
+            raise ScenarioFailure(
+                step,
+                "the real system did not settle on the predicted state within "
+                f"{self.options.settle_timeout:g} s",
+                format_diff(differences),
+            )
+        return actual
 
     def _check(self, step: Step) -> None:
         """The author's values must hold on the model and on the real system."""
