@@ -395,7 +395,8 @@ def _check_step_shape(
     """Combinations a type check cannot see."""
     if kind == "migrate" and args.get("mode", "live") not in MIGRATION_MODES:
         raise ctx.error(
-            keys["mode"][1], f"unknown migration mode {args['mode']!r}",
+            keys["mode"][1],
+            f"unknown migration mode {args['mode']!r}",
             "mode is live (default), paused or file",
         )
     if kind in ("host_write", "guest_write"):
