@@ -42,7 +42,14 @@ def _wait_until(condition: object, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def test_sigkilled_pytest_leaves_no_qemu(tmp_path: Path, pytestconfig: pytest.Config) -> None:
+@pytest.mark.parametrize(
+    "signal_number", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "ctrl-c"]
+)
+def test_killed_or_interrupted_pytest_leaves_no_qemu(
+    tmp_path: Path, pytestconfig: pytest.Config, signal_number: int
+) -> None:
+    """SIGKILL: nothing of pytest runs, PR_SET_PDEATHSIG kills QEMU. Ctrl-C (SIGINT to pytest
+    only: QEMU is in its own session) unwinds pytest, whose fixture teardown stops QEMU."""
     (tmp_path / "test_inner.py").write_text(INNER_TEST)
     pid_file, fifo = tmp_path / "qemu.pid", tmp_path / "block.fifo"
     os.mkfifo(fifo)
@@ -68,8 +75,8 @@ def test_sigkilled_pytest_leaves_no_qemu(tmp_path: Path, pytestconfig: pytest.Co
         qemu_pid = int(pid_file.read_text())
         assert _alive(qemu_pid)
         _wait_until(lambda: _fifo_has_reader(fifo), 60, "the inner test to block")
-        inner.send_signal(signal.SIGKILL)
-        inner.wait(timeout=10)
+        inner.send_signal(signal_number)
+        inner.wait(timeout=60)
         _wait_until(lambda: not _alive(qemu_pid), 15, f"QEMU pid {qemu_pid} to die with pytest")
     finally:
         if inner.poll() is None:
