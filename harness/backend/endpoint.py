@@ -358,8 +358,13 @@ def unread_by_peer(inodes: set[int]) -> dict[int, int]:
             "migration needs `ss` to measure bytes QEMU left unread: apt-get install iproute2 "
             "(sh .ci/bootstrap does)"
         ) from None
+    return parse_unread(output, inodes)
+
+
+def parse_unread(ss_output: str, inodes: set[int]) -> dict[int, int]:
+    """`ss -xn` rows whose peer is one of `inodes`: Recv-Q of that peer, keyed by our inode."""
     unread: dict[int, int] = {}
-    for line in output.splitlines()[1:]:
+    for line in ss_output.splitlines()[1:]:
         fields = line.split()
         if len(fields) >= 6 and fields[0] == "u_str" and fields[-1].isdigit():
             peer = int(fields[-1])
