@@ -6,15 +6,27 @@ import base64
 import logging
 import select
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import paramiko
 
 from harness.machine.console import CommandResult
 from harness.machine.errors import MachineError, WaitTimeout
 
-# Refused connections while dropbear starts are expected; keep paramiko's tracebacks off stderr.
-logging.getLogger("paramiko.transport").addHandler(logging.NullHandler())
-logging.getLogger("paramiko.transport").propagate = False
+_TRANSPORT_LOG = logging.getLogger("paramiko.transport")
+
+
+@contextmanager
+def _quiet_transport() -> Iterator[None]:
+    """Refused banners while dropbear starts are expected: keep paramiko's tracebacks of them
+    out of logs and failure reports (pytest captures even non-propagating loggers)."""
+    level = _TRANSPORT_LOG.level
+    _TRANSPORT_LOG.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        _TRANSPORT_LOG.setLevel(level)
 
 
 class SshChannel:
@@ -34,7 +46,8 @@ class SshChannel:
         last_error: Exception | None = None
         while time.monotonic() < deadline:
             try:
-                self._client = self._open(min(5.0, max(0.5, deadline - time.monotonic())))
+                with _quiet_transport():
+                    self._client = self._open(min(5.0, max(0.5, deadline - time.monotonic())))
                 return
             except (OSError, paramiko.SSHException, EOFError) as error:
                 last_error = error
