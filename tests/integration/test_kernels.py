@@ -27,6 +27,8 @@ from harness.plugin.kernels import (
 
 ROOT = Path(__file__).resolve().parents[2]
 TRIXIE = "debian:trixie/linux-image-cloud-amd64"
+#: Read at import: the pytester fixture points HOME at its own directory during a test.
+REAL_CACHE = default_cache_dir()
 VTERMNO_REUSE = """\
 name: vtermno reuse
 steps:
@@ -186,7 +188,7 @@ def test_xdist_workers_share_one_image_build_and_never_collide(pytester, tmp_pat
     """Two workers, four real guests at once, a cold image cache: one build, all pass."""
     cache = tmp_path / "cache"
     cache.mkdir()
-    real = default_cache_dir()
+    real = REAL_CACHE
     for shared in ("debs", "kernels"):  # downloads are not what this test is about
         (cache / shared).symlink_to(real / shared)
     shutil.copytree(real / "resolved", cache / "resolved")
