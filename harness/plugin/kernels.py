@@ -35,8 +35,10 @@ KERNEL_CHANGES: tuple[KernelChange, ...] = (
         "console_vtermno_reuse",
         True,
         "virtio_console: Introduce an ID allocator for virtual console numbers (Cedric Le "
-        "Goater, merged for v6.2): ida_alloc_min(&vtermno_ida, 1) at console init, ida_free "
-        "on unplug; 6.1's driver keeps pdrvdata.next_vtermno, a counter that only grows",
+        "Goater, v3 posted 2022-11-22, so after 6.1's merge window: the 6.2 threshold is "
+        "inferred, not bisected): ida_alloc_min(&vtermno_ida, 1) at console init, ida_free "
+        "on unplug. Observed: Debian 12's 6.1 counts (pdrvdata.next_vtermno), Debian 13's "
+        "6.12 reuses (vtermno_ida in /proc/kallsyms; scenario port_id_allocation)",
     ),
 )
 
