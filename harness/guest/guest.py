@@ -11,7 +11,7 @@ from harness.machine.console import CommandResult, Console
 from harness.machine.qemu import Machine
 
 Channel = Literal["ssh", "serial"]
-READY_MARKER = r"HIL-READY kernel=(\S+)"
+READY_MARKER = r"HIL-READY kernel=(\S+)\r?\n"  # whole line: a half-arrived line must not match
 
 
 @dataclass(frozen=True)
