@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from harness.backend.system import QemuSystem
 from harness.model import Payload
 from harness.model.payload import sha256_of
-from tests.integration.twin import Twin
+from tests.integration.twin import Twin, wait_until
 
 pytestmark = pytest.mark.qemu
 MIB = 1024 * 1024
 NAME = "org.mig.stream"
-
-
-def _wait(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        time.sleep(0.2)
 
 
 def _where_lost(system: QemuSystem, sent: int, received: int, direction: str) -> str:
@@ -52,7 +43,7 @@ def test_256_mib_each_way_cross_a_live_migration(hil_system: QemuSystem) -> None
     system.host_write(NAME, to_guest)
     endpoint = system._endpoint(NAME)
     first = system.host_read(NAME, 32 * MIB, timeout=120)  # traffic is flowing both ways
-    _wait(lambda: endpoint.bytes_sent > 32 * MIB, 120, "32 MiB host->guest before migrating")
+    wait_until(lambda: endpoint.bytes_sent > 32 * MIB, 120, "32 MiB host->guest before migrating")
 
     stats = system.migrate(None, "live")
     print(f"live migration under 2 x 256 MiB streams: {stats}")
@@ -92,7 +83,7 @@ def test_throttled_port_flushes_on_the_destination(hil_system: QemuSystem) -> No
     payload = Payload.generated(808, 8 * MIB)
     ticket = hil_system.start_guest_op("write", NAME, payload=payload)
     assert hil_system.ports is not None
-    _wait(lambda: hil_system.ports.qtree()[1][NAME].throttled, 60, "qtree throttle on")  # type: ignore[union-attr]
+    wait_until(lambda: hil_system.ports.qtree()[1][NAME].throttled, 60, "qtree throttle on")  # type: ignore[union-attr]
 
     hil_system.migrate(None, "live")
     assert hil_system.ports is not None
@@ -101,4 +92,4 @@ def test_throttled_port_flushes_on_the_destination(hil_system: QemuSystem) -> No
     assert (got.length, got.sha256) == (payload.length, sha256_of(payload))
     assert hil_system.agent is not None
     hil_system.agent.wait_ticket(ticket, timeout=60)
-    _wait(lambda: not hil_system.ports.qtree()[1][NAME].throttled, 30, "throttle off")  # type: ignore[union-attr]
+    wait_until(lambda: not hil_system.ports.qtree()[1][NAME].throttled, 30, "throttle off")  # type: ignore[union-attr]

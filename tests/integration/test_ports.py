@@ -9,7 +9,7 @@ import pytest
 from harness.backend.system import QemuSystem, RealFailure
 from harness.model import Payload
 from harness.model.payload import sha256_of
-from tests.integration.twin import Twin
+from tests.integration.twin import Twin, wait_until
 
 pytestmark = pytest.mark.qemu
 MIB = 1024 * 1024
@@ -81,10 +81,11 @@ def test_data_waits_for_the_other_side(twin: Twin) -> None:
     completion = twin.model.host_open(NAME).completed
     twin.real.host_open(NAME)
     assert [c.op for c in completion] == ["guest_write"]
-    deadline = time.monotonic() + 20
-    while not twin.real.guest_op_state(ticket)[0]:
-        assert time.monotonic() < deadline, "blocked guest write did not complete after host open"
-        time.sleep(0.1)
+    wait_until(
+        lambda: twin.real.guest_op_state(ticket)[0],
+        20,
+        "the blocked guest write to complete after host open",
+    )
     assert twin.real.host_read(NAME, 4, timeout=10).data == b"late"
     twin.model.host_read(NAME)
     twin.agree("blocked write completed")
@@ -121,10 +122,11 @@ def test_slow_host_reader_throttles_the_port_and_loses_nothing(twin: Twin) -> No
     payload = Payload.generated(303, 64 * MIB)
     ticket = twin.real.start_guest_op("write", NAME, payload=payload)
     assert twin.real.ports is not None
-    deadline = time.monotonic() + 60
-    while not twin.real.ports.qtree()[1][NAME].throttled:
-        assert time.monotonic() < deadline, "qtree never showed throttle on with a stalled reader"
-        time.sleep(0.2)
+    wait_until(
+        lambda: twin.real.ports.qtree()[1][NAME].throttled,
+        60,  # type: ignore[union-attr]
+        "qtree to show throttle on with a stalled reader",
+    )
     endpoint.stall(False)
     got = twin.real.host_read(NAME, payload.length, timeout=300)
     assert (got.length, got.sha256) == (payload.length, sha256_of(payload))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from harness.backend.settle import settle
@@ -68,3 +70,11 @@ class Twin:
 
 
 _REAL_NAMES = {"remove_port": "unplug", "add_controller": "hotplug_controller"}
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll a real-system condition no event announces (qtree, debugfs), bounded and named."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(0.2)
