@@ -16,8 +16,11 @@ REPO_SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 def run_scenarios(pytest_args: list[str]) -> int:
     import pytest
 
-    targets = [a for a in pytest_args if not a.startswith("-")]
+    # A target is an existing path (or path::test); option values such as `-p no:x` are not.
+    targets = [a for a in pytest_args if not a.startswith("-") and Path(a.split("::")[0]).exists()]
     args = pytest_args if targets else [str(REPO_SCENARIOS), *pytest_args]
+    # `python -m harness` imported the package before pytest could install its rewriter.
+    args = ["-W", "ignore::pytest.PytestAssertRewriteWarning", *args]
     has_scenarios = any(REPO_SCENARIOS.rglob("*.yaml")) if REPO_SCENARIOS.is_dir() else False
     if not targets and not has_scenarios:
         print("no shipped scenarios yet: running the smoke check instead", file=sys.stderr)
