@@ -23,19 +23,10 @@ class Twin:
         self, operation: str, *args: Any, model_args: tuple[Any, ...] | None = None, **kwargs: Any
     ) -> tuple[Any, Any]:
         """Apply to the model and the real system; errors must agree (text equal)."""
-        model_error = real_error = None
-        model_value = real_value = None
-        try:
-            model_value = getattr(self.model, operation)(*(model_args or args), **kwargs)
-        except ModelError as error:
-            model_error = error.text
-        try:
-            real_value = getattr(self.real, _REAL_NAMES.get(operation, operation))(*args, **kwargs)
-        except RealFailure as error:
-            real_error = error.text
-        assert model_error == real_error, (
-            f"{operation}{args}: model says {model_error or 'success'}, real system says "
-            f"{real_error or 'success'}"
+        model_value, real_value, _ = self._agreed(
+            f"{operation}{args}",
+            lambda: getattr(self.model, operation)(*(model_args or args), **kwargs),
+            lambda: getattr(self.real, _REAL_NAMES.get(operation, operation))(*args, **kwargs),
         )
         return model_value, real_value
 
@@ -48,21 +39,33 @@ class Twin:
         backend: str = "socket",
     ) -> str | None:
         """Plug on both; returns the (agreed) error text, or None."""
-        model_error = real_error = None
-        try:
-            self.model.add_port(
+        return self._agreed(
+            f"hotplug {name}",
+            lambda: self.model.add_port(
                 name, controller=controller, nr=nr, console=console, backend=backend
-            )
+            ),
+            lambda: self.real.hotplug(name, nr, console, controller, backend),
+        )[2]
+
+    @staticmethod
+    def _agreed(
+        what: str, on_model: Callable[[], Any], on_real: Callable[[], Any]
+    ) -> tuple[Any, Any, str | None]:
+        """Run both sides; their errors must be the same text (or both absent)."""
+        model_value = real_value = model_error = real_error = None
+        try:
+            model_value = on_model()
         except ModelError as error:
             model_error = error.text
         try:
-            self.real.hotplug(name, nr, console, controller, backend)
+            real_value = on_real()
         except RealFailure as error:
             real_error = error.text
         assert model_error == real_error, (
-            f"hotplug {name}: model {model_error!r}, QEMU {real_error!r}"
+            f"{what}: model says {model_error or 'success'}, real system says "
+            f"{real_error or 'success'}"
         )
-        return real_error
+        return model_value, real_value, real_error
 
     def agree(self, where: str) -> None:
         _, differences = settle(self.model.snapshot(), self.real.snapshot, self.settle_timeout)
