@@ -29,6 +29,7 @@ from harness.images.errors import ImageBuildError
 from harness.images.kernel import (
     KernelSpec,
     PreparedKernel,
+    check_kernel_image,
     module_load_order,
     parse_kernel_spec,
     prepare_kernel,
@@ -148,7 +149,7 @@ class _Builder:
         started = time.monotonic()
         userland_packages = self.apt.closure(self.recipe.packages)
         kernel = prepare_kernel(self.kernel_spec, self.apt, self.cache)
-        _check_kernel_file(kernel.vmlinuz)
+        check_kernel_image(kernel.vmlinuz)
         key = _digest(
             BUILDER_VERSION,
             self.recipe.source_text,
@@ -505,18 +506,6 @@ def _merged_alternatives(path: str) -> list[str]:
     if stripped.startswith("usr/"):
         return [stripped, stripped.removeprefix("usr/")]
     return [stripped, f"usr/{stripped}"]
-
-
-def _check_kernel_file(vmlinuz: Path) -> None:
-    """Refuse an obviously wrong file early (bzImage carries 'HdrS' at offset 0x202)."""
-    with vmlinuz.open("rb") as f:
-        f.seek(0x202)
-        magic = f.read(4)
-    if magic != b"HdrS":
-        raise ImageBuildError(
-            f"{vmlinuz} is not an x86 Linux kernel image (no bzImage 'HdrS' header); "
-            "give a vmlinuz / bzImage"
-        )
 
 
 def _file_identity(path: Path) -> str:

@@ -24,6 +24,14 @@ from harness.images.errors import ImageBuildError
 _COMPRESSED_SUFFIXES = (".xz", ".zst", ".gz")
 _DEBIAN_PREFIX = "debian:"
 _PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9.+-]+")
+_DEB_MAGIC = b"!<arch>\ndebian-binary"
+
+#: The ways to name a kernel (`parse_kernel_spec`), for every --help that takes one.
+KERNEL_SPEC_FORMS = (
+    "a Debian package name (e.g. linux-image-cloud-amd64), debian:SUITE/PACKAGE (e.g. "
+    "debian:trixie/linux-image-cloud-amd64), FILE.deb, or VMLINUZ[:MODULES_DIR] (a bzImage, "
+    "with its lib/modules/<version> directory unless the drivers are built in)"
+)
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,8 @@ def parse_kernel_spec(text: str) -> KernelSpec:
     """PACKAGE | debian:SUITE/PACKAGE | FILE.deb | VMLINUZ[:MODULES_DIR].
 
     MODULES_DIR is that kernel's lib/modules/<version>; without it the kernel must have the
-    recipe's drivers built in.
+    recipe's drivers built in. Files are checked for their kind here (a .deb's ar header, a
+    bzImage's setup header), so a wrong file is refused before anything is built or booted.
     """
     text = text.strip()
     if not text:
@@ -74,11 +83,13 @@ def parse_kernel_spec(text: str) -> KernelSpec:
     if text.endswith(".deb"):
         deb = Path(text).expanduser()
         _require_file(deb, "kernel .deb")
+        _require_deb(deb)
         return KernelSpec(deb=deb.resolve())
     if "/" in text or text.startswith("."):
         vmlinuz_text, _, modules_text = text.partition(":")
         vmlinuz = Path(vmlinuz_text).expanduser()
         _require_file(vmlinuz, "kernel image")
+        check_kernel_image(vmlinuz)
         modules = Path(modules_text).expanduser() if modules_text else None
         if modules is not None and not (modules / "modules.order").exists():
             raise ImageBuildError(
@@ -110,6 +121,27 @@ def _parse_debian_suite(text: str) -> KernelSpec:
 def _require_file(path: Path, what: str) -> None:
     if not path.is_file():
         raise ImageBuildError(f"{what} {path} does not exist (or is not a file)")
+
+
+def _require_deb(deb: Path) -> None:
+    with deb.open("rb") as f:
+        if f.read(len(_DEB_MAGIC)) != _DEB_MAGIC:
+            raise ImageBuildError(
+                f"{deb} is not a Debian package (no ar archive starting with debian-binary); "
+                "give a linux-image-*.deb"
+            )
+
+
+def check_kernel_image(vmlinuz: Path) -> None:
+    """Refuse an obviously wrong file early (bzImage carries 'HdrS' at offset 0x202)."""
+    with vmlinuz.open("rb") as f:
+        f.seek(0x202)
+        magic = f.read(4)
+    if magic != b"HdrS":
+        raise ImageBuildError(
+            f"{vmlinuz} is not an x86 Linux kernel image (no bzImage 'HdrS' header); "
+            "give a vmlinuz / bzImage"
+        )
 
 
 def prepare_kernel(spec: KernelSpec, apt: Apt, cache_dir: Path) -> PreparedKernel:

@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import pytest
 
-from harness.plugin.options import add_options
+from harness.plugin.options import add_options, check_kernel_specs
 
+#: Marks the plugin gives items (qemu) or documents for scenarios (slow): registered here so
+#: they neither warn nor break --strict-markers in a project that does not list them.
+MARKERS = (
+    "qemu: boots a real QEMU guest",
+    "slow: long-running case (large payloads, many loops)",
+)
 _LAYERS = ("harness.plugin.fixtures", "harness.plugin.scenarios", "harness.plugin.report")
 
 
@@ -19,7 +25,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "qemu: boots a real QEMU guest")
+    check_kernel_specs(config)
+    for line in MARKERS:
+        config.addinivalue_line("markers", line)
     for name in _LAYERS:
         if not config.pluginmanager.has_plugin(name):
             config.pluginmanager.import_plugin(name)

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from harness.images.errors import ImageBuildError
+from harness.images.kernel import KERNEL_SPEC_FORMS, parse_kernel_spec
+
 ACCEL_CHOICES = ("auto", "kvm", "tcg")
 BACKEND_CHOICES = ("model", "qemu")
 BEHAVIOUR_CHOICES = ("auto", "default")
@@ -24,9 +27,9 @@ def add_options(parser: pytest.Parser) -> None:
         action="append",
         default=[],
         metavar="KERNEL",
-        help="kernel under test: Debian package name, debian:SUITE/PACKAGE, file.deb, or "
-        "vmlinuz[:modules_dir]; repeat it to run every scenario (and guest test) once per "
-        "kernel with a comparison table at the end (default: the image recipe's kernel)",
+        help=f"kernel under test: {KERNEL_SPEC_FORMS}; repeat it to run every scenario (and "
+        "guest test) once per kernel with a comparison table at the end (default: the image "
+        "recipe's kernel)",
     )
     group.addoption(
         "--hil-behaviour",
@@ -68,6 +71,21 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="SECONDS",
         help="how long a guest may take from start to SSH-ready",
     )
+
+
+def check_kernel_specs(config: pytest.Config) -> None:
+    """Refuse a --hil-kernel that names no kernel once, at start, as a usage error.
+
+    Why: found later, the same error would fail every item separately (or, in model mode, a
+    file that is no kernel would pass under a made-up release).
+    """
+    for spec in config.getoption("--hil-kernel", None) or []:
+        try:
+            parse_kernel_spec(spec)
+        except ImageBuildError as error:
+            raise pytest.UsageError(
+                f"--hil-kernel={spec}: {error}\n  --hil-kernel takes {KERNEL_SPEC_FORMS}"
+            ) from None
 
 
 @dataclass(frozen=True)
