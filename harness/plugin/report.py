@@ -122,9 +122,26 @@ def environment_lines(config: pytest.Config) -> dict[str, str]:
     seen = run.environment if run is not None else {}
     lines = {name: ", ".join(sorted(values)) for name, values in sorted(seen.items())}
     kernels = config.getoption("--hil-kernel", [])
-    lines["hil_kernel_specs"] = ", ".join(kernels) or "the image recipe's"
-    lines["hil_backend"] = str(config.getoption("--hil-backend", "qemu"))
+    lines["hil_kernel_specs"] = ", ".join(kernels) or recipe_kernel(config)
+    backend = str(config.getoption("--hil-backend", "qemu"))
+    lines["hil_backend"] = backend
+    lines["hil_behaviour"] = str(config.getoption("--hil-behaviour", "auto"))
+    if "hil_kernel" not in lines and backend == "model" and not kernels:
+        lines["hil_kernel"] = "none (model mode without --hil-kernel: default behaviour)"
     return lines
+
+
+def recipe_kernel(config: pytest.Config) -> str:
+    """The spec the image recipe boots when no --hil-kernel is given, named as such."""
+    from harness.images.errors import ImageBuildError
+    from harness.images.recipe import find_recipe, load_recipe
+
+    name = str(config.getoption("--hil-image", "default"))
+    try:
+        kernel = load_recipe(find_recipe(name)).kernel
+    except (ImageBuildError, OSError) as error:
+        return f"the kernel of recipe {name} (unreadable: {error})"
+    return f"{kernel} (recipe {name})"
 
 
 def write_allure_environment(directory: Path, lines: dict[str, str]) -> None:

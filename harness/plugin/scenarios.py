@@ -11,6 +11,9 @@ records what every step left on the system, so kernels can be compared step by s
 
 from __future__ import annotations
 
+import re
+import types
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from harness.images.errors import ImageBuildError
 from harness.model import Behaviour, VirtioSerialModel
@@ -36,13 +40,53 @@ except ImportError:  # pragma: no cover
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    """Which YAML files are scenarios: see `is_scenario_file` (README: Writing scenarios)."""
     if file_path.suffix not in SCENARIO_SUFFIXES:
         return None
-    if _under_scenarios_dir(parent.config, file_path) or _named_explicitly(
-        parent.config, file_path
-    ):
+    config = parent.config
+    if _under_scenarios_dir(config, file_path) or _named_explicitly(config, file_path):
         return ScenarioFile.from_parent(parent, path=file_path)
+    if _under_named_dir(config, file_path):
+        keys = top_level_keys(file_path)
+        if is_scenario_file(file_path.name, keys):
+            return ScenarioFile.from_parent(parent, path=file_path)
+        config.stash.setdefault(_PASSED_OVER, []).append((file_path, keys))
     return None
+
+
+#: Top-level keys that make a YAML file under a named directory a scenario.
+SCENARIO_KEYS = frozenset({"name", "steps"})
+_TOP_LEVEL_KEY = re.compile(
+    r"""^(?:"([^"\n]*)"|'([^'\n]*)'|([A-Za-z_][\w.-]*))  # key at column 0: "q", 'q' or plain
+    [ \t]*:(?:[ \t]|$)                                   # then the colon of a mapping key""",
+    re.VERBOSE,
+)
+_PASSED_OVER = pytest.StashKey[list[tuple[Path, frozenset[str]]]]()
+
+
+def top_level_keys(path: Path) -> frozenset[str]:
+    """Keys written at column 0 (`key:`) in a YAML file: its top-level mapping's keys.
+
+    Read as text, not parsed: a scenario with a YAML mistake must still be recognised (and
+    then fail with its file:line), and unrelated YAML must never fail to load here.
+    """
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    found = set()
+    for line in text.splitlines():
+        match = _TOP_LEVEL_KEY.match(line)
+        if match:
+            found.add(next(group for group in match.groups() if group is not None))
+    return frozenset(found)
+
+
+def is_scenario_file(name: str, keys: frozenset[str]) -> bool:
+    """A scenario has `name:` and `steps:` at its top level; hidden files (CI configs such
+    as .drone.yml) never are. Image recipes (no steps) and CI configs (steps nested under
+    jobs) are not collected."""
+    return not name.startswith(".") and keys >= SCENARIO_KEYS
 
 
 def _under_scenarios_dir(config: pytest.Config, path: Path) -> bool:
@@ -53,15 +97,56 @@ def _under_scenarios_dir(config: pytest.Config, path: Path) -> bool:
     return "scenarios" in parts[:-1]
 
 
-def _named_explicitly(config: pytest.Config, path: Path) -> bool:
+def _argument_paths(config: pytest.Config) -> list[Path]:
+    """The paths given on the command line (or by `testpaths`), resolved; not the implicit
+    current directory, so an installed plugin never reads a project's YAML uninvited."""
+    if config.args_source == pytest.Config.ArgsSource.INVOCATION_DIR:
+        return []
     base = config.invocation_params.dir
-    for arg in config.invocation_params.args:
+    paths = []
+    for arg in config.args:
         candidate = Path(str(arg).split("::", 1)[0])
-        if not candidate.is_absolute():
-            candidate = base / candidate
-        if candidate.resolve() == path.resolve():
-            return True
-    return False
+        paths.append((candidate if candidate.is_absolute() else base / candidate).resolve())
+    return paths
+
+
+def _named_explicitly(config: pytest.Config, path: Path) -> bool:
+    return path.resolve() in _argument_paths(config)
+
+
+def _under_named_dir(config: pytest.Config, path: Path) -> bool:
+    resolved = path.resolve()
+    return any(
+        directory.is_dir() and resolved.is_relative_to(directory)
+        for directory in _argument_paths(config)
+    )
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    """Say which YAML files were passed over and why: a near miss (`steps:` without `name:`)
+    always, every file when nothing was collected at all (`name:` alone is too common in
+    other YAML, image recipes included, to be a near miss)."""
+    passed_over = config.stash.get(_PASSED_OVER, [])
+    nothing = exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED
+    shown = [(p, k) for p, k in passed_over if nothing or "steps" in k]
+    if not shown:
+        return
+    terminalreporter.write_sep("-", "hil: YAML files not collected as scenarios")
+    for path, keys in shown:
+        terminalreporter.write_line(f"{_display_path(config, path)}: {_why_not(path, keys)}")
+    terminalreporter.write_line(
+        "a scenario file has name: and steps: at its top level (or lies under a directory "
+        "named scenarios, or is named on the command line itself)"
+    )
+
+
+def _why_not(path: Path, keys: frozenset[str]) -> str:
+    if path.name.startswith("."):
+        return "hidden file"
+    missing = " and ".join(f"{key}:" for key in sorted(SCENARIO_KEYS - keys))
+    return f"no top-level {missing}"
 
 
 def _display_path(config: pytest.Config, path: Path) -> str:
@@ -77,12 +162,69 @@ class ScenarioFile(pytest.File):
             scenario = load_scenario(
                 _display_path(self.config, self.path) if self.path.exists() else self.path
             )
+            marks = self._marks(scenario)
         except ScenarioError as error:
             return [InvalidScenario.from_parent(self, name=self.path.stem, error=error)]
         kernels: list[str] = self.config.getoption("--hil-kernel", [])
         if len(kernels) <= 1:
-            return [ScenarioItem.build(self, scenario, kernels[0] if kernels else None)]
-        return [ScenarioItem.build(self, scenario, kernel, kernel_id(kernel)) for kernel in kernels]
+            return [ScenarioItem.build(self, scenario, marks, kernels[0] if kernels else None)]
+        return [
+            ScenarioItem.build(self, scenario, marks, kernel, kernel_id(kernel))
+            for kernel in kernels
+        ]
+
+    def _marks(self, scenario: Scenario) -> list[pytest.MarkDecorator]:
+        """The scenario's marks, judged by pytest's own rules (registered markers,
+        --strict-markers) but reported at the mark's file:line: an unknown mark under
+        --strict-markers fails this scenario alone, and its warning otherwise names the file."""
+        decorators = []
+        for index, name in enumerate(scenario.marks):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", pytest.PytestUnknownMarkWarning)
+                try:
+                    decorators.append(getattr(pytest.mark, name))
+                except pytest.fail.Exception as failure:
+                    raise self._mark_error(scenario, index, failure.msg) from None
+            for warning in caught:
+                self._warn_at_mark(scenario, index, warning)
+        return decorators
+
+    def _mark_error(self, scenario: Scenario, index: int, message: str) -> ScenarioError:
+        line, column = _mark_position(self.path, index)
+        return ScenarioError(
+            scenario.path,
+            line,
+            column,
+            f"mark {scenario.marks[index]!r}: {message}",
+            "register it (markers = in pytest.ini / [tool.pytest.ini_options]) or remove it; "
+            "the plugin registers " + ", ".join(_registered_by_plugin()),
+        )
+
+    def _warn_at_mark(
+        self, scenario: Scenario, index: int, warning: warnings.WarningMessage
+    ) -> None:
+        line, _ = _mark_position(self.path, index)
+        try:
+            warnings.warn_explicit(warning.message, warning.category, str(self.path), line)
+        except Warning as error:  # -W error::...: fail this scenario, not the collection
+            raise self._mark_error(scenario, index, str(error)) from None
+
+
+def _mark_position(path: Path, index: int) -> tuple[int, int]:
+    """1-based line and column of entry `index` of the top-level `marks:` list (the file was
+    validated already; the schema keeps only the names)."""
+    root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    for key, value in root.value:
+        if key.value == "marks":
+            mark = value.value[index].start_mark
+            return mark.line + 1, mark.column + 1
+    return 1, 1
+
+
+def _registered_by_plugin() -> list[str]:
+    from harness.plugin import MARKERS
+
+    return [line.split(":", 1)[0] for line in MARKERS]
 
 
 class InvalidScenario(pytest.Item):
@@ -106,6 +248,25 @@ class InvalidScenario(pytest.Item):
 
 class FactoryUnavailable(Exception):
     """qemu mode without the backend's fixture: say how to proceed instead of a traceback."""
+
+
+def _presented(
+    carrier: Callable[..., None], scenario: Scenario, kernel_label: str | None
+) -> Callable[..., None]:
+    """A copy of `carrier` per item that reports present as the scenario: its YAML name as
+    the title (allure reads `__allure_display_name__`, a format string, hence the doubled
+    braces) and its description as the docstring (allure's description), not the carrier's."""
+    copy = types.FunctionType(
+        carrier.__code__,
+        carrier.__globals__,
+        carrier.__name__,
+        carrier.__defaults__,
+        carrier.__closure__,
+    )
+    copy.__doc__ = scenario.description or None
+    title = scenario.name if kernel_label is None else f"{scenario.name} [{kernel_label}]"
+    setattr(copy, "__allure_display_name__", title.replace("{", "{{").replace("}", "}}"))  # noqa: B010
+    return copy
 
 
 def _needs_nothing() -> None:
@@ -149,6 +310,7 @@ class ScenarioItem(pytest.Function):
         cls,
         parent: ScenarioFile,
         scenario: Scenario,
+        marks: list[pytest.MarkDecorator],
         kernel: str | None = None,
         kernel_label: str | None = None,
     ) -> ScenarioItem:
@@ -156,11 +318,13 @@ class ScenarioItem(pytest.Function):
         available = _factory_available(parent)
         carrier = _needs_factory if backend == "qemu" and available else _needs_nothing
         name = parent.path.stem if kernel_label is None else f"{parent.path.stem}[{kernel_label}]"
-        item = cls.from_parent(parent, name=name, callobj=carrier)
+        item = cls.from_parent(
+            parent, name=name, callobj=_presented(carrier, scenario, kernel_label)
+        )
         item.scenario, item.backend = scenario, backend
         item.hil_kernel, item.hil_kernel_id = kernel, kernel_label
         item.hil_release, item.hil_observations = None, []
-        for mark in scenario.marks:
+        for mark in marks:
             item.add_marker(mark)
         if backend == "qemu":
             item.add_marker("qemu")
@@ -194,6 +358,8 @@ class ScenarioItem(pytest.Function):
     def _behaviour(self) -> Behaviour:
         """The switches for this item's kernel (defaults with --hil-behaviour=default)."""
         self.hil_release = self._release()
+        if self.hil_release and "hil_kernel" not in dict(self.user_properties):
+            self.user_properties.append(("hil_kernel", self.hil_release))  # model mode
         if self.config.getoption("--hil-behaviour", "auto") == "default":
             return Behaviour()
         return behaviour_for(self.hil_release)
