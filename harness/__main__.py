@@ -13,6 +13,20 @@ from pathlib import Path
 REPO_SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 
 
+RUN_DESCRIPTION = """\
+Build the guest image if needed and run scenarios with pytest. Every argument after `run`
+(other than -h/--help) is passed on to pytest unchanged: paths, -k EXPR, -x, -n auto,
+--alluredir=DIR and the plugin's --hil-* options (--hil-backend=model, --hil-kernel=K, ...).
+Without a path among them, the shipped scenarios/ run.
+
+  python -m harness run --hil-backend=model        # every shipped scenario, model only
+  python -m harness run -k reboot -x               # a subset on the real guest
+  python -m harness run my_cases/ --hil-kernel=debian:trixie/linux-image-cloud-amd64
+
+`pytest --help` lists pytest's options and the plugin's (group "virtio-serial
+hardware-in-the-loop harness")."""
+
+
 def run_scenarios(pytest_args: list[str]) -> int:
     import pytest
 
@@ -69,7 +83,13 @@ def smoke() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="run the shipped scenarios (extra args go to pytest)")
+    commands.add_parser(
+        "run",
+        help="run the shipped scenarios (every other argument is passed on to pytest)",
+        usage="python -m harness run [PYTEST ARGS ...]",
+        description=RUN_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands.add_parser("smoke", help="boot one guest and check SSH and serial")
     args, rest = parser.parse_known_args(argv)
     if args.command == "smoke":

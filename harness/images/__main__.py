@@ -8,6 +8,7 @@ import time
 
 from harness.images.builder import build_image, default_cache_dir
 from harness.images.errors import ImageBuildError
+from harness.images.kernel import KERNEL_SPEC_FORMS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,7 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument(
         "recipe", nargs="?", help="recipe name in images/ or a path (default: default)"
     )
-    build.add_argument("--kernel", help="package name, file.deb, or vmlinuz[:modules_dir]")
+    build.add_argument(
+        "--kernel",
+        metavar="KERNEL",
+        help=f"kernel to boot instead of the recipe's: {KERNEL_SPEC_FORMS}",
+    )
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
     args = parser.parse_args(argv)
     started = time.monotonic()
