@@ -11,12 +11,13 @@ records what every step left on the system, so kernels can be compared step by s
 
 from __future__ import annotations
 
+import difflib
 import re
 import types
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,8 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 
 #: Top-level keys that make a YAML file under a named directory a scenario.
 SCENARIO_KEYS = frozenset({"name", "steps"})
+#: The keys a scenario's top level may have (the Scenario fields, less where it was read).
+_ALL_KEYS = tuple(f.name for f in fields(Scenario) if f.name != "path")
 _TOP_LEVEL_KEY = re.compile(
     r"""^(?:"([^"\n]*)"|'([^'\n]*)'|([A-Za-z_][\w.-]*))  # key at column 0: "q", 'q' or plain
     [ \t]*:(?:[ \t]|$)                                   # then the colon of a mapping key""",
@@ -83,10 +86,25 @@ def top_level_keys(path: Path) -> frozenset[str]:
 
 
 def is_scenario_file(name: str, keys: frozenset[str]) -> bool:
-    """A scenario has `name:` and `steps:` at its top level; hidden files (CI configs such
-    as .drone.yml) never are. Image recipes (no steps) and CI configs (steps nested under
-    jobs) are not collected."""
-    return not name.startswith(".") and keys >= SCENARIO_KEYS
+    """Whether a YAML file under a named directory is a scenario, from its top-level keys.
+
+    Either it has both `name:` and `steps:`, or every key is a scenario key or a misspelling
+    of one (`stepz:`, `nmae:`) and one of them is `steps` or spells it: a scenario with a typo
+    is collected and then fails with file:line and a did-you-mean, while other YAML is left
+    alone: image recipes (no steps), CI configs (steps nested under jobs, or beside keys such
+    as `pool:`/`options:`). Hidden files (.drone.yml) never are.
+    """
+    if name.startswith("."):
+        return False
+    if keys >= SCENARIO_KEYS:
+        return True
+    spelled = {key: _spelling_of(key) for key in keys}
+    return "steps" in spelled.values() and None not in spelled.values()
+
+
+def _spelling_of(key: str) -> str | None:
+    close = difflib.get_close_matches(key, _ALL_KEYS, n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 def _under_scenarios_dir(config: pytest.Config, path: Path) -> bool:
@@ -125,28 +143,36 @@ def _under_named_dir(config: pytest.Config, path: Path) -> bool:
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
 ) -> None:
-    """Say which YAML files were passed over and why: a near miss (`steps:` without `name:`)
-    always, every file when nothing was collected at all (`name:` alone is too common in
-    other YAML, image recipes included, to be a near miss)."""
+    """Say which YAML files were passed over and why: a near miss (`_near_miss`) always,
+    every file when nothing was collected at all (`name:` alone is too common in other YAML,
+    image recipes included, to be a near miss)."""
     passed_over = config.stash.get(_PASSED_OVER, [])
     nothing = exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED
-    shown = [(p, k) for p, k in passed_over if nothing or "steps" in k]
+    shown = [(p, k) for p, k in passed_over if nothing or _near_miss(p, k)]
     if not shown:
         return
     terminalreporter.write_sep("-", "hil: YAML files not collected as scenarios")
     for path, keys in shown:
         terminalreporter.write_line(f"{_display_path(config, path)}: {_why_not(path, keys)}")
     terminalreporter.write_line(
-        "a scenario file has name: and steps: at its top level (or lies under a directory "
-        "named scenarios, or is named on the command line itself)"
+        "a scenario file has name: and steps: at its top level, or only scenario keys "
+        "(typos too) with steps: (or lies under a directory named scenarios, or is named "
+        "on the command line itself)"
     )
+
+
+def _near_miss(path: Path, keys: frozenset[str]) -> bool:
+    """Not hidden, and `steps:` (or a spelling of it) at the top: perhaps meant as one."""
+    return not path.name.startswith(".") and "steps" in map(_spelling_of, keys)
 
 
 def _why_not(path: Path, keys: frozenset[str]) -> str:
     if path.name.startswith("."):
         return "hidden file"
-    missing = " and ".join(f"{key}:" for key in sorted(SCENARIO_KEYS - keys))
-    return f"no top-level {missing}"
+    if "steps" not in map(_spelling_of, keys):
+        return "no top-level steps:"
+    others = ", ".join(sorted(key for key in keys if _spelling_of(key) is None))
+    return f"no top-level name:, and keys that are no scenario keys: {others}"
 
 
 def _display_path(config: pytest.Config, path: Path) -> str:

@@ -22,6 +22,9 @@ jobs:
       - uses: actions/checkout@v4
 """
 
+#: Google Cloud Build: top-level `steps:` beside keys no scenario has.
+CLOUD_BUILD = "steps:\n  - name: gcr.io/x\noptions: {machineType: E2}\ntimeout: 60s\n"
+
 
 def _write(root: Path, relative: str, text: str) -> Path:
     path = root / relative
@@ -64,26 +67,43 @@ def test_a_broken_scenario_in_a_named_folder_fails_with_its_line_and_the_others_
 
 def test_nothing_collected_lists_the_yaml_passed_over_and_the_rule(pytester):
     _write(pytester.path, "cases/recipe.yaml", "name: default\nkernel: x\n")
-    _write(pytester.path, "cases/typo.yaml", "nmae: x\nsteps:\n  - reboot: {}\n")
+    _write(pytester.path, "cases/cloudbuild.yaml", CLOUD_BUILD)
     result = pytester.runpytest("--hil-backend=model", "cases")
     assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
     result.stdout.fnmatch_lines(
         [
             "*hil: YAML files not collected as scenarios*",
+            "cases/cloudbuild.yaml: no top-level name:, and keys that are no scenario keys: "
+            "options, timeout",
             "cases/recipe.yaml: no top-level steps:",
-            "cases/typo.yaml: no top-level name:",
             "a scenario file has name: and steps: at its top level*",
         ]
     )
 
 
 def test_a_near_miss_is_named_even_when_other_scenarios_run(pytester, cases):
-    _write(pytester.path, "cases/nameless.yaml", "steps:\n  - reboot: {}\n")
+    _write(pytester.path, "cases/cloudbuild.yaml", CLOUD_BUILD)
     result = pytester.runpytest("--hil-backend=model", "cases")
     result.assert_outcomes(passed=2, failed=1)
     out = result.stdout.str()
-    assert "cases/nameless.yaml: no top-level name:" in out
-    assert "recipe.yaml" not in out and "workflow.yml" not in out  # not near misses
+    assert "cases/cloudbuild.yaml: no top-level name:" in out
+    for other in ("recipe.yaml", "workflow.yml", ".drone.yml"):  # not near misses
+        assert other not in out
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("name: typo\nstepz:\n  - reboot: {}\n", "2:1: *'stepz'*\n*did you mean 'steps'*"),
+        ("nmae: typo\nsteps:\n  - reboot: {}\n", "1:1: *'nmae'*\n*did you mean 'name'*"),
+        ("steps:\n  - reboot: {}\n", "1:1: *missing*'name'*"),
+    ],
+)
+def test_a_misspelt_scenario_is_collected_and_says_what_to_fix(pytester, cases, text, error):
+    _write(pytester.path, "cases/typo.yaml", text)
+    result = pytester.runpytest("--hil-backend=model", "cases")
+    result.assert_outcomes(passed=2, failed=2)
+    result.stdout.fnmatch_lines(f"cases/typo.yaml:{error}".splitlines())
 
 
 def test_without_a_path_only_scenarios_folders_are_read(pytester, cases):
@@ -111,7 +131,26 @@ def test_top_level_keys_are_those_at_column_zero(tmp_path):
         "'steps':\n  - reboot: {}\nurl: http://x\n"
     )
     assert top_level_keys(path) == {"name", "machine", "steps", "url"}
-    assert is_scenario_file("x.yaml", top_level_keys(path))
-    assert not is_scenario_file(".x.yaml", top_level_keys(path))
     path.write_bytes(b"name: \xff\nsteps: []\n")  # not UTF-8: still recognised, then reported
-    assert is_scenario_file("x.yaml", top_level_keys(path))
+    assert top_level_keys(path) == {"name", "steps"}
+
+
+@pytest.mark.parametrize(
+    ("keys", "scenario"),
+    [
+        ({"name", "steps"}, True),
+        ({"name", "steps", "jobs"}, True),  # both scenario keys outweigh an unknown one
+        ({"steps"}, True),  # name missing: collected, reported
+        ({"name", "stepz", "machine"}, True),
+        ({"nmae", "description", "steps"}, True),
+        ({"name", "description", "kernel", "modules"}, False),  # image recipe
+        ({"name", "on", "jobs"}, False),  # GitHub workflow
+        ({"steps", "options", "timeout"}, False),  # Cloud Build
+        ({"stages", "build-job"}, False),  # GitLab CI
+        ({"name", "description", "marks"}, False),  # no steps at all
+        (set(), False),
+    ],
+)
+def test_which_keys_make_a_scenario(keys, scenario):
+    assert is_scenario_file("x.yaml", frozenset(keys)) is scenario
+    assert is_scenario_file(".x.yaml", frozenset(keys)) is False
