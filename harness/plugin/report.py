@@ -25,7 +25,9 @@ def _several_kernels(config: pytest.Config) -> bool:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[Any]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
     """Tag each report with its kernel, the test id without it, and the observations."""
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
@@ -68,11 +70,9 @@ class RunReport:
         label = getattr(report, "hil_kernel_id", None)
         if label is None or not _decisive(report):
             return
-        observations = [Observation(step, values) for step, values in report.hil_observations]  # type: ignore[attr-defined]
+        observations = [Observation(step, values) for step, values in report.hil_observations]
         self.comparison.add(
-            report.hil_test,  # type: ignore[attr-defined]
-            label,
-            KernelResult(_outcome(report), report.hil_release, observations),  # type: ignore[attr-defined]
+            report.hil_test, label, KernelResult(_outcome(report), report.hil_release, observations)
         )
 
 

@@ -37,7 +37,7 @@ SCENARIO_SUFFIXES = (".yaml", ".yml")
 try:  # allure is a dependency, but the runner must not need it
     import allure
 except ImportError:  # pragma: no cover
-    allure = None
+    allure = None  # type: ignore[assignment]
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -210,7 +210,7 @@ class ScenarioFile(pytest.File):
                 try:
                     decorators.append(getattr(pytest.mark, name))
                 except pytest.fail.Exception as failure:
-                    raise self._mark_error(scenario, index, failure.msg) from None
+                    raise self._mark_error(scenario, index, str(failure.msg)) from None
             for warning in caught:
                 self._warn_at_mark(scenario, index, warning)
         return decorators
@@ -240,7 +240,7 @@ def _mark_position(path: Path, index: int) -> tuple[int, int]:
     """1-based line and column of entry `index` of the top-level `marks:` list (the file was
     validated already; the schema keeps only the names)."""
     root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-    for key, value in root.value:
+    for key, value in root.value if root is not None else ():
         if key.value == "marks":
             mark = value.value[index].start_mark
             return mark.line + 1, mark.column + 1
@@ -359,7 +359,7 @@ class ScenarioItem(pytest.Function):
     def runtest(self) -> None:
         real = None
         if self.backend == "qemu":
-            factory = self.funcargs.get(FACTORY_FIXTURE)
+            factory: Callable[[], RealSystem] | None = self.funcargs.get(FACTORY_FIXTURE)  # type: ignore[assignment]
             if factory is None:
                 raise FactoryUnavailable(
                     f"{FACTORY_FIXTURE} fixture not available: the QEMU backend is not "
@@ -393,7 +393,7 @@ class ScenarioItem(pytest.Function):
     def _release(self) -> str | None:
         """The kernel release: from the booted image, or (model mode, kernel named) resolved
         without a build; None in model mode without --hil-kernel (defaults, no apt)."""
-        image = self.funcargs.get("hil_image")  # set up with the backend's factory
+        image: Any = self.funcargs.get("hil_image")  # set up with the backend's factory
         if image is not None:
             return str(image.kernel_version)
         if self.hil_kernel is None:
