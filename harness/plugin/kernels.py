@@ -57,7 +57,7 @@ def behaviour_for(release: str | None, base: Behaviour | None = None) -> Behavio
         return behaviour
     for change in KERNEL_CHANGES:
         if version >= change.since:
-            behaviour = replace(behaviour, **{change.switch: change.value})
+            behaviour = replace(behaviour, **{change.switch: change.value})  # type: ignore[arg-type]
     return behaviour
 
 
