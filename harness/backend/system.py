@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from harness.backend.endpoint import HostEndpoint, Received, unread_by_peer
+from harness.errors import OperationFailed
 from harness.guest.agent_client import AgentClient, AgentError
 from harness.guest.guest import READY_MARKER, Guest
-from harness.machine.errors import MachineError, QmpError, WaitTimeout
+from harness.machine.errors import MachineError, QmpError, ReadTimeout
 from harness.machine.migration import MODES, MigrationRefused, MigrationStats
 from harness.machine.migration import migrate as run_migration
 from harness.machine.ports import PortManager
@@ -42,12 +43,8 @@ KERNEL_PROBLEMS = re.compile(
 STREAM_THRESHOLD = 256 * 1024  # larger guest transfers go as agent streams (hash only)
 
 
-class RealFailure(Exception):
+class RealFailure(OperationFailed):
     """A real operation failed; `text` is QEMU's message or the guest errno name."""
-
-    def __init__(self, text: str, detail: str = "") -> None:
-        super().__init__(f"{text}{': ' + detail if detail and detail != text else ''}")
-        self.text = text
 
 
 class ControllerDecl(Protocol):
@@ -170,8 +167,8 @@ class QemuSystem:
             raise RealFailure("ENOTCONN", f"host end of {port} is not connected")
         try:
             return endpoint.read(length, timeout)
-        except WaitTimeout as error:
-            if endpoint.buffered_in == 0 and "read 0 of" in str(error):
+        except ReadTimeout as error:
+            if error.received == 0 and endpoint.buffered_in == 0:
                 raise RealFailure("EAGAIN", str(error)) from None
             raise
 

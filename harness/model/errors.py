@@ -8,16 +8,13 @@ hw/char/virtio-console.c (virtconsole_realize) and Linux drivers/char/virtio_con
 
 from __future__ import annotations
 
+from harness.errors import OperationFailed
+
 BUS = "virtio-serial-bus: "
 
 
-class ModelError(Exception):
+class ModelError(OperationFailed):
     """A predicted failure: ``text`` is QEMU's message or an errno name such as "EBUSY"."""
-
-    def __init__(self, text: str, detail: str = "") -> None:
-        self.text = text
-        self.detail = detail
-        super().__init__(f"{text} ({detail})" if detail else text)
 
 
 def port_exists_at_id(nr: int) -> str:

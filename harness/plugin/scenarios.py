@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from harness.errors import HarnessError
 from harness.images.errors import ImageBuildError
 from harness.model import Behaviour, VirtioSerialModel
 from harness.plugin.kernels import Observation, behaviour_for, flatten, kernel_id
@@ -104,7 +105,7 @@ class InvalidScenario(pytest.Item):
         return self.path, self.error.line - 1, f"invalid scenario {self.name}"
 
 
-class FactoryUnavailable(Exception):
+class FactoryUnavailable(HarnessError):
     """qemu mode without the backend's fixture: say how to proceed instead of a traceback."""
 
 

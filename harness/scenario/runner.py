@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.backend.settle import settle
+from harness.errors import HarnessError, OperationFailed
 from harness.model import (
     Completion,
     Difference,
@@ -33,7 +34,7 @@ from harness.model.migration import clone_configuration
 from harness.model.payload import slices_bytes
 from harness.scenario.observe import check_differences, sigio_events
 from harness.scenario.schema import MachineDecl, Scenario, Step, build_model, payload_seed
-from harness.scenario.system import RealSystem, StepFailure
+from harness.scenario.system import RealSystem
 
 StepContext = Callable[[Step], AbstractContextManager[Any]]
 BOOT = Step(0, "boot", {}, None, "", 0, 0)
@@ -50,8 +51,11 @@ class RunnerOptions:
     quiet_timeout: float = 0.5  # how long a read that should find nothing may wait
 
 
-class ScenarioFailure(AssertionError):
-    """The first disagreement; ``str()`` starts with ``step N (<kind> <port>): ``."""
+class ScenarioFailure(HarnessError, AssertionError):
+    """The first disagreement; ``str()`` starts with ``step N (<kind> <port>): ``.
+
+    Also an AssertionError: pytest reports it as the test failing, like a failed ``assert``.
+    """
 
     def __init__(
         self, step: Step, message: str, table: str = "", console: list[str] | None = None
@@ -277,7 +281,7 @@ class ScenarioRunner:
                 )
             return
         want = step.expect_error
-        if model_text is None or want not in str(prediction.error):
+        if model_text is None or want not in model_text:
             raise ScenarioFailure(
                 step, f"expected error {want!r}, the model predicts {_describe(model_text)}"
             )
@@ -468,15 +472,11 @@ class ScenarioRunner:
 
 
 def failure_text(error: BaseException) -> str | None:
-    """The error text of a real step failure: StepFailure, or any exception with ``.text``.
+    """The device's text of a real step failure (any OperationFailed), else None.
 
-    Structural on purpose: the backend raises its own exception type (it may not import
-    this layer), and anything without a ``.text`` is a harness bug that must propagate.
+    Anything else is a harness problem or bug and must propagate.
     """
-    if isinstance(error, StepFailure):
-        return error.text
-    text = getattr(error, "text", None)
-    return text if isinstance(text, str) else None
+    return error.text if isinstance(error, OperationFailed) else None
 
 
 def collapse(masks: list[frozenset[str]]) -> list[frozenset[str]]:
