@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 
@@ -15,11 +16,15 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="build the guest image (cached)")
     build.add_argument(
-        "recipe", nargs="?", help="recipe name in images/ or a path (default: default)"
+        "recipe",
+        nargs="?",
+        help="path of a recipe YAML, else a shipped recipe name (default: default)",
     )
     build.add_argument("--kernel", help="package name, file.deb, or vmlinuz[:modules_dir]")
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
     args = parser.parse_args(argv)
+    # The builder reports progress (downloads, unpacking) on the "hil.images" logger.
+    logging.basicConfig(level=logging.INFO, format="[image] %(message)s", stream=sys.stderr)
     started = time.monotonic()
     try:
         image = build_image(args.recipe, args.kernel, default_cache_dir(), force=args.force)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from harness.images.recipe import DEFAULT_RECIPE
+
 ACCEL_CHOICES = ("auto", "kvm", "tcg")
 BACKEND_CHOICES = ("model", "qemu")
 BEHAVIOUR_CHOICES = ("auto", "default")
@@ -37,9 +39,10 @@ def add_options(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--hil-image",
-        default="default",
+        default=DEFAULT_RECIPE,
         metavar="RECIPE",
-        help="guest image recipe: a name in images/ or a path to a recipe YAML",
+        help="guest image recipe: the path of your own recipe YAML, else the name of a recipe "
+        "shipped with the harness",
     )
     group.addoption(
         "--hil-qemu",
