@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import re
 import shutil
 import tempfile
@@ -41,6 +42,7 @@ KERNEL_PROBLEMS = re.compile(
     r"^.*(BUG:|WARNING:|Oops|Kernel panic|general protection).*$", re.MULTILINE
 )
 STREAM_THRESHOLD = 256 * 1024  # larger guest transfers go as agent streams (hash only)
+log = logging.getLogger("hil.backend")
 
 
 class RealFailure(OperationFailed):
@@ -110,6 +112,7 @@ class QemuSystem:
         self.agent = AgentClient(self.guest).start()
         for port in boot_ports:
             self.agent.wait_port(port.name)
+        log.info("ready: %s, ports %s", [c.id for c in controllers], [p.name for p in boot_ports])
 
     def stop(self) -> None:
         for port in self._ports.values():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from harness.plugin import logs
 from harness.plugin.options import add_options
 
 _LAYERS = ("harness.plugin.fixtures", "harness.plugin.scenarios", "harness.plugin.report")
@@ -20,6 +21,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "qemu: boots a real QEMU guest")
+    logs.configure(config)
     for name in _LAYERS:
         if not config.pluginmanager.has_plugin(name):
             config.pluginmanager.import_plugin(name)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    logs.unconfigure(config)

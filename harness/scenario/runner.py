@@ -9,6 +9,7 @@ port | field | expected | actual table, because that is what a reader needs to a
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -36,6 +37,7 @@ from harness.scenario.observe import check_differences, sigio_events
 from harness.scenario.schema import MachineDecl, Scenario, Step, build_model, payload_seed
 from harness.scenario.system import RealSystem
 
+log = logging.getLogger("hil.scenario")
 StepContext = Callable[[Step], AbstractContextManager[Any]]
 BOOT = Step(0, "boot", {}, None, "", 0, 0)
 DEFAULT_READ = 65536
@@ -116,6 +118,7 @@ class ScenarioRunner:
                 self._settle(BOOT)
                 self._check_console(BOOT)
         for step in self.scenario.steps:
+            log.info("%s: step %d %s", self.scenario.name, step.index, step.label)
             with self.step_context(step):
                 self.run_step(step)
 
