@@ -112,7 +112,11 @@ class QemuSystem:
         self.agent = AgentClient(self.guest).start()
         for port in boot_ports:
             self.agent.wait_port(port.name)
-        log.info("ready: %s, ports %s", [c.id for c in controllers], [p.name for p in boot_ports])
+        log.info(
+            "real system ready: controllers %s, ports %s",
+            [c.id for c in controllers],
+            [p.name for p in boot_ports],
+        )
 
     def stop(self) -> None:
         for port in self._ports.values():
