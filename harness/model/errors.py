@@ -1,9 +1,10 @@
 """The one error type of the model and the exact texts it carries.
 
-A runner matches ``expect_error`` as a substring of ``str(error)``, so ``text`` is QEMU's
-``error_setg`` message where QEMU reports the failure and the errno name where the guest
-kernel does.  Sources: QEMU hw/char/virtio-serial-bus.c (realize, seed lines 732-753),
-hw/char/virtio-console.c (virtconsole_realize) and Linux drivers/char/virtio_console.c.
+A runner matches ``expect_error`` as a substring of ``text`` (harness.errors.OperationFailed,
+shared with the real system's failures), so ``text`` is QEMU's ``error_setg`` message where
+QEMU reports the failure and the errno name where the guest kernel does.  Sources: QEMU
+hw/char/virtio-serial-bus.c (realize, seed lines 732-753), hw/char/virtio-console.c
+(virtconsole_realize) and Linux drivers/char/virtio_console.c.
 """
 
 from __future__ import annotations
