@@ -31,9 +31,11 @@ def run_scenarios(pytest_args: list[str]) -> int:
 def smoke() -> int:
     from harness.guest.guest import Credentials, Guest
     from harness.images.builder import build_image
+    from harness.logs import print_progress
     from harness.machine.accel import choose_accel
     from harness.machine.qemu import ControllerSpec, Machine, MachineSpec
 
+    print_progress()  # image build, QEMU and guest progress
     started = time.monotonic()
     image = build_image()
     print(f"image: {image.directory} ({time.monotonic() - started:.1f} s)")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 
 from harness.images.builder import build_image, default_cache_dir
 from harness.images.errors import ImageBuildError
+from harness.logs import print_progress
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,8 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--kernel", help="package name, file.deb, or vmlinuz[:modules_dir]")
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
     args = parser.parse_args(argv)
-    # The builder reports progress (downloads, unpacking) on the "hil.images" logger.
-    logging.basicConfig(level=logging.INFO, format="[image] %(message)s", stream=sys.stderr)
+    print_progress("[image]")  # downloads, unpacking
     started = time.monotonic()
     try:
         image = build_image(args.recipe, args.kernel, default_cache_dir(), force=args.force)

@@ -1,4 +1,4 @@
-"""Live progress of a run through `logging`: one logger per layer under "hil".
+"""Live progress of a run through `logging`: one logger per layer under "hil" (harness.logs).
 
 hil.machine (QEMU command lines, stops, migrations; every QMP command at DEBUG), hil.guest (boot
 and ready times), hil.backend, hil.scenario (one line per step: index, kind, target),
@@ -16,7 +16,8 @@ import logging
 
 import pytest
 
-ROOT_LOGGER = "hil"
+from harness.logs import ROOT_LOGGER
+
 PROGRESS_LEVEL = logging.INFO
 _LEVEL_SETTINGS = ("log_level", "log_cli_level", "log_file_level")
 _SAVED = pytest.StashKey[int]()
