@@ -4,6 +4,8 @@ Layers, each importing only the ones listed before it:
 model (pure spec model) / machine (QEMU, QMP, accel) / guest (agent, SSH, serial) /
 backend (host port endpoints) / scenario (YAML, runner, comparison) / plugin (pytest).
 ``images`` builds guest kernels+initramfs and is used by machine and plugin.
+Below all of them: ``harness.errors`` (HarnessError, the root of every harness error) and
+``harness.logs`` (the "hil" loggers).
 """
 
 from __future__ import annotations
