@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import re
 import shutil
 import tempfile
@@ -19,9 +20,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from harness.backend.endpoint import HostEndpoint, Received, unread_by_peer
+from harness.errors import OperationFailed
 from harness.guest.agent_client import AgentClient, AgentError
 from harness.guest.guest import READY_MARKER, Guest
-from harness.machine.errors import MachineError, QmpError, WaitTimeout
+from harness.machine.errors import MachineError, QmpError, ReadTimeout
 from harness.machine.migration import MODES, MigrationRefused, MigrationStats
 from harness.machine.migration import migrate as run_migration
 from harness.machine.ports import PortManager
@@ -40,14 +42,11 @@ KERNEL_PROBLEMS = re.compile(
     r"^.*(BUG:|WARNING:|Oops|Kernel panic|general protection).*$", re.MULTILINE
 )
 STREAM_THRESHOLD = 256 * 1024  # larger guest transfers go as agent streams (hash only)
+log = logging.getLogger("hil.backend")
 
 
-class RealFailure(Exception):
+class RealFailure(OperationFailed):
     """A real operation failed; `text` is QEMU's message or the guest errno name."""
-
-    def __init__(self, text: str, detail: str = "") -> None:
-        super().__init__(f"{text}{': ' + detail if detail and detail != text else ''}")
-        self.text = text
 
 
 class ControllerDecl(Protocol):
@@ -113,6 +112,11 @@ class QemuSystem:
         self.agent = AgentClient(self.guest).start()
         for port in boot_ports:
             self.agent.wait_port(port.name)
+        log.info(
+            "real system ready: controllers %s, ports %s",
+            [c.id for c in controllers],
+            [p.name for p in boot_ports],
+        )
 
     def stop(self) -> None:
         for port in self._ports.values():
@@ -170,8 +174,8 @@ class QemuSystem:
             raise RealFailure("ENOTCONN", f"host end of {port} is not connected")
         try:
             return endpoint.read(length, timeout)
-        except WaitTimeout as error:
-            if endpoint.buffered_in == 0 and "read 0 of" in str(error):
+        except ReadTimeout as error:
+            if error.received == 0 and endpoint.buffered_in == 0:
                 raise RealFailure("EAGAIN", str(error)) from None
             raise
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import shutil
 import subprocess
 import tempfile
@@ -23,6 +24,8 @@ from harness.machine.accel import AccelChoice, choose_accel
 from harness.machine.qemu import ControllerSpec, Machine, MachineSpec
 from harness.plugin.kernels import kernel_id
 from harness.plugin.options import HilSettings
+
+log = logging.getLogger("hil.plugin")
 
 GuestFactory = Callable[..., Guest]
 _ACCEL_KEY = pytest.StashKey[AccelChoice]()
@@ -86,6 +89,7 @@ def _session_accel(config: pytest.Config, settings: HilSettings, image: GuestIma
         image.initramfs,
     )
     config.stash[_ACCEL_KEY] = choice
+    log.info("accel: %s", choice.describe())
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(f"hil: {choice.describe()}", yellow=choice.accel == "tcg")

@@ -9,6 +9,7 @@ port | field | expected | actual table, because that is what a reader needs to a
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.backend.settle import settle
+from harness.errors import HarnessError, OperationFailed
 from harness.model import (
     Completion,
     Difference,
@@ -33,8 +35,9 @@ from harness.model.migration import clone_configuration
 from harness.model.payload import slices_bytes
 from harness.scenario.observe import check_differences, sigio_events
 from harness.scenario.schema import MachineDecl, Scenario, Step, build_model, payload_seed
-from harness.scenario.system import RealSystem, StepFailure
+from harness.scenario.system import RealSystem
 
+log = logging.getLogger("hil.scenario")
 StepContext = Callable[[Step], AbstractContextManager[Any]]
 BOOT = Step(0, "boot", {}, None, "", 0, 0)
 DEFAULT_READ = 65536
@@ -50,8 +53,11 @@ class RunnerOptions:
     quiet_timeout: float = 0.5  # how long a read that should find nothing may wait
 
 
-class ScenarioFailure(AssertionError):
-    """The first disagreement; ``str()`` starts with ``step N (<kind> <port>): ``."""
+class ScenarioFailure(HarnessError, AssertionError):
+    """The first disagreement; ``str()`` starts with ``step N (<kind> <port>): ``.
+
+    Also an AssertionError: pytest reports it as the test failing, like a failed ``assert``.
+    """
 
     def __init__(
         self, step: Step, message: str, table: str = "", console: list[str] | None = None
@@ -112,6 +118,7 @@ class ScenarioRunner:
                 self._settle(BOOT)
                 self._check_console(BOOT)
         for step in self.scenario.steps:
+            log.info("%s: step %d %s", self.scenario.name, step.index, step.label)
             with self.step_context(step):
                 self.run_step(step)
 
@@ -277,7 +284,7 @@ class ScenarioRunner:
                 )
             return
         want = step.expect_error
-        if model_text is None or want not in str(prediction.error):
+        if model_text is None or want not in model_text:
             raise ScenarioFailure(
                 step, f"expected error {want!r}, the model predicts {_describe(model_text)}"
             )
@@ -468,15 +475,11 @@ class ScenarioRunner:
 
 
 def failure_text(error: BaseException) -> str | None:
-    """The error text of a real step failure: StepFailure, or any exception with ``.text``.
+    """The device's text of a real step failure (any OperationFailed), else None.
 
-    Structural on purpose: the backend raises its own exception type (it may not import
-    this layer), and anything without a ``.text`` is a harness bug that must propagate.
+    Anything else is a harness problem or bug and must propagate.
     """
-    if isinstance(error, StepFailure):
-        return error.text
-    text = getattr(error, "text", None)
-    return text if isinstance(text, str) else None
+    return error.text if isinstance(error, OperationFailed) else None
 
 
 def collapse(masks: list[frozenset[str]]) -> list[frozenset[str]]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from harness.errors import HarnessError
 from harness.model import ModelError, VirtioSerialModel
 
 MASK_BITS = ("IN", "OUT", "HUP")
@@ -83,7 +84,7 @@ class Scenario:
     path: str = ""
 
 
-class ScenarioError(Exception):
+class ScenarioError(HarnessError):
     """A validation error pointing at one place in one file."""
 
     def __init__(self, path: str, line: int, column: int, message: str, hint: str = "") -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
+from harness.errors import OperationFailed
+
 if TYPE_CHECKING:
     from harness.model import Payload, Snapshot
     from harness.scenario.schema import MachineDecl
@@ -19,17 +21,13 @@ GuestOp = Literal["read", "write", "open"]
 ARTIFACT_NAMES = ("serial log", "QMP transcript", "kernel messages", "agent log")
 
 
-class StepFailure(Exception):
+class StepFailure(OperationFailed):
     """A real operation failed; ``text`` is QEMU's error message or the guest errno name.
 
     The runner matches ``expect_error`` as a substring of ``text``, exactly as it does
-    against the model's ``ModelError.text``, so both must carry the same vocabulary.
+    against the model's ``ModelError.text``, so both must carry the same vocabulary. A real
+    system may raise any ``OperationFailed`` (the backend raises its RealFailure).
     """
-
-    def __init__(self, text: str, detail: str = "") -> None:
-        self.text = text
-        self.detail = detail
-        super().__init__(f"{text} ({detail})" if detail else text)
 
 
 class ReadData(Protocol):
