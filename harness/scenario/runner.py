@@ -121,7 +121,7 @@ class ScenarioRunner:
         """
         for job in self.background:
             args = job.step.args
-            unchecked = [f"{key}: {args[key]!r}" for key in _EXPECTATIONS if key in args]
+            unchecked = [f"{key}: {_yaml(args[key])}" for key in _EXPECTATIONS if key in args]
             if job.step.expect_error is not None:
                 unchecked.append(f"expect_error: {job.step.expect_error!r}")
             if unchecked:
@@ -450,6 +450,11 @@ def collapse(masks: list[frozenset[str]]) -> list[frozenset[str]]:
         if not out or out[-1] != mask:
             out.append(mask)
     return out
+
+
+def _yaml(value: object) -> str:
+    """A value as the author wrote it: true/false, quoted text."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)
 
 
 def _describe(error: str | None) -> str:
