@@ -259,6 +259,7 @@ def build_model(machine: MachineDecl) -> VirtioSerialModel:
             console=port.console,
             backend=port.backend,  # type: ignore[arg-type]
         )
+    model.boot()  # the guest driver probes the controllers only now, in PCI slot order
     return model
 
 
