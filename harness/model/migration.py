@@ -192,9 +192,8 @@ def _adopt_guest(dest: VirtioSerialModel, source: VirtioSerialModel) -> None:
         src_ctrl = source.controllers.get(ctrl.id)
         if ctrl.guest0 is not None and src_ctrl is not None and src_ctrl.guest0 is not None:
             ctrl.guest0 = copy.deepcopy(src_ctrl.guest0)  # the guest's port 0 (no MULTIPORT)
-            for name in ctrl.ports:
-                if dest.ports[name].nr == 0:
-                    dest.ports[name].guest = ctrl.guest0
+            for name in ctrl.ports:  # without MULTIPORT, id 0 is the only id
+                dest.ports[name].guest = ctrl.guest0
 
 
 def load(
