@@ -533,12 +533,12 @@ class QemuSystem:
                 nr=port.nr,
                 is_console=port.driver == "virtconsole",
                 qemu=QemuPortView(port.guest_connected, port.host_connected, port.throttled),
-                guest=_guest_view(guest) if guest is not None else ABSENT,
+                guest=guest_port_view(guest) if guest is not None else ABSENT,
                 poll=frozenset(agent.poll(fd.handle)) & {"IN", "OUT", "HUP"} if fd else None,
             )
         for (controller, nr), entry in guest_ports.items():
             views[guest_only_key(controller, nr)] = PortView(
-                controller, nr, False, None, _guest_view(entry)
+                controller, nr, False, None, guest_port_view(entry)
             )
         return Snapshot(
             {
@@ -608,7 +608,7 @@ class _Decl:
     backend: str
 
 
-def _guest_view(entry: dict[str, Any]) -> GuestPortView:
+def guest_port_view(entry: dict[str, Any]) -> GuestPortView:
     def number(key: str) -> int:
         """debugfs prints counters as integers and flags as 0/1 or yes/no, depending on field.
 
