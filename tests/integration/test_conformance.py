@@ -6,10 +6,14 @@ and scenarios/migration/max_ports_change.yaml.
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 
 from harness.backend.settle import settle
 from harness.backend.system import ObservationError, QemuSystem, guest_port_view
+from harness.guest import agent_client
 from harness.model import Payload, format_diff
 from harness.model.snapshot import guest_only_key
 from harness.scenario.schema import ControllerDecl, MachineDecl, PortDecl, build_model
@@ -138,3 +142,18 @@ def test_guest_port_view_names_the_missing_field() -> None:
     with pytest.raises(ObservationError, match="'is_console' is ''"):
         guest_port_view({**entry, **full})
     assert guest_port_view({**entry, **full, "is_console": "yes"}).is_console
+
+
+def test_the_agent_ties_a_port_to_its_controllers_pci_address(tmp_path: Path) -> None:
+    """Item 12: the guest port -> controller link the real snapshot relies on."""
+    spec = importlib.util.spec_from_file_location(
+        "hil_agent_pci", Path(agent_client.__file__).parent / "agent" / "hil_agent.py"
+    )
+    assert spec is not None and spec.loader is not None
+    agent = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(agent)
+    real = tmp_path / "devices/pci0000:00/0000:00:1f.2/virtio3/virtio-ports/vport3p1"
+    real.mkdir(parents=True)
+    (tmp_path / "vport3p1").symlink_to(real)
+    assert agent.pci_slot(str(tmp_path / "vport3p1")) == "1f.2"
+    assert agent.pci_slot(str(tmp_path)) is None
