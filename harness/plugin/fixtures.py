@@ -7,22 +7,21 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness.backend.endpoint import HostEndpoint
 from harness.backend.system import QemuSystem
-from harness.guest.agent_client import AgentClient
 from harness.guest.guest import Credentials, Guest
 from harness.images.builder import GuestImage, build_image
 from harness.images.errors import ImageBuildError
 from harness.machine.accel import AccelChoice, choose_accel
 from harness.machine.qemu import ControllerSpec, Machine, MachineSpec
-from harness.plugin.kernels import kernel_id
+from harness.model import Behaviour
+from harness.plugin.kernels import behaviour_for, kernel_id
 from harness.plugin.options import HilSettings
+from harness.scenario.vm import VM, MachineDecl, RunnerOptions
 
 GuestFactory = Callable[..., Guest]
 _ACCEL_KEY = pytest.StashKey[AccelChoice]()
@@ -237,54 +236,84 @@ def hil_system_factory(
         system.stop()
 
 
-@dataclass(frozen=True)
-class DefaultMachine:
-    memory: int = 512
-    controllers: list[ControllerSpec] = field(default_factory=lambda: [ControllerSpec("vser0")])
-    ports: list[Any] = field(default_factory=list)
-
-
 @pytest.fixture
 def hil_system(hil_system_factory: Callable[[], QemuSystem]) -> QemuSystem:
     """A started real system: a booted guest with controller vser0, its agent, no ports."""
     system = hil_system_factory()
-    system.start(DefaultMachine())
+    system.start(MachineDecl())
     return system
 
 
-@dataclass
-class PortHandle:
-    """A hotplugged port: `host` is its socket endpoint, `guest` the agent speaking for it."""
+class VMFactory:
+    """Creates started machines (``VM``) for one test and stops them at its end.
 
-    name: str
-    nr: int | None
-    system: QemuSystem
+    Why a factory: most tests want the default machine (``hil_vm``), some need their own
+    controllers, boot ports or memory; both must get the same backend choice
+    (``--hil-backend``), kernel behaviour switches and settle timeout as a YAML scenario.
+    """
 
-    @property
-    def host(self) -> HostEndpoint:
-        return self.system._endpoint(self.name)
+    def __init__(self, request: pytest.FixtureRequest, settings: HilSettings) -> None:
+        self.request = request
+        self.settings = settings
+        self.created: list[VM] = []
 
-    @property
-    def guest(self) -> AgentClient:
-        assert self.system.agent is not None
-        return self.system.agent
+    def __call__(
+        self,
+        machine: MachineDecl | None = None,
+        *,
+        name: str | None = None,
+        options: RunnerOptions | None = None,
+    ) -> VM:
+        """Boot ``machine`` (default: 512 MiB, controller vser0, no ports) and return it.
+
+        ``name`` seeds ``size=`` payloads (default: the test's id, so reruns send the same
+        bytes); ``options`` overrides the runner's timeouts (settle: --hil-settle-timeout).
+        """
+        config = self.request.config
+        system: QemuSystem | None = None
+        if config.getoption("--hil-backend", "qemu") == "qemu":
+            system = self.request.getfixturevalue("hil_system_factory")()
+        settle = config.getoption("--hil-settle-timeout", 10.0)
+        vm = VM(
+            machine or MachineDecl(),
+            system,
+            name=name or f"{self.request.node.nodeid}#{len(self.created)}",
+            options=options or RunnerOptions(settle_timeout=settle),
+            behaviour=self._behaviour(system is not None),
+        )
+        self.created.append(vm)
+        return vm.start()
+
+    def _behaviour(self, real: bool) -> Behaviour:
+        """The model switches for this test's kernel, as scenarios get them."""
+        if self.request.config.getoption("--hil-behaviour", "auto") == "default" or not real:
+            return Behaviour()
+        image: GuestImage = self.request.getfixturevalue("hil_image")
+        return behaviour_for(image.kernel_version)
+
+    def stop_all(self) -> None:
+        while self.created:
+            self.created.pop().stop()
 
 
 @pytest.fixture
-def make_port(hil_system: QemuSystem) -> Callable[..., PortHandle]:
-    """`make_port(name, nr=None, console=False, controller="vser0", backend="socket")`."""
+def hil_vm_factory(
+    request: pytest.FixtureRequest, hil_settings: HilSettings
+) -> Iterator[VMFactory]:
+    """`hil_vm_factory(machine=MachineDecl(...))` -> a started VM (stopped at teardown)."""
+    factory = VMFactory(request, hil_settings)
+    yield factory
+    factory.stop_all()
 
-    def make(
-        name: str,
-        nr: int | None = None,
-        console: bool = False,
-        controller: str = "vser0",
-        backend: str = "socket",
-    ) -> PortHandle:
-        hil_system.hotplug(name, nr, console, controller, backend)
-        return PortHandle(name, nr, hil_system)
 
-    return make
+@pytest.fixture
+def hil_vm(hil_vm_factory: VMFactory) -> VM:
+    """A started machine with controller vser0 and no ports: the public Python API.
+
+    Every call on it (and on its controllers, ports, host and guest ends) runs as a scenario
+    step on the spec model and the real system, with the same three-way comparison.
+    """
+    return hil_vm_factory()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
