@@ -18,10 +18,10 @@ from harness.images.builder import GuestImage, build_image
 from harness.images.errors import ImageBuildError
 from harness.machine.accel import AccelChoice, choose_accel
 from harness.machine.qemu import ControllerSpec, Machine, MachineSpec
-from harness.model import Behaviour
+from harness.model import Behaviour, MachineDecl
 from harness.plugin.kernels import behaviour_for, kernel_id
 from harness.plugin.options import HilSettings
-from harness.scenario.vm import VM, MachineDecl, RunnerOptions
+from harness.scenario.vm import VM, RunnerOptions
 
 GuestFactory = Callable[..., Guest]
 _ACCEL_KEY = pytest.StashKey[AccelChoice]()

@@ -20,19 +20,17 @@ from harness.model import (
     Completion,
     Difference,
     ModelError,
-    Outcome,
-    Payload,
     Pending,
     ReadResult,
     Snapshot,
     VirtioSerialModel,
+    build_model,
     format_diff,
-    migrate,
 )
-from harness.model.migration import clone_configuration
 from harness.model.payload import slices_bytes
 from harness.scenario.observe import check_differences, sigio_events
-from harness.scenario.schema import MachineDecl, Scenario, Step, build_model, payload_seed
+from harness.scenario.schema import Scenario
+from harness.scenario.steps import STEPS, Step, StepCall
 from harness.scenario.system import RealSystem, StepFailure
 
 StepContext = Callable[[Step], AbstractContextManager[Any]]
@@ -125,72 +123,22 @@ class ScenarioRunner:
         self._record_sigio(step, prediction, before)
         self._settle(step)
         self._follow_background(step, prediction)
-        if step.kind == "check":
+        if STEPS[step.kind].asserts:
             self._check(step)
         self._check_console(step)
 
     # ------------------------------------------------------------- model side
-    def _payload(self, step: Step) -> Payload:
-        if "data" in step.args:
-            return Payload.literal(step.args["data"].encode())
-        return Payload.generated(payload_seed(self.scenario.name, step.index), step.args["size"])
+    def _call(self, step: Step) -> StepCall:
+        return StepCall(step, self.model, self.scenario.name)
 
     def _predict(self, step: Step) -> Prediction:
+        call = self._call(step)
         try:
-            outcome = self._model_op(step)
+            outcome = STEPS[step.kind].model(call)
         except ModelError as error:
             return Prediction(error=error)
+        self.model = call.model  # a migration goes on with the destination's model
         return Prediction(outcome.value, None, outcome.pending, outcome.completed)
-
-    def _model_op(self, step: Step) -> Outcome:
-        model, args = self.model, step.args
-        port = args.get("port")
-        simple: dict[str, Callable[[], Outcome]] = {
-            "host_open": lambda: model.host_open(port),
-            "host_close": lambda: model.host_close(port),
-            "host_write": lambda: model.host_write(port, self._payload(step)),
-            "host_read": lambda: model.host_read(port, args.get("max_bytes")),
-            "guest_open": lambda: model.guest_open(port, args.get("nonblocking", False)),
-            "guest_close": lambda: model.guest_close(port),
-            "guest_read": lambda: model.guest_read(port, args.get("max_bytes")),
-            "guest_write": lambda: model.guest_write(port, self._payload(step)),
-            "guest_seek": lambda: model.guest_seek(port),
-            "unplug": lambda: model.remove_port(port),
-            "hotplug_controller": lambda: model.add_controller(
-                args["id"], args.get("max_ports", 31)
-            ),
-            "unplug_controller": lambda: model.remove_controller(args["id"]),
-            "reboot": model.reboot,
-            "check": lambda: Outcome(),
-        }
-        if step.kind in simple:
-            return simple[step.kind]()
-        if step.kind == "hotplug":
-            nr = model.add_port(
-                args["name"],
-                controller=args["controller"],
-                nr=args.get("nr"),
-                console=args.get("console", False),
-                backend=args.get("backend", "socket"),
-            )
-            return Outcome(nr)
-        if step.kind == "migrate":
-            return self._model_migrate(args.get("destination"))
-        raise AssertionError(f"unhandled step kind {step.kind}")
-
-    def _model_migrate(self, decl: MachineDecl | None) -> Outcome:
-        """Build the destination as the harness would start it, then load into it."""
-        if decl is None:
-            dest = clone_configuration(self.model)
-        else:
-            dest = build_model(decl)
-            for name in dest.ports:
-                source = self.model.ports.get(name)
-                if source is not None and source.host_attached:
-                    dest.host_open(name)
-        migrate(self.model, dest)
-        self.model = dest
-        return Outcome()
 
     # ------------------------------------------------------------- real side
     def _apply_real(self, step: Step, prediction: Prediction) -> _Outcome:
@@ -199,8 +147,14 @@ class ScenarioRunner:
         if prediction.pending is not None:
             self._start_background(step, prediction.pending)
             return _Outcome()
+        call = self._call(step)
+        call.read_size = self._read_size(step, prediction)
+        if prediction.error is not None:
+            call.timeout = self.options.quiet_timeout
+        else:
+            call.timeout = self.options.op_timeout
         try:
-            return _Outcome(self._real_op(self.real, step, prediction))
+            return _Outcome(STEPS[step.kind].real(self.real, call))
         except Exception as failure:
             text = failure_text(failure)
             if text is None:
@@ -213,50 +167,13 @@ class ScenarioRunner:
             return prediction.value.length
         return step.args.get("max_bytes") or DEFAULT_READ
 
-    def _real_op(self, real: RealSystem, step: Step, prediction: Prediction) -> object:
-        args, port = step.args, step.args.get("port", "")
-        timeout = self.options.op_timeout
-        if prediction.error is not None:
-            timeout = self.options.quiet_timeout
-        kind = step.kind
-        calls: dict[str, Callable[[], object]] = {
-            "host_open": lambda: real.host_open(port),
-            "host_close": lambda: real.host_close(port),
-            "host_write": lambda: real.host_write(port, self._payload(step)),
-            "host_read": lambda: real.host_read(port, self._read_size(step, prediction), timeout),
-            "guest_open": lambda: real.guest_open(port, args.get("nonblocking", False)),
-            "guest_close": lambda: real.guest_close(port),
-            "guest_read": lambda: real.guest_read(port, self._read_size(step, prediction), timeout),
-            "guest_write": lambda: real.guest_write(port, self._payload(step), timeout),
-            "guest_seek": lambda: real.guest_seek(port),
-            "hotplug": lambda: real.hotplug(
-                args["name"],
-                args.get("nr"),
-                args.get("console", False),
-                args["controller"],
-                args.get("backend", "socket"),
-            ),
-            "unplug": lambda: real.unplug(port),
-            "hotplug_controller": lambda: real.hotplug_controller(
-                args["id"], args.get("max_ports", 31)
-            ),
-            "unplug_controller": lambda: real.unplug_controller(args["id"]),
-            "migrate": lambda: real.migrate(args.get("destination"), args.get("mode", "live")),
-            "reboot": real.reboot,
-            "check": lambda: None,
-        }
-        return calls[kind]()
-
     def _start_background(self, step: Step, pending: Pending) -> None:
         handle = None
+        start = STEPS[step.kind].background
         if self.real is not None:
-            op = "read" if step.kind == "guest_read" else "write"
-            extra: dict[str, object] = (
-                {"max_bytes": step.args.get("max_bytes")}
-                if op == "read"
-                else {"payload": self._payload(step)}
-            )
-            handle = self.real.start_guest_op(op, step.args["port"], **extra)
+            if start is None:
+                raise AssertionError(f"the model blocks {step.kind}, which cannot run blocked")
+            handle = start(self.real, self._call(step))
         self.background.append(_Background(step, pending, handle, step.args.get("expect")))
 
     # ------------------------------------------------------------- judging
@@ -290,7 +207,7 @@ class ScenarioRunner:
         if isinstance(prediction.value, ReadResult):
             self._judge_read(step, prediction.value, actual.value, step.args.get("expect"))
         elif (
-            step.kind == "guest_write"
+            STEPS[step.kind].compares_count
             and self.real is not None
             and (actual.value != prediction.value)
         ):

@@ -39,27 +39,28 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.model import (
+    DEFAULT_MAX_PORTS,
     Behaviour,
+    ControllerDecl,
+    MachineDecl,
     ModelError,
     Outcome,
-    Payload,
+    PortDecl,
     ReadResult,
     Snapshot,
     VirtioSerialModel,
 )
 from harness.model.payload import slices_bytes
 from harness.scenario.runner import RunnerOptions, ScenarioRunner
-from harness.scenario.schema import (
+from harness.scenario.schema import Scenario
+from harness.scenario.steps import (
     CHECK_CONTROLLER_FIELDS,
     CHECK_PORT_FIELDS,
-    DEFAULT_MAX_PORTS,
     MIGRATION_MODES,
-    ControllerDecl,
-    MachineDecl,
-    PortDecl,
-    Scenario,
+    STEPS,
+    Arg,
     Step,
-    payload_seed,
+    StepCall,
 )
 from harness.scenario.system import RealSystem
 
@@ -266,8 +267,8 @@ class VM:
     ) -> None:
         """Migrate to a new QEMU (the same configuration, or ``destination``); handles follow.
 
-        A refused destination is asserted with ``expect_error=`` (the model predicts the
-        refusal; QEMU's text must contain it).
+        A destination QEMU refuses raises OperationError (the model predicts the refusal and
+        QEMU's text must contain the model's), or is asserted with ``expect_error=``.
         """
         if mode not in MIGRATION_MODES:
             raise ValueError(f"unknown migration mode {mode!r}: use one of {MIGRATION_MODES}")
@@ -351,14 +352,14 @@ class VM:
         return self._value(step, outcome, background)
 
     def _probe(self, step: Step) -> tuple[VirtioSerialModel | None, Outcome | None, str | None]:
-        """A copy of the model runs the step first: what will it return, block, or fail with?"""
-        if step.kind == "migrate":
-            return None, None, None  # the runner builds the destination; expect_error= judges
-        probe = copy.deepcopy(self.runner.model)
+        """A copy of the model runs the step's own model operation (the registry's, as the
+        runner does) first: what will the step return, block on, or fail with?"""
+        call = StepCall(step, copy.deepcopy(self.runner.model), self.name)
         try:
-            return probe, _model_op(probe, step, self._payload(step)), None
+            outcome = STEPS[step.kind].model(call)
         except ModelError as error:
-            return probe, None, error.text
+            return None, None, error.text
+        return call.model, outcome, None
 
     def _agree_with_probe(self, step: Step, probe: VirtioSerialModel | None) -> None:
         """The copy and the runner's model must have done the same (else the API would lie)."""
@@ -367,12 +368,6 @@ class VM:
                 f"step {step.index} ({step.label}): the API's prediction diverged from the "
                 "runner's model (a harness bug: report it)"
             )
-
-    def _payload(self, step: Step) -> Payload:
-        """The bytes a write step sends, as the runner computes them (data or seeded size)."""
-        if "data" in step.args:
-            return Payload.literal(step.args["data"].encode())
-        return Payload.generated(payload_seed(self.name, step.index), step.args.get("size", 0))
 
     def _value(self, step: Step, outcome: Outcome | None, background: bool) -> object:
         if outcome is None:
@@ -642,40 +637,6 @@ class _BehaviourRunner(ScenarioRunner):
         super().__setattr__(name, value)
 
 
-def _model_op(model: VirtioSerialModel, step: Step, payload: Payload) -> Outcome:
-    """The step's model operation (the runner applies the same one to its own model)."""
-    args, port = step.args, step.args.get("port")
-    calls: dict[str, Callable[[], Outcome]] = {
-        "host_open": lambda: model.host_open(port),
-        "host_close": lambda: model.host_close(port),
-        "host_write": lambda: model.host_write(port, payload),
-        "host_read": lambda: model.host_read(port, args.get("max_bytes")),
-        "host_stall": lambda: model.set_host_backpressure(port, True),
-        "host_resume": lambda: model.set_host_backpressure(port, False),
-        "guest_open": lambda: model.guest_open(port, args.get("nonblocking", False)),
-        "guest_close": lambda: model.guest_close(port),
-        "guest_read": lambda: model.guest_read(port, args.get("max_bytes")),
-        "guest_write": lambda: model.guest_write(port, payload),
-        "guest_seek": lambda: model.guest_seek(port),
-        "unplug": lambda: model.remove_port(port),
-        "hotplug_controller": lambda: model.add_controller(args["id"], args["max_ports"]),
-        "unplug_controller": lambda: model.remove_controller(args["id"]),
-        "reboot": model.reboot,
-        "check": Outcome,
-    }
-    if step.kind == "hotplug":
-        return Outcome(
-            model.add_port(
-                args["name"],
-                controller=args["controller"],
-                nr=args.get("nr"),
-                console=args.get("console", False),
-                backend=args.get("backend", "socket"),
-            )
-        )
-    return calls[step.kind]()
-
-
 def _caller() -> tuple[str, int]:
     """The test's file and line, so a failing step can be found in the test's source."""
     frame = inspect.currentframe()
@@ -739,7 +700,7 @@ def _started(value: object) -> BackgroundOp:
     return value
 
 
-def _check_fields(fields: dict[str, object], allowed: dict[str, str], what: str) -> dict[str, Any]:
+def _check_fields(fields: dict[str, object], allowed: dict[str, Arg], what: str) -> dict[str, Any]:
     """Field names as in YAML; poll/sigio accept any iterables of bit names."""
     out: dict[str, Any] = {}
     for name, value in fields.items():
@@ -747,9 +708,9 @@ def _check_fields(fields: dict[str, object], allowed: dict[str, str], what: str)
             close = difflib.get_close_matches(name, list(allowed), n=1, cutoff=0.5)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise TypeError(f"{name!r} is not a field of a {what} check{hint}")
-        if allowed[name] == "mask" and value is not None:
+        if allowed[name].type == "mask" and value is not None:
             value = frozenset(value)  # type: ignore[arg-type]
-        elif allowed[name] == "sigio":
+        elif allowed[name].type == "sigio":
             value = tuple(frozenset(m) for m in value)  # type: ignore[attr-defined]
         out[name] = value
     return out

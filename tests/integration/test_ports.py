@@ -11,6 +11,7 @@ import pytest
 
 from harness import VM, OperationError, RunnerOptions
 from harness.backend.system import QemuSystem, RealFailure
+from harness.plugin.fixtures import VMFactory
 
 pytestmark = pytest.mark.qemu
 MIB = 1024 * 1024
@@ -66,10 +67,10 @@ def test_data_waits_for_the_other_side(hil_vm: VM) -> None:
         assert port.host.read() == b"late"
 
 
-def test_64_mib_each_way_without_loss(hil_vm_factory) -> None:  # noqa: ANN001
+def test_64_mib_each_way_without_loss(hil_vm_factory: VMFactory) -> None:
     """Host -> guest in one stream; guest -> host in 2 MiB writes, each read by the host before
     the next (the host end buffers at most 4 MiB unread: a bigger write would wait on it)."""
-    vm: VM = hil_vm_factory(options=RunnerOptions(op_timeout=300))
+    vm = hil_vm_factory(options=RunnerOptions(op_timeout=300))
     port = vm.hotplug(NAME)
     with port.host.connect() as host, port.guest.open() as guest:
         host.write(size=64 * MIB)
@@ -128,7 +129,7 @@ def test_hotplug_errors_are_qemus_own_text(hil_vm: VM, case: str, nr: int, expec
 def test_duplicate_name_and_one_port_too_many(hil_vm: VM) -> None:
     small = hil_vm.hotplug_controller("vser1", max_ports=2)
     small.add_port("org.hil.one")
-    with pytest.raises(OperationError, match="A port already exists by name org.hil.one"):
+    with pytest.raises(OperationError, match=r"A port already exists by name org\.hil\.one"):
         hil_vm.hotplug("org.hil.one", controller="vser0")
     # max_ports=2: id 0 is reserved for a console, id 1 is taken; QEMU picks id 2 and refuses it
     small.add_port("org.hil.two", expect_error="Out-of-range port id specified, max. allowed: 1")

@@ -10,7 +10,7 @@ from harness.scenario.runner import RunnerOptions, ScenarioFailure, run_scenario
 from harness.scenario.schema import load_scenario, parse_scenario
 from harness.scenario.system import RealSystem
 
-from .fake_system import FakeSystem, throttle
+from .fake_system import FakeSystem, run_fake, throttle
 
 ROOT = Path(__file__).resolve().parents[3]
 SHIPPED = sorted((ROOT / "scenarios").glob("*.yaml")) + sorted(
@@ -31,16 +31,13 @@ def test_shipped_scenarios_pass_on_the_model(path):
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_shipped_scenarios_pass_against_an_agreeing_system(path):
-    scenario = load_scenario(path)
-    if any(s.kind == "migrate" and s.args.get("destination") for s in scenario.steps):
-        pytest.skip("fake migrates to the same configuration only")
-    run_scenario(scenario, FakeSystem(), FAST)
+    run_fake(load_scenario(path), FakeSystem(), FAST)
 
 
 def test_a_snapshot_disagreement_fails_with_the_diff():
     scenario = parse_scenario(PORT + "  - host_open: p\n  - guest_open: p\n")
     with pytest.raises(ScenarioFailure) as info:
-        run_scenario(scenario, FakeSystem(tamper=throttle("p")), FAST)
+        run_fake(scenario, FakeSystem(tamper=throttle("p")), FAST)
     text = str(info.value)
     assert text.startswith("step 0 (boot): the real system did not settle")
     assert "qemu.throttled" in text and "False" in text and "True" in text
@@ -53,7 +50,7 @@ def test_an_unexpected_real_error_fails_the_step():
         match=r"^step 1 \(host_open p\): the real system "
         r"failed with 'ECONNREFUSED'",
     ):
-        run_scenario(scenario, FakeSystem(fail={"host_open": "ECONNREFUSED"}), FAST)
+        run_fake(scenario, FakeSystem(fail={"host_open": "ECONNREFUSED"}), FAST)
 
 
 def test_an_expected_error_must_happen_on_the_real_system_too():
@@ -61,7 +58,7 @@ def test_an_expected_error_must_happen_on_the_real_system_too():
         PORT + "  - guest_open: p\n  - guest_open: p\n    expect_error: EBUSY\n"
     )
     with pytest.raises(ScenarioFailure, match="the real system gave success"):
-        run_scenario(scenario, _ForgetsOpen(), FAST)
+        run_fake(scenario, _ForgetsOpen(), FAST)
 
 
 class _ForgetsOpen(FakeSystem):
@@ -99,7 +96,7 @@ def test_console_problems_fail_the_step_they_appear_in():
             self.problems.append("BUG: unable to handle page fault")
 
     with pytest.raises(ScenarioFailure) as info:
-        run_scenario(scenario, Noisy(), FAST)
+        run_fake(scenario, Noisy(), FAST)
     assert str(info.value).startswith("step 2 (host_close p): the guest console reports")
     assert info.value.console == ["BUG: unable to handle page fault"]
 
@@ -121,7 +118,7 @@ def test_a_blocked_operation_must_stay_blocked():
         match=r"^step 3 \(guest_read p\): guest_read started "
         "at step 3 completed",
     ):
-        run_scenario(scenario, Early(), FAST)
+        run_fake(scenario, Early(), FAST)
 
 
 def test_a_blocked_operation_completes_with_the_predicted_result():
@@ -130,7 +127,7 @@ def test_a_blocked_operation_completes_with_the_predicted_result():
         "  - guest_read: {port: p, expect: hi}\n"
         "  - host_write: {port: p, data: hi}\n"
     )
-    runner = run_scenario(scenario, FakeSystem(), FAST)
+    runner = run_fake(scenario, FakeSystem(), FAST)
     assert runner.background == []
 
 
@@ -165,7 +162,7 @@ def test_real_check_disagreement_is_reported_separately():
 
     system.tamper = late_tamper
     with pytest.raises(ScenarioFailure, match="the real system disagrees with the scenario"):
-        run_scenario(scenario, system, runner_options)
+        run_fake(scenario, system, runner_options)
 
 
 def test_sizes_use_seeded_payloads_that_both_sides_agree_on():
@@ -174,4 +171,4 @@ def test_sizes_use_seeded_payloads_that_both_sides_agree_on():
         "  - guest_write: {port: p, size: 200000}\n"
         "  - host_read: p\n"
     )
-    run_scenario(scenario, FakeSystem(), FAST)
+    run_fake(scenario, FakeSystem(), FAST)
