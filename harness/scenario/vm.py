@@ -159,6 +159,9 @@ class VM:
     steps_run: int = field(init=False, default=0)
     background: dict[int, BackgroundOp] = field(init=False, default_factory=dict)
     known_ports: set[str] = field(init=False, default_factory=set)
+    #: The step that failed (a disagreement or a harness error): context managers then skip
+    #: their closing steps, so the report shows that failure, not a cascade of later ones.
+    failed_at: Step | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         scenario = Scenario(self.name, "", (), self.machine, (), "")
@@ -340,8 +343,12 @@ class VM:
             )
         if predicted_error is not None and expect_error is None:
             step = replace(step, expect_error=predicted_error)
-        with self.step_context(step):
-            self.runner.run_step(step)
+        try:
+            with self.step_context(step):
+                self.runner.run_step(step)
+        except BaseException:
+            self.failed_at = step
+            raise
         self._agree_with_probe(step, probe)
         if outcome is not None:
             self._record_completions(outcome)
@@ -509,6 +516,9 @@ class HostEnd:
         args = _read_args(max_bytes, expect, None)
         return _bytes(self._step("host_read", args, expect_error))
 
+    def _cleanup_allowed(self) -> bool:
+        return self.port.vm.failed_at is None
+
     def stall(self) -> None:
         """Stop reading the socket: QEMU's writes go short and the port throttles."""
         self._step("host_stall", {}, None)
@@ -524,13 +534,14 @@ class HostEnd:
         try:
             yield self
         finally:
-            self.resume()
+            if self._cleanup_allowed():
+                self.resume()
 
     def __enter__(self) -> HostEnd:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.connected:
+        if self._cleanup_allowed() and self.connected:
             self.close()
 
     def _step(self, kind: str, args: dict[str, Any], expect_error: str | None) -> object:
@@ -607,7 +618,7 @@ class GuestEnd:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.is_open:
+        if self.port.vm.failed_at is None and self.is_open:
             self.close()
 
     def _step(self, kind: str, args: dict[str, Any], expect_error: str | None) -> object:
