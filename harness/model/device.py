@@ -221,6 +221,8 @@ class VirtioSerialModel:
         """virtio_serial_device_realize (seed lines 808-886)."""
         if id in self.controllers:
             raise E.ModelError(E.duplicate_device_id(id))
+        if not 0 <= max_ports <= E.UINT32_MAX:  # a uint32 property: QEMU's parser refuses it
+            raise E.ModelError(E.expects_uint32("max_ports"))
         if max_ports == 0:
             raise E.ModelError(E.MAX_PORTS_NOT_SPECIFIED)
         if max_ports > MAX_SUPPORTED_PORTS:
@@ -271,6 +273,10 @@ class VirtioSerialModel:
 
     def _choose_id(self, ctrl: Controller, name: str, nr: int | None, console: bool) -> int:
         """The checks in QEMU's order: id taken, name taken, allocation, range, nr 0."""
+        if nr is not None and not 0 <= nr <= E.UINT32_MAX:  # a uint32 property
+            raise E.ModelError(E.expects_uint32("nr"))
+        if nr == E.UINT32_MAX:  # VIRTIO_CONSOLE_BAD_ID, the property's "not given"
+            nr = None
         plugging_port0 = console and self._port_at(ctrl, 0) is None
         if nr is not None and self._port_at(ctrl, nr) is not None:
             raise E.ModelError(E.port_exists_at_id(nr))

@@ -77,7 +77,6 @@ class _Background:
     step: Step
     pending: Pending
     handle: object | None
-    expect: str | None = None
 
 
 @dataclass
@@ -112,6 +111,25 @@ class ScenarioRunner:
         for step in self.scenario.steps:
             with self.step_context(step):
                 self.run_step(step)
+        self.finish()
+
+    def finish(self) -> None:
+        """The end of a scenario: an operation still blocked here was never judged.
+
+        Its ``expect``, ``eof`` or ``expect_error`` only applies when it completes, so a
+        scenario that ends first would pass without ever checking them: fail instead.
+        """
+        for job in self.background:
+            args = job.step.args
+            unchecked = [f"{key}: {_yaml(args[key])}" for key in _EXPECTATIONS if key in args]
+            if job.step.expect_error is not None:
+                unchecked.append(f"expect_error: {job.step.expect_error!r}")
+            if unchecked:
+                raise ScenarioFailure(
+                    job.step,
+                    f"still blocked when the scenario ended, so {' and '.join(unchecked)} "
+                    "was never checked; add the step that completes it, or drop the expectation",
+                )
 
     def run_step(self, step: Step) -> None:
         before = self.model.snapshot()
@@ -142,11 +160,11 @@ class ScenarioRunner:
 
     # ------------------------------------------------------------- real side
     def _apply_real(self, step: Step, prediction: Prediction) -> _Outcome:
-        if self.real is None:
-            return _Outcome(prediction.value, prediction.error.text if prediction.error else None)
-        if prediction.pending is not None:
+        if prediction.pending is not None:  # followed in model mode too: it must end as said
             self._start_background(step, prediction.pending)
             return _Outcome()
+        if self.real is None:
+            return _Outcome(prediction.value, prediction.error.text if prediction.error else None)
         call = self._call(step)
         call.read_size = self._read_size(step, prediction)
         if prediction.error is not None:
@@ -174,11 +192,17 @@ class ScenarioRunner:
             if start is None:
                 raise AssertionError(f"the model blocks {step.kind}, which cannot run blocked")
             handle = start(self.real, self._call(step))
-        self.background.append(_Background(step, pending, handle, step.args.get("expect")))
+        self.background.append(_Background(step, pending, handle))
 
     # ------------------------------------------------------------- judging
     def _judge_error(self, step: Step, prediction: Prediction, actual: _Outcome) -> None:
-        """expect_error must be a substring of the model's AND the real system's text."""
+        """expect_error must be a substring of the model's AND the real system's text.
+
+        A step the model predicts blocks has no error yet: its expect_error is judged when it
+        completes (``_judge_end``), or fails the scenario if it never does (``finish``).
+        """
+        if prediction.pending is not None:
+            return
         model_text = prediction.error.text if prediction.error else None
         if step.expect_error is None:
             if model_text is not None:
@@ -205,7 +229,7 @@ class ScenarioRunner:
 
     def _judge_value(self, step: Step, prediction: Prediction, actual: _Outcome) -> None:
         if isinstance(prediction.value, ReadResult):
-            self._judge_read(step, prediction.value, actual.value, step.args.get("expect"))
+            self._judge_read(step, step, prediction.value, actual.value)
         elif (
             STEPS[step.kind].compares_count
             and self.real is not None
@@ -217,28 +241,29 @@ class ScenarioRunner:
                 _table(step, "written", prediction.value, actual.value),
             )
 
-    def _judge_read(
-        self, step: Step, predicted: ReadResult, real: object, expect: str | None
-    ) -> None:
-        """Author's literal vs the model first (the model must agree with the author too)."""
-        label = step.args.get("port", "")
-        if "eof" in step.args and step.args["eof"] != predicted.eof:
+    def _judge_read(self, step: Step, origin: Step, predicted: ReadResult, real: object) -> None:
+        """Author's literal vs the model first (the model must agree with the author too).
+
+        ``origin`` is the read step whose ``expect``/``eof`` apply (a blocked read completes
+        during a later ``step``).  At EOF a read returns no bytes, so ``expect: ""`` holds.
+        """
+        label = origin.args.get("port", "")
+        expect: str | None = origin.args.get("expect")
+        if "eof" in origin.args and origin.args["eof"] != predicted.eof:
             raise ScenarioFailure(
                 step,
                 "the model disagrees with the scenario's eof",
-                _table(step, "eof", step.args["eof"], predicted.eof),
+                _table(origin, "eof", origin.args["eof"], predicted.eof),
             )
         if expect is not None:
-            got = (
-                "<EOF>"
-                if predicted.eof
-                else slices_bytes(predicted.slices).decode("utf-8", "replace")
-            )
+            got = slices_bytes(predicted.slices).decode("utf-8", "replace")
             if got != expect:
+                at_eof = ' (the read is at EOF: it returns no bytes; expect: "" or eof: true)'
                 raise ScenarioFailure(
                     step,
-                    "the model disagrees with the scenario's expect",
-                    _table(step, "data", expect, got),
+                    "the model disagrees with the scenario's expect"
+                    + (at_eof if predicted.eof else ""),
+                    _table(origin, "data", expect, got),
                 )
         if self.real is None:
             return
@@ -293,8 +318,9 @@ class ScenarioRunner:
     def _judge_completion(self, step: Step, job: _Background, done: Completion) -> None:
         result, error = self._wait_done(step, job)
         what = f"{job.pending.op} started at step {job.step.index}"
-        if isinstance(done.result, ReadResult) and job.expect is not None:
-            self._judge_read(step, done.result, result, job.expect)
+        self._judge_end(step, job, done)
+        if isinstance(done.result, ReadResult):
+            self._judge_read(step, job.step, done.result, result)
         if self.real is None:
             return
         if done.error is not None:
@@ -308,12 +334,30 @@ class ScenarioRunner:
         if error is not None:
             raise ScenarioFailure(step, f"{what} failed with {error!r}, the model predicts success")
         if isinstance(done.result, ReadResult):
-            self._judge_read(step, done.result, result, job.expect)
+            self._judge_read(step, job.step, done.result, result)
         elif result != done.result:
             raise ScenarioFailure(
                 step,
                 f"{what} returned a different count",
                 _table(step, "written", done.result, result),
+            )
+
+    def _judge_end(self, step: Step, job: _Background, done: Completion) -> None:
+        """The blocked step's expect_error is about how it ends: the model must agree."""
+        what = f"{job.pending.op} started at step {job.step.index}"
+        model_text = done.error.text if done.error else None
+        want = job.step.expect_error
+        if want is None and model_text is not None:
+            raise ScenarioFailure(
+                step,
+                f"{what} ends here with {model_text!r} (the model predicts it); add "
+                f"expect_error: {model_text} to step {job.step.index} if that is intended",
+            )
+        if want is not None and (model_text is None or want not in model_text):
+            raise ScenarioFailure(
+                step,
+                f"{what} should end with error {want!r} (its expect_error), "
+                f"the model predicts it ends with {_describe(model_text)}",
             )
 
     def _assert_blocked(self, step: Step, job: _Background) -> None:
@@ -384,6 +428,9 @@ class ScenarioRunner:
             )
 
 
+_EXPECTATIONS = ("expect", "eof")
+
+
 def failure_text(error: BaseException) -> str | None:
     """The error text of a real step failure: StepFailure, or any exception with ``.text``.
 
@@ -403,6 +450,11 @@ def collapse(masks: list[frozenset[str]]) -> list[frozenset[str]]:
         if not out or out[-1] != mask:
             out.append(mask)
     return out
+
+
+def _yaml(value: object) -> str:
+    """A value as the author wrote it: true/false, quoted text."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)
 
 
 def _describe(error: str | None) -> str:

@@ -99,19 +99,24 @@ def _type_name(node: yaml.Node) -> str:
     return f"{node.tag.rsplit(':', 1)[-1]} {node.value!r}"
 
 
+_TYPE_HINTS = {
+    "str": "write a name or text (quote it if YAML reads it as something else)",
+    "int": "write a whole number without quotes, e.g. 3",
+    "bool": "write true or false",
+}
+
+
 def _scalar(ctx: _Ctx, node: yaml.Node, kind: str, what: str) -> Any:
     """Convert a scalar node with YAML 1.1 rules and check its Python type."""
     wanted = {"str": str, "int": int, "bool": bool}[kind]
     if not isinstance(node, yaml.ScalarNode):
-        raise ctx.error(node, f"{what} must be {kind}, got {_type_name(node)}")
+        raise ctx.error(node, f"{what} must be {kind}, got {_type_name(node)}", _TYPE_HINTS[kind])
     value = _LOADER.construct_object(node)
     if kind == "str" and not isinstance(value, str):
-        hint = f'quote it: "{node.value}"' if node.value else ""
+        hint = f'quote it: "{node.value}"' if node.value else _TYPE_HINTS[kind]
         raise ctx.error(node, f"{what} must be a string, got {_type_name(node)}", hint)
-    if kind != "str" and (not isinstance(value, wanted) or (kind == "int" and value is True)):
-        raise ctx.error(node, f"{what} must be {kind}, got {_type_name(node)}")
-    if kind == "int" and isinstance(value, bool):
-        raise ctx.error(node, f"{what} must be int, got {_type_name(node)}")
+    if not isinstance(value, wanted) or (kind == "int" and isinstance(value, bool)):
+        raise ctx.error(node, f"{what} must be {kind}, got {_type_name(node)}", _TYPE_HINTS[kind])
     return value
 
 
@@ -120,18 +125,22 @@ def _mapping(
 ) -> dict[str, tuple[yaml.Node, yaml.Node]]:
     """key -> (key node, value node); unknown keys get a did-you-mean hint."""
     if not isinstance(node, yaml.MappingNode):
-        raise ctx.error(node, f"{what} must be a mapping, got {_type_name(node)}")
+        raise ctx.error(
+            node, f"{what} must be a mapping, got {_type_name(node)}", "write key: value lines"
+        )
     out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
     for key_node, value_node in node.value:
         key = _scalar(ctx, key_node, "str", f"a key of {what}")
         if key in out:
-            raise ctx.error(key_node, f"duplicate key {key!r} in {what}")
+            raise ctx.error(key_node, f"duplicate key {key!r} in {what}", "keep one of them")
         if key not in known:
             raise ctx.error(key_node, f"unknown key {key!r} in {what}", _did_you_mean(key, known))
         out[key] = (key_node, value_node)
     for key in required:
         if key not in out:
-            raise ctx.error(node, f"{what} is missing required key {key!r}")
+            raise ctx.error(
+                node, f"{what} is missing required key {key!r}", f"add {key}: to {what}"
+            )
     return out
 
 
@@ -144,7 +153,9 @@ def _did_you_mean(word: str, known: tuple[str, ...] | list[str]) -> str:
 
 def _list(ctx: _Ctx, node: yaml.Node, what: str) -> list[yaml.Node]:
     if not isinstance(node, yaml.SequenceNode):
-        raise ctx.error(node, f"{what} must be a list, got {_type_name(node)}")
+        raise ctx.error(
+            node, f"{what} must be a list, got {_type_name(node)}", "write [a, b] or '- a' lines"
+        )
     return list(node.value)
 
 
@@ -232,7 +243,11 @@ def _machine(ctx: _Ctx, node: yaml.Node | None) -> tuple[MachineDecl, dict[str, 
         items = _list(ctx, keys["controllers"][1], "controllers")
         controllers = tuple(_controller(ctx, item) for item in items)
         if not controllers:
-            raise ctx.error(keys["controllers"][1], "a machine needs at least one controller")
+            raise ctx.error(
+                keys["controllers"][1],
+                "a machine needs at least one controller",
+                "omit controllers: for the default one, or list one",
+            )
     ports: list[PortDecl] = []
     nodes: dict[str, yaml.Node] = {}
     for item in _list(ctx, keys["ports"][1], "ports") if "ports" in keys else []:
@@ -301,25 +316,32 @@ def _step_body(ctx: _Ctx, kind: str, node: yaml.Node) -> tuple[dict[str, Any], s
     spec = STEPS[kind]
     if _is_null(node):
         node = yaml.MappingNode("tag:yaml.org,2002:map", [], node.start_mark, node.end_mark)
+    keys: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    expect = None
     if isinstance(node, yaml.ScalarNode) and spec.shorthand is not None:
         value = _value(ctx, node, spec.keys[spec.shorthand], f"{kind}'s {spec.shorthand}")
-        return {spec.shorthand: value}, None
-    if not isinstance(node, yaml.MappingNode):
+        args = {spec.shorthand: value}
+    elif isinstance(node, yaml.MappingNode):
+        keys = _mapping(ctx, node, kind, (*spec.keys, "expect_error"), spec.required)
+        args = {k: _value(ctx, v, spec.keys[k], k) for k, (_, v) in keys.items() if k in spec.keys}
+        expect = _expect_error(ctx, keys["expect_error"][1]) if "expect_error" in keys else None
+    else:
         shape = f"a {spec.shorthand} name or a mapping" if spec.shorthand else "a mapping"
-        raise ctx.error(node, f"{kind} takes {shape}, got {_type_name(node)}")
-    keys = _mapping(ctx, node, kind, (*spec.keys, "expect_error"), spec.required)
-    args = {k: _value(ctx, v, spec.keys[k], k) for k, (_, v) in keys.items() if k in spec.keys}
-    expect = _expect_error(ctx, keys["expect_error"][1]) if "expect_error" in keys else None
+        raise ctx.error(
+            node,
+            f"{kind} takes {shape}, got {_type_name(node)}",
+            f"e.g. '- {kind}: {{{', '.join(f'{k}: ...' for k in spec.required)}}}'",
+        )
     problem = spec.validate(args) if spec.validate else None
     if problem is not None:
         where: yaml.Node = node
-        if problem.key is not None:
+        if problem.key is not None and problem.key in keys:
             key_node, value_node = keys[problem.key]
             where = key_node if problem.at_key else value_node
         hint = problem.hint
         if problem.candidates and problem.key is not None:
             hint = _did_you_mean(problem.key, problem.candidates)
-        raise ctx.error(where, problem.message, hint)
+        raise ctx.error(where, problem.message.replace("{kind}", kind), hint)
     return args, expect
 
 
@@ -353,7 +375,7 @@ def _step(ctx: _Ctx, node: yaml.Node, index: int) -> Step:
     kind, key_node, value_node = kinds[0]
     args, inner = _step_body(ctx, kind, value_node)
     if inner is not None and expect is not None:
-        raise ctx.error(node, "expect_error given twice")
+        raise ctx.error(node, "expect_error given twice", "keep one of them")
     mark = key_node.start_mark
     return Step(index, kind, args, inner or expect, ctx.path, mark.line + 1, mark.column + 1)
 
@@ -431,6 +453,16 @@ def parse_scenario(text: str, path: str = "<string>") -> Scenario:
         raise ScenarioError(
             path, line, column, f"not valid YAML: {error.problem}", "check indentation and quoting"
         ) from None
+    except yaml.reader.ReaderError as error:  # a control character: no mark, a position
+        line = text.count("\n", 0, error.position) + 1
+        column = error.position - (text.rfind("\n", 0, error.position) + 1) + 1
+        raise ScenarioError(
+            path,
+            line,
+            column,
+            f"character {chr(error.character)!r} is not allowed in YAML",
+            "remove it, or write it as an escape inside double quotes",
+        ) from None
     if root is None:
         raise ScenarioError(path, 1, 1, "empty file", "a scenario needs name: and steps:")
     keys = _mapping(ctx, root, "the scenario", _TOP_KEYS, ("name", "steps"))
@@ -442,7 +474,9 @@ def parse_scenario(text: str, path: str = "<string>") -> Scenario:
     machine, _ = _machine(ctx, keys["machine"][1] if "machine" in keys else None)
     step_nodes = _list(ctx, keys["steps"][1], "steps")
     if not step_nodes:
-        raise ctx.error(keys["steps"][1], "a scenario needs at least one step")
+        raise ctx.error(
+            keys["steps"][1], "a scenario needs at least one step", "add one, e.g. '- reboot:'"
+        )
     steps = [_step(ctx, node, index) for index, node in enumerate(step_nodes, start=1)]
     known = _Known({p.name for p in machine.ports}, {c.id for c in machine.controllers})
     _check_references(ctx, steps, step_nodes, known)
@@ -455,7 +489,9 @@ def _marks(ctx: _Ctx, node: yaml.Node) -> tuple[str, ...]:
     for item in _list(ctx, node, "marks"):
         mark = _scalar(ctx, item, "str", "a mark")
         if not mark.isidentifier():
-            raise ctx.error(item, f"{mark!r} is not a valid pytest mark name")
+            raise ctx.error(
+                item, f"{mark!r} is not a valid pytest mark name", "use a name such as slow"
+            )
         marks.append(mark)
     return tuple(marks)
 
@@ -465,7 +501,9 @@ def load_scenario(path: Path | str) -> Scenario:
     try:
         data = Path(path).read_bytes()
     except OSError as error:
-        raise ScenarioError(str(path), 1, 1, f"cannot read: {error}") from None
+        raise ScenarioError(
+            str(path), 1, 1, f"cannot read: {error}", "check the path and permissions"
+        ) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:

@@ -119,7 +119,7 @@ class Arg:
 class Problem:
     """A combination the types cannot see; ``key`` None points at the whole step."""
 
-    message: str
+    message: str  # "{kind}" stands for the step kind
     hint: str = ""
     key: str | None = None
     at_key: bool = False  # point at the key itself rather than its value
@@ -204,7 +204,10 @@ CHECK_CONTROLLER_FIELDS: dict[str, Arg] = {
 def _check_shape(args: Mapping[str, Any]) -> Problem | None:
     """A port check compares port fields (``controller`` among them); else a controller check."""
     if "port" not in args and "controller" not in args:
-        return Problem("check needs port: (a port check) or controller: (a controller check)")
+        return Problem(
+            "check needs port: (a port check) or controller: (a controller check)",
+            "name the port or the controller the check is about",
+        )
     target = "port" if "port" in args else "controller"
     allowed = CHECK_PORT_FIELDS if target == "port" else CHECK_CONTROLLER_FIELDS
     for key in args:
@@ -224,7 +227,7 @@ def _check_shape(args: Mapping[str, Any]) -> Problem | None:
 def _one_payload(args: Mapping[str, Any]) -> Problem | None:
     if ("data" in args) == ("size" in args):
         return Problem(
-            "a write needs exactly one of data: and size:",
+            "{kind} needs exactly one of data: and size:",
             "data: is literal text, size: a seeded random payload",
         )
     return None

@@ -133,8 +133,18 @@ def test_controller_errors():
     m.hotplug_controller("c", max_ports=511)
     with pytest.raises(ModelError, match="Duplicate device ID 'c'"):
         m.hotplug_controller("c")
+    for absurd in (-1, 2**32, 99999999999999999999):  # not a uint32: refused, never a crash
+        with pytest.raises(ModelError, match=r"^Parameter 'max_ports' expects uint32_t$"):
+            m.hotplug_controller("d", max_ports=absurd)
     with pytest.raises(ModelError, match="Device 'd' not found"):
         m.unplug_controller("d")
+
+
+def test_nr_is_a_uint32_whose_all_ones_means_not_given(model):
+    for absurd in (-1, 2**32):
+        with pytest.raises(ModelError, match=r"^Parameter 'nr' expects uint32_t$"):
+            model.hotplug("x", controller="vser0", nr=absurd)
+    assert model.hotplug("x", controller="vser0", nr=2**32 - 1) == 1  # the first free id
 
 
 def test_multiport_only_when_max_ports_above_1():

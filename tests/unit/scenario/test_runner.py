@@ -172,3 +172,140 @@ def test_sizes_use_seeded_payloads_that_both_sides_agree_on():
         "  - host_read: p\n"
     )
     run_fake(scenario, FakeSystem(), FAST)
+
+
+# -------------------------------------------------- blocked operations and their expectations
+DISCARDED = (
+    PORT + "  - host_open: p\n  - guest_open: p\n  - host_write: {port: p, data: hi}\n"
+    "  - guest_close: p\n  - guest_open: p\n"
+)
+
+
+@pytest.mark.parametrize("real", [False, True], ids=["model", "fake"])
+def test_an_expectation_still_blocked_at_the_end_fails(real):
+    """The issue's case: the data was discarded by the close, so this read never completes."""
+    scenario = parse_scenario(DISCARDED + '  - guest_read: {port: p, expect: "never"}\n')
+    with pytest.raises(ScenarioFailure) as info:
+        run_fake(scenario, FakeSystem(), FAST) if real else run_scenario(scenario)
+    text = str(info.value)
+    assert text.startswith("step 6 (guest_read p): still blocked when the scenario ended")
+    assert "expect: 'never' was never checked" in text
+
+
+@pytest.mark.parametrize(
+    ("key", "words"),
+    [("eof: false", "so eof: false was never"), ("expect_error: ENODEV", "so expect_error: 'E")],
+)
+def test_every_kind_of_expectation_counts(key, words):
+    scenario = parse_scenario(DISCARDED + f"  - guest_read: {{port: p, {key}}}\n")
+    with pytest.raises(ScenarioFailure, match=words):
+        run_scenario(scenario)
+
+
+def test_a_blocked_read_without_expectations_may_stay_blocked():
+    run_scenario(parse_scenario(DISCARDED + "  - guest_read: p\n"))
+
+
+UNPLUGGED = PORT + "  - host_open: p\n  - guest_open: p\n  - guest_read: p\n"
+
+
+@pytest.mark.parametrize("real", [False, True], ids=["model", "fake"])
+def test_expect_error_on_a_blocking_step_is_how_it_ends(real):
+    scenario = parse_scenario(
+        UNPLUGGED.replace("guest_read: p\n", "guest_read: p\n    expect_error: ENODEV\n")
+        + "  - unplug: p\n"
+    )
+    runner = run_fake(scenario, FakeSystem(), FAST) if real else run_scenario(scenario)
+    assert runner.background == []
+
+
+def test_a_blocked_op_ending_in_an_error_needs_expect_error():
+    with pytest.raises(ScenarioFailure) as info:
+        run_scenario(parse_scenario(UNPLUGGED + "  - unplug: p\n"))
+    assert str(info.value).startswith(
+        "step 4 (unplug p): guest_read started at step 3 ends here with 'ENODEV'"
+    )
+    assert "add expect_error: ENODEV to step 3" in str(info.value)
+
+
+def test_a_blocked_op_must_end_with_the_expected_error():
+    scenario = parse_scenario(
+        UNPLUGGED.replace("guest_read: p\n", "guest_read: p\n    expect_error: EAGAIN\n")
+        + "  - unplug: p\n"
+    )
+    with pytest.raises(ScenarioFailure, match="should end with error 'EAGAIN'"):
+        run_scenario(scenario)
+
+
+def test_expect_error_on_a_blocked_op_that_succeeds_fails():
+    scenario = parse_scenario(
+        UNPLUGGED.replace("guest_read: p\n", "guest_read: p\n    expect_error: ENODEV\n")
+        + "  - host_write: {port: p, data: hi}\n"
+    )
+    with pytest.raises(ScenarioFailure, match="the model predicts it ends with success"):
+        run_scenario(scenario)
+
+
+def test_the_real_end_of_a_blocked_op_must_match_too():
+    scenario = parse_scenario(
+        UNPLUGGED.replace("guest_read: p\n", "guest_read: p\n    expect_error: ENODEV\n")
+        + "  - unplug: p\n"
+    )
+
+    class WrongEnd(FakeSystem):
+        def guest_op_state(self, handle: object) -> tuple[bool, object, str | None]:
+            done, result, error = super().guest_op_state(handle)
+            return done, result, "EIO" if error else None
+
+    with pytest.raises(ScenarioFailure, match="should fail with 'ENODEV', the real system gave"):
+        run_fake(scenario, WrongEnd(), FAST)
+
+
+def test_eof_of_a_blocked_read_is_its_own_steps():
+    """A read blocked at step 3 that ends at EOF is judged by step 3's eof, not the later step's."""
+    scenario = parse_scenario(
+        PORT + "  - host_open: p\n  - guest_open: p\n  - guest_read: {port: p, eof: false}\n"
+        "  - host_close: p\n"
+    )
+    with pytest.raises(ScenarioFailure, match="the model disagrees with the scenario's eof"):
+        run_scenario(scenario)
+
+
+# -------------------------------------------------- reads at EOF
+AT_EOF = PORT + "  - host_open: p\n  - guest_open: p\n  - host_close: p\n"
+
+
+@pytest.mark.parametrize("real", [False, True], ids=["model", "fake"])
+def test_expect_empty_is_the_empty_read_at_eof(real):
+    scenario = parse_scenario(AT_EOF + '  - guest_read: {port: p, expect: "", eof: true}\n')
+    run_fake(scenario, FakeSystem(), FAST) if real else run_scenario(scenario)
+
+
+def test_there_is_no_eof_magic_string():
+    scenario = parse_scenario(AT_EOF + '  - guest_read: {port: p, expect: "<EOF>"}\n')
+    with pytest.raises(ScenarioFailure) as info:
+        run_scenario(scenario)
+    assert 'the read is at EOF: it returns no bytes; expect: "" or eof: true' in str(info.value)
+
+
+# -------------------------------------------------- collection (pytester)
+def test_an_absurd_max_ports_fails_its_file_and_the_others_still_run(pytester):
+    (pytester.path / "scenarios").mkdir()
+    (pytester.path / "scenarios" / "absurd.yaml").write_text(
+        "name: absurd\nmachine:\n  controllers: [{id: vser0, max_ports: -1}]\nsteps:\n  - reboot:\n"
+    )
+    (pytester.path / "scenarios" / "fine.yaml").write_text("name: fine\nsteps:\n  - reboot:\n")
+    result = pytester.runpytest("--hil-backend=model", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(["*absurd.yaml:3:40: max_ports -1 is out of range*"])
+    assert "IndexError" not in result.stdout.str()
+
+
+def test_a_blocked_expectation_fails_the_item_through_the_plugin(pytester):
+    (pytester.path / "scenarios").mkdir()
+    (pytester.path / "scenarios" / "never.yaml").write_text(
+        "name: never\n" + DISCARDED.split("\n", 1)[1] + '  - guest_read: {port: p, expect: "x"}\n'
+    )
+    result = pytester.runpytest("--hil-backend=model", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*step 6 (guest_read p): still blocked when the scenario ended*"])
