@@ -291,9 +291,14 @@ class VMFactory:
         image: GuestImage = self.request.getfixturevalue("hil_image")
         return behaviour_for(image.kernel_version)
 
-    def stop_all(self) -> None:
-        while self.created:
-            self.created.pop().stop()
+    def finish_all(self) -> None:
+        """Judge what is still pending (as at a scenario's end), then stop every machine."""
+        try:
+            for vm in self.created:
+                vm.finish()
+        finally:
+            while self.created:
+                self.created.pop().stop()
 
 
 @pytest.fixture
@@ -303,7 +308,7 @@ def hil_vm_factory(
     """`hil_vm_factory(machine=MachineDecl(...))` -> a started VM (stopped at teardown)."""
     factory = VMFactory(request, hil_settings)
     yield factory
-    factory.stop_all()
+    factory.finish_all()
 
 
 @pytest.fixture

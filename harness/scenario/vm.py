@@ -176,6 +176,12 @@ class VM:
         self.runner.run()
         return self
 
+    def finish(self) -> None:
+        """The end of the test: a background op still blocked with an expectation (``expect``,
+        ``expect_error``) was never judged, which fails as it does at a scenario's end."""
+        if self.failed_at is None:
+            self.runner.finish()
+
     def stop(self) -> None:
         """Shut the real system down (safe after a failed start)."""
         if self.system is not None:
@@ -355,6 +361,9 @@ class VM:
         if predicted_error is not None:
             if expect_error is None:
                 raise OperationError(predicted_error, step)
+            if background:
+                port = str(args.get("port"))
+                return BackgroundOp(kind, port, -1, step.index, True, None, predicted_error)
             return None
         return self._value(step, outcome, background)
 
@@ -583,11 +592,20 @@ class GuestEnd:
         return _bytes(self._step("guest_read", args, expect_error))
 
     def start_read(
-        self, max_bytes: int | None = None, *, expect: Data | None = None
+        self,
+        max_bytes: int | None = None,
+        *,
+        expect: Data | None = None,
+        eof: bool | None = None,
+        expect_error: str | None = None,
     ) -> BackgroundOp:
-        """A read that may block: returns a BackgroundOp a later step completes."""
-        args = {"port": self.port.name, **_read_args(max_bytes, expect, None)}
-        return _started(self.port.vm.step("guest_read", args, background=True))
+        """A read that may block: returns a BackgroundOp a later step completes.
+
+        ``expect``/``eof``/``expect_error`` are judged when it ends (an unplug ends a blocked
+        read with ENODEV); still blocked at the end of the test with one of them, it fails.
+        """
+        args = {"port": self.port.name, **_read_args(max_bytes, expect, eof)}
+        return _started(self.port.vm.step("guest_read", args, expect_error, background=True))
 
     def write(
         self, data: Data | None = None, *, size: int | None = None, expect_error: str | None = None
@@ -599,10 +617,17 @@ class GuestEnd:
         written = self._step("guest_write", _data_args(data, size), expect_error)
         return int(written) if isinstance(written, int) else 0
 
-    def start_write(self, data: Data | None = None, *, size: int | None = None) -> BackgroundOp:
-        """A write that may block: returns a BackgroundOp a later step completes."""
+    def start_write(
+        self,
+        data: Data | None = None,
+        *,
+        size: int | None = None,
+        expect_error: str | None = None,
+    ) -> BackgroundOp:
+        """A write that may block: returns a BackgroundOp a later step completes
+        (``expect_error``: how it ends, as for ``start_read``)."""
         args = {"port": self.port.name, **_data_args(data, size)}
-        return _started(self.port.vm.step("guest_write", args, background=True))
+        return _started(self.port.vm.step("guest_write", args, expect_error, background=True))
 
     def seek(self, *, expect_error: str | None = None) -> None:
         """lseek() on the fd (a port is a stream: ESPIPE)."""

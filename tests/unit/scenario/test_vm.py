@@ -17,9 +17,7 @@ def model_vm(machine: MachineDecl | None = None) -> VM:
 
 def fake_vm(fake: FakeSystem, machine: MachineDecl | None = None) -> VM:
     fake.scenario = "unit"
-    vm = VM(machine or MachineDecl(), fake, name="unit", options=FAST)
-    vm.step_context = fake.step_context
-    vm.runner.step_context = fake.step_context
+    vm = VM(machine or MachineDecl(), fake, "unit", FAST, step_context=fake.step_context)
     return vm.start()
 
 
@@ -81,9 +79,28 @@ def test_a_blocked_op_can_end_in_an_error() -> None:
     vm = model_vm()
     port = vm.hotplug("org.t.p")
     port.guest.open()
-    writing = port.guest.start_write(b"x")  # no host: blocks
-    port.unplug()
+    writing = port.guest.start_write(b"x", expect_error="ENODEV")  # no host: blocks
+    port.unplug()  # ends it: the runner judges expect_error here
     assert writing.done and writing.error == "ENODEV"
+
+
+def test_a_blocked_op_ending_in_an_unexpected_error_fails() -> None:
+    vm = model_vm()
+    port = vm.hotplug("org.t.p")
+    port.guest.open()
+    port.guest.start_write(b"x")
+    with pytest.raises(ScenarioFailure, match="add expect_error: ENODEV to step 3"):
+        port.unplug()
+
+
+def test_an_expectation_never_judged_fails_at_the_end() -> None:
+    vm = model_vm()
+    port = vm.hotplug("org.t.p")
+    port.host.open()
+    port.guest.open()
+    port.guest.start_read(expect="never")
+    with pytest.raises(ScenarioFailure, match="still blocked when the scenario ended"):
+        vm.finish()
 
 
 def test_handles_survive_migration_and_reboot() -> None:
