@@ -21,6 +21,7 @@ from harness.machine.qemu import ControllerSpec, Machine, MachineSpec
 from harness.model import Behaviour, MachineDecl
 from harness.plugin.kernels import behaviour_for, kernel_id
 from harness.plugin.options import HilSettings
+from harness.scenario.system import RealSystem
 from harness.scenario.vm import VM, RunnerOptions
 
 GuestFactory = Callable[..., Guest]
@@ -270,7 +271,7 @@ class VMFactory:
         bytes); ``options`` overrides the runner's timeouts (settle: --hil-settle-timeout).
         """
         config = self.request.config
-        system: QemuSystem | None = None
+        system: RealSystem | None = None
         if config.getoption("--hil-backend", "qemu") == "qemu":
             system = self.request.getfixturevalue("hil_system_factory")()
         settle = config.getoption("--hil-settle-timeout", 10.0)

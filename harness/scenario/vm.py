@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -137,7 +137,9 @@ class BackgroundOp:
             raise AssertionError(f"{self.op} on {self.port} failed with {self.error}")
         if isinstance(self.value, ReadResult):
             return slices_bytes(self.value.slices)
-        return int(self.value)  # type: ignore[call-overload]
+        if not isinstance(self.value, int):
+            raise AssertionError(f"{self.op} on {self.port} completed without a count")
+        return self.value
 
 
 # ---------------------------------------------------------------------------- the machine
@@ -655,6 +657,8 @@ class _BehaviourRunner(ScenarioRunner):
     """The runner with a kernel's behaviour switches in every model it builds (boot and a
     migration's destination), so the runner itself need not know about kernels."""
 
+    behaviour: Behaviour
+
     def __init__(
         self,
         scenario: Scenario,
@@ -736,6 +740,13 @@ def _started(value: object) -> BackgroundOp:
     return value
 
 
+def _bits(value: object, what: str) -> frozenset[str]:
+    """A poll mask given as any collection of bit names ({"IN", "OUT"}, ["HUP"], ...)."""
+    if not isinstance(value, Iterable) or isinstance(value, str):
+        raise TypeError(f"{what} must be a set of poll bits such as {{'IN', 'OUT'}}, got {value!r}")
+    return frozenset(str(bit) for bit in value)
+
+
 def _check_fields(fields: dict[str, object], allowed: dict[str, Arg], what: str) -> dict[str, Any]:
     """Field names as in YAML; poll/sigio accept any iterables of bit names."""
     out: dict[str, Any] = {}
@@ -745,8 +756,10 @@ def _check_fields(fields: dict[str, object], allowed: dict[str, Arg], what: str)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise TypeError(f"{name!r} is not a field of a {what} check{hint}")
         if allowed[name].type == "mask" and value is not None:
-            value = frozenset(value)  # type: ignore[arg-type]
+            value = _bits(value, name)
         elif allowed[name].type == "sigio":
-            value = tuple(frozenset(m) for m in value)  # type: ignore[attr-defined]
+            if not isinstance(value, Iterable) or isinstance(value, str):
+                raise TypeError(f"{name} must be a list of sets of poll bits, got {value!r}")
+            value = tuple(_bits(mask, name) for mask in value)
         out[name] = value
     return out

@@ -127,6 +127,8 @@ def test_unknown_names_and_fields_get_a_did_you_mean() -> None:
         vm.controller("vser9")
     with pytest.raises(TypeError, match="did you mean 'throttled'"):
         vm.check(vm.port("org.t.boot"), throttle=True)
+    with pytest.raises(TypeError, match="set of poll bits"):
+        vm.check(vm.port("org.t.boot"), poll="IN")  # a string would be a set of letters
     with pytest.raises(TypeError, match="exactly one of data"):
         vm.port("org.t.boot").host.write(b"x", size=3)
     with pytest.raises(ValueError, match="UTF-8"):
