@@ -30,6 +30,7 @@ __all__ = [
     "Port",
     "PortDecl",
     "RunnerOptions",
+    "ScenarioFailure",
     "__version__",
 ]
 #: Public names of the Python API, resolved on first use (see the module docstring).
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
         Port,
         PortDecl,
         RunnerOptions,
+        ScenarioFailure,
     )
 
 

@@ -51,7 +51,7 @@ from harness.model import (
     VirtioSerialModel,
 )
 from harness.model.payload import slices_bytes
-from harness.scenario.runner import RunnerOptions, ScenarioRunner
+from harness.scenario.runner import RunnerOptions, ScenarioFailure, ScenarioRunner
 from harness.scenario.schema import Scenario
 from harness.scenario.steps import (
     CHECK_CONTROLLER_FIELDS,
@@ -77,6 +77,7 @@ __all__ = [
     "Port",
     "PortDecl",
     "RunnerOptions",
+    "ScenarioFailure",
 ]
 
 MigrationMode = Literal["live", "paused", "file"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import VM, OperationError, RunnerOptions
+from harness import VM, OperationError, RunnerOptions, ScenarioFailure
 from harness.backend.system import QemuSystem, RealFailure
 from harness.plugin.fixtures import VMFactory
 
@@ -151,6 +151,18 @@ def test_hotplug_churn_keeps_guest_and_qemu_in_step(hil_vm: VM) -> None:
     assert isinstance(system, QemuSystem) and system.agent is not None
     problems = [m for m in system.agent.kmsg() if "WARNING" in str(m) or "BUG" in str(m)]
     assert not problems, problems
+
+
+def test_a_real_system_that_differs_from_the_model_fails_the_check(hil_vm: VM) -> None:
+    """The oracle bites through the API: connect the host end behind the model's back and the
+    next comparison fails with the runner's diff table (QEMU's and the guest's view)."""
+    port = hil_vm.hotplug(NAME)
+    hil_vm.real.host_open(port.name)  # not a step: the model still says disconnected
+    with pytest.raises(ScenarioFailure) as failure:
+        hil_vm.check()
+    text = str(failure.value)
+    assert text.startswith("step 2 (check): the real system did not settle"), text
+    assert "qemu.host_connected" in text and "guest.host_connected" in text, text
 
 
 def test_unknown_port_operations_fail_clearly(hil_system: QemuSystem) -> None:
