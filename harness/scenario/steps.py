@@ -23,12 +23,12 @@ from harness.model import (
     build_model,
     migrate,
 )
+from harness.model.errors import UINT32_MAX
 from harness.model.migration import clone_configuration
 
 if TYPE_CHECKING:
     from harness.scenario.system import RealSystem
 
-UINT32_MAX = 2**32 - 1
 #: Largest ``size:`` payload: far beyond what an emulated guest moves in a test, far below
 #: what the seeded generator and the agent's 64-bit counters could overflow on.
 MAX_PAYLOAD = 1 << 30

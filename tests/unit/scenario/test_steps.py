@@ -13,6 +13,7 @@ from harness.model import (
     DEFAULT_MEMORY,
     MachineDecl,
     Outcome,
+    VirtioSerialModel,
 )
 from harness.scenario.runner import ScenarioFailure, run_scenario
 from harness.scenario.schema import ScenarioError, parse_scenario
@@ -94,3 +95,14 @@ def test_declaration_defaults_are_defined_once():
         (DEFAULT_CONTROLLER, DEFAULT_MAX_PORTS)
     ]
     assert machine.ports == ()
+
+
+#: Step kinds whose operation is named differently on purpose: a check and a migration are
+#: the runner's, and a stalled host is a model switch (set_host_backpressure) but a real action.
+NOT_AN_OPERATION = {"check", "migrate", "host_stall", "host_resume"}
+
+
+@pytest.mark.parametrize("kind", sorted(set(STEPS) - NOT_AN_OPERATION))
+def test_same_operation_same_name_in_model_real_system_and_step(kind):
+    assert callable(getattr(VirtioSerialModel, kind, None)), f"model has no {kind}()"
+    assert callable(getattr(RealSystem, kind, None)), f"RealSystem has no {kind}()"
