@@ -304,9 +304,13 @@ class VMFactory:
 
 @pytest.fixture
 def hil_vm_factory(
-    request: pytest.FixtureRequest, hil_settings: HilSettings
+    request: pytest.FixtureRequest, hil_settings: HilSettings, hil_kernel: str | None
 ) -> Iterator[VMFactory]:
-    """`hil_vm_factory(machine=MachineDecl(...))` -> a started VM (stopped at teardown)."""
+    """`hil_vm_factory(machine=MachineDecl(...))` -> a started VM (stopped at teardown).
+
+    Asks for ``hil_kernel`` (a spec string, nothing is built) so that several --hil-kernel
+    values run the test once per kernel, as they do for scenarios.
+    """
     factory = VMFactory(request, hil_settings)
     yield factory
     factory.finish_all()
