@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from harness.machine.qemu import ControllerSpec, Machine, MachineSpec
 from harness.model import Behaviour, MachineDecl
 from harness.plugin.kernels import behaviour_for, kernel_id
 from harness.plugin.options import HilSettings
+from harness.scenario.steps import Step
 from harness.scenario.system import RealSystem
 from harness.scenario.vm import VM, RunnerOptions
 
@@ -281,6 +283,7 @@ class VMFactory:
             name=name or f"{self.request.node.nodeid}#{len(self.created)}",
             options=options or RunnerOptions(settle_timeout=settle),
             behaviour=self._behaviour(system is not None),
+            step_context=_allure_step,
         )
         self.created.append(vm)
         return vm.start()
@@ -300,6 +303,16 @@ class VMFactory:
         finally:
             while self.created:
                 self.created.pop().stop()
+
+
+def _allure_step(step: Step) -> AbstractContextManager[Any]:
+    """Each API call is an allure step (with --alluredir), as a scenario's steps are; allure
+    is a dependency, but the fixtures must not need it."""
+    try:
+        import allure
+    except ImportError:  # pragma: no cover
+        return nullcontext()
+    return allure.step(f"step {step.index}: {step.label}")
 
 
 @pytest.fixture

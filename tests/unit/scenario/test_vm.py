@@ -161,3 +161,35 @@ def test_an_error_only_the_model_predicts_fails_the_step() -> None:
     vm.failed_at = None
     with pytest.raises(ScenarioFailure, match="the real system failed with 'ECONNREFUSED'"):
         port.host.open()
+
+
+USER_TEST = """
+import pytest
+from harness import VM, MachineDecl, PortDecl, OperationError
+
+def test_ok(hil_vm: VM) -> None:
+    port = hil_vm.hotplug("org.u.p")
+    with port.host.connect() as host, port.guest.open() as guest:
+        host.write(b"hi")
+        assert guest.read() == b"hi"
+
+def test_factory(hil_vm_factory) -> None:
+    vm = hil_vm_factory(MachineDecl(ports=(PortDecl("org.u.boot", nr=2),)))
+    vm.check(vm.port("org.u.boot"), nr=2)
+
+def test_wrong(hil_vm: VM) -> None:
+    hil_vm.check(hil_vm.hotplug("org.u.q"), host_connected=True)
+"""
+
+
+def test_the_fixtures_run_a_user_test_file_in_model_mode(pytester: pytest.Pytester) -> None:
+    """What a user project gets from the installed plugin: no conftest, no QEMU."""
+    pytester.makepyfile(test_user=USER_TEST)
+    result = pytester.runpytest("--hil-backend=model", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*step 2 (check org.u.q): the model disagrees with the scenario*",
+            "*org.u.q*host_connected*True*False*",
+        ]
+    )
