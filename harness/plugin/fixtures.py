@@ -15,7 +15,7 @@ import pytest
 
 from harness.backend.system import QemuSystem
 from harness.guest.guest import Credentials, Guest
-from harness.images.builder import GuestImage, build_image
+from harness.images.builder import GuestImage, build_image, kernel_release
 from harness.images.errors import ImageBuildError
 from harness.machine.accel import AccelChoice, choose_accel
 from harness.machine.qemu import ControllerSpec, Machine, MachineSpec
@@ -136,6 +136,12 @@ def qemu_version(binary: str) -> str:
         return f"unknown ({binary}: {error})"
     first = (result.stdout.splitlines() or ["unknown"])[0]
     return first.removeprefix("QEMU emulator version ").strip()
+
+
+@functools.cache
+def model_mode_release(kernel: str, recipe: str) -> str:
+    """A kernel's release without building its image, once per process (apt is slow)."""
+    return kernel_release(kernel, recipe)
 
 
 @pytest.fixture(scope="session")
@@ -289,11 +295,20 @@ class VMFactory:
         return vm.start()
 
     def _behaviour(self, real: bool) -> Behaviour:
-        """The model switches for this test's kernel, as scenarios get them."""
-        if self.request.config.getoption("--hil-behaviour", "auto") == "default" or not real:
+        """The model switches for this test's kernel, as scenarios get them: the booted
+        image's release, or in model mode the named kernel's (resolved without a build)."""
+        if self.request.config.getoption("--hil-behaviour", "auto") == "default":
             return Behaviour()
-        image: GuestImage = self.request.getfixturevalue("hil_image")
-        return behaviour_for(image.kernel_version)
+        if real:
+            image: GuestImage = self.request.getfixturevalue("hil_image")
+            return behaviour_for(image.kernel_version)
+        kernel: str | None = self.request.getfixturevalue("hil_kernel")
+        if kernel is None:
+            return Behaviour()
+        try:
+            return behaviour_for(model_mode_release(kernel, self.settings.image))
+        except ImageBuildError as error:
+            pytest.fail(f"kernel {kernel}: {error}", pytrace=False)
 
     def finish_all(self) -> None:
         """Judge what is still pending (as at a scenario's end), then stop every machine."""
