@@ -1,7 +1,7 @@
 """The public Python API: a machine with typed handles whose every call is a scenario step.
 
 Why this shape: a Python test must get exactly the oracle a YAML scenario gets.  So every call
-below builds a ``harness.scenario.schema.Step`` and runs it through ``ScenarioRunner.run_step``:
+below builds a ``harness.scenario.steps.Step`` and runs it through ``ScenarioRunner.run_step``:
 the spec model predicts, the real system (QEMU + guest + host sockets) runs it, errors and
 values are judged, the real snapshot must settle on the predicted one, guest operations the
 model says block are followed until the step that completes them, and the console is checked
@@ -12,10 +12,11 @@ model``) the same calls run on the model alone, in milliseconds.
 Handles (``Controller``, ``Port``, ``HostEnd``, ``GuestEnd``, ``BackgroundOp``) hold names and
 the machine, never a QEMU object, so they stay valid across ``migrate()`` and ``reboot()``.
 
-Before a step runs, a throwaway copy of the model says what the step will return: the bytes a
-read delivers, whether a guest read/write blocks, or the error it fails with.  That copy only
-shapes the return value (bytes, ``BackgroundOp``, ``OperationError``); judging stays with the
-runner, and after every step the copy must equal the runner's model (checked).
+Before a step runs, a throwaway copy of the model runs the step kind's own model operation
+(the step registry's, as the runner does) to say what the step will return: the bytes a read
+delivers, whether a guest read/write blocks, or the error it fails with.  That copy only shapes
+the return value (bytes, ``BackgroundOp``, ``OperationError``, ``OperationBlocks``); judging
+stays with the runner, and after every step the copy must equal the runner's model (checked).
 
     def test_echo(hil_vm: VM) -> None:
         port = hil_vm.controller("vser0").add_port("org.example.echo")
@@ -23,8 +24,10 @@ runner, and after every step the copy must equal the runner's model (checked).
             host.write(b"ping")
             assert guest.read() == b"ping"
             hil_vm.check(port, bytes_received=4)
-        with pytest.raises(OperationError, match="ENXIO"):
-            port.guest.open()   # the host end is still open, the guest end closed: see README
+            with pytest.raises(OperationError, match="EBUSY"):
+                port.guest.open()  # a second open: the model predicts EBUSY, the guest agrees
+        port.unplug()
+        hil_vm.check(port, exists=False)
 """
 
 from __future__ import annotations
