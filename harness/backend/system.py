@@ -157,6 +157,18 @@ class QemuSystem:
             )
         return entry.endpoint
 
+    def endpoint(self, port: str) -> HostEndpoint:
+        """The host end of ``port`` (its socket connection): counters and logs for tests that
+        watch a transfer directly (bytes_sent, migration_log)."""
+        return self._endpoint(port)
+
+    def port_spec(self, port: str) -> PortSpec:
+        """QEMU's identity of ``port`` (device id, chardev path), e.g. to match QMP events."""
+        entry = self._ports.get(port)
+        if entry is None:
+            raise RealFailure("ENOENT", f"no port {port} is plugged")
+        return entry.spec
+
     def host_open(self, port: str) -> None:
         self._endpoint(port).connect()
 
