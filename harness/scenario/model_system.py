@@ -1,0 +1,122 @@
+"""A RealSystem made of a second, correct model: the explorer's "real system" in model mode.
+
+Why: with a rule planted in the runner's model (harness.scenario.mutants) the explorer must
+find a disagreement without QEMU, so CI can check that exploration finds and shrinks planted
+bugs in seconds.  Every operation replays the current step kind's *pristine* model operation
+(``mutants.pristine``) on this system's own model; the runner says which step is running
+through its public ``step_context`` hook.  A new step kind therefore needs no change here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from harness.model import MachineDecl, ModelError, Outcome, ReadResult, Snapshot, build_model
+from harness.model.behaviour import Behaviour
+from harness.model.payload import slices_bytes
+from harness.scenario.mutants import pristine
+from harness.scenario.observe import sigio_events
+from harness.scenario.steps import Step, StepCall
+from harness.scenario.system import RealSystem, StepFailure
+
+
+@dataclass(frozen=True)
+class ModelRead:
+    """What a read consumed, in the shape of the backend's ``Received``."""
+
+    length: int
+    sha256: str
+    data: bytes | None
+    eof: bool
+
+
+def as_read(result: ReadResult) -> ModelRead:
+    return ModelRead(result.length, result.sha256(), slices_bytes(result.slices), result.eof)
+
+
+class ModelSystem:
+    """The correct model behind the RealSystem protocol; see the module docstring."""
+
+    def __init__(self, scenario: str, behaviour: Behaviour | None = None) -> None:
+        self.scenario = scenario
+        self.behaviour = behaviour or Behaviour()
+        self.current: Step | None = None
+        self.done: dict[int, tuple[object, str | None]] = {}
+        self.sigio_log: dict[str, list[frozenset[str]]] = {}
+
+    @contextmanager
+    def step_context(self, step: Step) -> Iterator[None]:
+        """The runner's step hook: remember which step the next operation belongs to."""
+        self.current = step
+        yield
+
+    def replay(self) -> Outcome:
+        """Run the current step's pristine model operation on this system's model."""
+        if self.current is None:
+            raise RuntimeError("ModelSystem runs only under the runner's step_context")
+        call = StepCall(self.current, self.model, self.scenario)
+        before = self.model.snapshot()
+        try:
+            outcome = pristine(self.current.kind)(call)
+        except ModelError as error:
+            raise StepFailure(error.text) from None
+        self.model = call.model
+        self.model.behaviour = self.behaviour
+        after = self.model.snapshot()
+        for done in outcome.completed:
+            result = as_read(done.result) if isinstance(done.result, ReadResult) else done.result
+            self.done[done.ticket] = (result, done.error.text if done.error else None)
+        for port, view in after.ports.items():
+            old = before.ports.get(port)
+            if view.poll is not None and (old is None or old.poll is None):
+                self.sigio_log[port] = []
+        for port, mask in sigio_events(before, after):
+            self.sigio_log.setdefault(port, []).append(mask)
+        return outcome
+
+    def start(self, machine: MachineDecl) -> None:
+        self.model = build_model(machine)
+        self.model.behaviour = self.behaviour
+
+    def stop(self) -> None:
+        """Nothing runs: nothing to stop."""
+
+    def start_guest_op(self, op: str, port: str, **args: object) -> object:
+        outcome = self.replay()
+        return outcome.pending.ticket if outcome.pending is not None else -1
+
+    def guest_op_state(self, handle: object) -> tuple[bool, object, str | None]:
+        if isinstance(handle, int) and handle in self.done:
+            result, error = self.done[handle]
+            return True, result, error
+        return False, None, None
+
+    def snapshot(self) -> Snapshot:
+        return self.model.snapshot()
+
+    def sigio(self, port: str) -> list[frozenset[str]]:
+        return list(self.sigio_log.get(port, []))
+
+    def console_problems(self) -> list[str]:
+        return []
+
+    def artifacts(self) -> dict[str, str]:
+        return {}
+
+
+def _operation(name: str) -> Callable[..., object]:
+    def operation(self: ModelSystem, *args: Any, **kwargs: Any) -> object:
+        value = self.replay().value
+        return as_read(value) if isinstance(value, ReadResult) else value
+
+    operation.__name__ = name
+    return operation
+
+
+# Every RealSystem method not defined above is a step operation: replay the current step.
+for _name, _member in vars(RealSystem).items():
+    if callable(_member) and not _name.startswith("_") and _name not in vars(ModelSystem):
+        setattr(ModelSystem, _name, _operation(_name))
