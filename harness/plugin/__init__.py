@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from harness.plugin import logs
+from harness.plugin.explore_options import add_explore_options
 from harness.plugin.options import add_options, check_kernel_specs
 
 #: Marks the plugin gives items (qemu) or documents for scenarios (slow): registered here so
@@ -18,11 +19,12 @@ MARKERS = (
     "qemu: boots a real QEMU guest",
     "slow: long-running case (large payloads, many loops)",
 )
-_LAYERS = ("harness.plugin.fixtures", "harness.plugin.scenarios", "harness.plugin.report")
+_LAYERS = ("harness.plugin.fixtures", "harness.plugin.scenarios", "harness.plugin.report", "harness.plugin.explore")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
+    add_explore_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -13,11 +13,13 @@ replaying it; the last (minimal) failing sequence is written as a scenario file 
 
 from __future__ import annotations
 
-import pickle
 import hashlib
+import io
+import pickle
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -231,6 +233,42 @@ def abstract_state(snapshot: Snapshot) -> str:
         parts.append(f"{name}@{view.controller}:{view.nr}:{flags}:{poll}")
     parts.append("|".join(sorted(snapshot.controllers)))
     return ";".join(parts)
+
+
+@dataclass
+class CoverageResult:
+    percent: float | None = None  # None: coverage.py missing, or already measuring (pytest-cov)
+
+
+@contextmanager
+def model_coverage() -> Iterator[CoverageResult]:
+    """Branch coverage of harness/model reached inside the block (coverage.py's API).
+
+    The model is imported before measuring starts, so its module-level lines (def, class)
+    count as missed: the number is a lower bound of what the exploration reached.
+    """
+    result = CoverageResult()
+    try:
+        import coverage
+    except ImportError:
+        yield result
+        return
+    if coverage.Coverage.current() is not None or sys.gettrace() is not None:
+        yield result  # pytest-cov or a debugger traces already: do not take over
+        return
+    import harness.model
+
+    include = str(Path(harness.model.__file__).parent / "*")
+    cov = coverage.Coverage(branch=True, include=[include], data_file=None)
+    cov.start()
+    try:
+        yield result
+    finally:
+        cov.stop()
+        try:
+            result.percent = cov.report(file=io.StringIO())
+        except coverage.CoverageException:
+            result.percent = None
 
 
 # ------------------------------------------------------------------ invariants (model mode)
