@@ -345,7 +345,19 @@ def scenario_yaml(
         "machine": _machine_yaml(machine),
         "steps": body,
     }
-    return yaml.safe_dump(document, sort_keys=False, width=100, allow_unicode=True)
+    return yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line text (the failure table in the description) as a readable ``|`` block."""
+
+
+def _text(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _text)
 
 
 def write_finding(

@@ -1,0 +1,106 @@
+"""Exploration in model mode: findings are written, valid, rerunnable; planted rules are found."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.model import build_model
+from harness.model.device import G2H
+from harness.scenario.explore import (
+    EXPLORE_MACHINE,
+    EXPLORE_NAME,
+    MODEL_OPTIONS,
+    Exploration,
+    InvariantBroken,
+    check_invariants,
+    scenario_yaml,
+)
+from harness.scenario.model_system import ModelSystem
+from harness.scenario.mutants import MUTANTS, planted
+from harness.scenario.runner import ScenarioFailure, run_scenario
+from harness.scenario.schema import load_scenario, parse_scenario
+from harness.scenario.steps import Step
+
+#: Generous: under load a slow machine needs minutes for the deepest mutant; typical is seconds.
+HUNT_SECONDS = 240.0
+
+
+def hunt(mutant: str, out: Path, seconds: float = HUNT_SECONDS) -> Exploration:
+    exploration = Exploration(
+        real_factory=lambda: ModelSystem(EXPLORE_NAME),
+        label=f"mutant-{mutant}",
+        seed=1,
+        seconds=seconds,
+        out_dir=out,
+        options=MODEL_OPTIONS,
+    )
+    with planted(mutant):
+        exploration.run()
+    return exploration
+
+
+@pytest.mark.parametrize("mutant", sorted(MUTANTS))
+def test_planted_rule_is_found_and_shrunk(mutant: str, tmp_path: Path) -> None:
+    stats = hunt(mutant, tmp_path).stats
+    assert len(stats.findings) == 1, stats.summary()
+    finding = stats.findings[0]
+    assert 1 <= finding.steps_shrunk <= 8, stats.summary()
+    assert finding.steps_shrunk <= finding.steps_first
+    assert finding.path.parent == tmp_path
+
+
+def test_finding_validates_round_trips_and_reproduces(tmp_path: Path) -> None:
+    finding = hunt("wrong_error_text", tmp_path).stats.findings[0]
+    scenario = load_scenario(finding.path)
+    assert scenario.machine == EXPLORE_MACHINE
+    again = parse_scenario(scenario_yaml(list(scenario.steps), scenario.machine, "again"))
+    assert [(s.kind, s.args, s.expect_error) for s in again.steps] == [
+        (s.kind, s.args, s.expect_error) for s in scenario.steps
+    ]
+    # With the wrong rule planted the file disagrees, as it did while exploring ...
+    system = ModelSystem(scenario.name)
+    with planted("wrong_error_text"), pytest.raises(ScenarioFailure) as failure:
+        run_scenario(scenario, system, MODEL_OPTIONS, system.step_context)
+    assert "EBUSY" in str(failure.value)
+    # ... and the correct model rejects the file's expectation: it is the planted rule's text.
+    with pytest.raises(ScenarioFailure, match="the model predicts 'EBUSY'"):
+        run_scenario(scenario)
+
+
+def test_model_only_exploration_is_seeded_and_keeps_invariants(tmp_path: Path) -> None:
+    runs = [
+        Exploration(seed=7, seconds=600, max_examples=30, out_dir=tmp_path).run()
+        for _ in range(2)
+    ]
+    assert not runs[0].findings, runs[0].summary()
+    assert runs[0].examples >= 30  # hypothesis may run a few more than max_examples
+    assert runs[0].invariant_checks == runs[0].steps > 0
+    assert (runs[0].steps, runs[0].states, runs[0].transitions) == (
+        runs[1].steps,
+        runs[1].states,
+        runs[1].transitions,
+    )
+
+
+def test_invariants_catch_a_broken_counter() -> None:
+    model = build_model(EXPLORE_MACHINE)
+    check_invariants(model)
+    model.written[G2H] += 5
+    with pytest.raises(InvariantBroken, match="written"):
+        check_invariants(model)
+
+
+def test_scenario_yaml_writes_errors_and_empty_steps() -> None:
+    steps = [
+        Step(1, "guest_open", {"port": "ex1"}, None, "", 1, 1),
+        Step(2, "guest_open", {"port": "ex1"}, "EBUSY", "", 2, 1),
+        Step(3, "reboot", {}, None, "", 3, 1),
+        Step(4, "check", {"port": "ex1", "poll": frozenset({"OUT"})}, None, "", 4, 1),
+    ]
+    parsed = parse_scenario(scenario_yaml(steps, EXPLORE_MACHINE, "line one\nline two"))
+    assert [(s.kind, s.args, s.expect_error) for s in parsed.steps] == [
+        (s.kind, s.args, s.expect_error) for s in steps
+    ]
+    assert parsed.description == "line one\nline two"
