@@ -80,6 +80,18 @@ def smoke() -> int:
     return 0 if good else 1
 
 
+def explore(pytest_args: list[str]) -> int:
+    """`python -m harness explore [SECONDS] ...` = `pytest --hil-explore[=SECONDS] ...`."""
+    import pytest
+
+    first = pytest_args[0] if pytest_args else ""
+    seconds = [first] if first.replace(".", "", 1).isdigit() else []
+    option = f"--hil-explore={seconds[0]}" if seconds else "--hil-explore"
+    rest = pytest_args[len(seconds) :]
+    # The shipped scenarios are only collected to be replaced by the exploration items.
+    return int(pytest.main([str(REPO_SCENARIOS), option, "-p", "no:cacheprovider", *rest]))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -91,9 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands.add_parser("smoke", help="boot one guest and check SSH and serial")
+    commands.add_parser(
+        "explore",
+        help="explore random step sequences (pytest --hil-explore; other arguments go to pytest)",
+        usage="python -m harness explore [SECONDS] [PYTEST ARGS ...]",
+    )
     args, rest = parser.parse_known_args(argv)
     if args.command == "smoke":
         return smoke()
+    if args.command == "explore":
+        return explore(rest)
     return run_scenarios(rest)
 
 

@@ -6,8 +6,8 @@ comes from ``hil_kernel``, the real system from ``hil_system_factory`` (qemu bac
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,9 @@ except ImportError:  # allure is optional
 MUTANT_MAX_STEPS = 8
 
 
-def test_explore(request: pytest.FixtureRequest, hil_kernel: str | None, hil_explore_mutant: str | None) -> None:
+def test_explore(
+    request: pytest.FixtureRequest, hil_kernel: str | None, hil_explore_mutant: str | None
+) -> None:
     config = request.config
     backend = config.getoption("--hil-backend")
     label = kernel_id(hil_kernel) if hil_kernel else "default"
@@ -102,6 +104,12 @@ def _attach_findings(stats: Stats) -> None:
     if allure is None:
         return
     for finding in stats.findings:
-        allure.attach(finding.path.read_text(), name=finding.path.name, attachment_type=allure.attachment_type.YAML)
+        allure.attach(
+            finding.path.read_text(),
+            name=finding.path.name,
+            attachment_type=allure.attachment_type.YAML,
+        )
         allure.attach(finding.failure, name="diff", attachment_type=allure.attachment_type.TEXT)
-    allure.attach(stats.summary(), name="exploration summary", attachment_type=allure.attachment_type.TEXT)
+    allure.attach(
+        stats.summary(), name="exploration summary", attachment_type=allure.attachment_type.TEXT
+    )

@@ -78,7 +78,9 @@ DEFAULT_STEPS = 30
 #: One in this many steps the model predicts fail is run (the others are skipped).
 ERROR_ODDS = 4
 #: A model playing the real system settles at once: waiting would only slow shrinking.
-MODEL_OPTIONS = RunnerOptions(settle_timeout=0.0, poll_interval=0.0, op_timeout=0.0, quiet_timeout=0.0)
+MODEL_OPTIONS = RunnerOptions(
+    settle_timeout=0.0, poll_interval=0.0, op_timeout=0.0, quiet_timeout=0.0
+)
 PHASES = (Phase.reuse, Phase.generate, Phase.shrink)
 
 

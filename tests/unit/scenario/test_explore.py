@@ -71,8 +71,7 @@ def test_finding_validates_round_trips_and_reproduces(tmp_path: Path) -> None:
 
 def test_model_only_exploration_is_seeded_and_keeps_invariants(tmp_path: Path) -> None:
     runs = [
-        Exploration(seed=7, seconds=600, max_examples=30, out_dir=tmp_path).run()
-        for _ in range(2)
+        Exploration(seed=7, seconds=600, max_examples=30, out_dir=tmp_path).run() for _ in range(2)
     ]
     assert not runs[0].findings, runs[0].summary()
     assert runs[0].examples >= 30  # hypothesis may run a few more than max_examples
