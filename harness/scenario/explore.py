@@ -198,14 +198,17 @@ class Stats:
     findings: list[Finding] = field(default_factory=list)
     errors_drawn: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time: steps/s on a shared, loaded machine
     coverage: float | None = None
     invariant_checks: int = 0
 
     def summary(self) -> str:
         rate = self.steps / self.seconds if self.seconds else 0.0
+        cpu_rate = self.steps / self.cpu_seconds if self.cpu_seconds else 0.0
         lines = [
             f"explore[{self.label}]: {self.examples} examples, {self.steps} steps "
-            f"({rate:.0f} steps/s, {self.errors_drawn} predicted errors), "
+            f"({rate:.0f} steps/s wall, {cpu_rate:.0f} per CPU second; "
+            f"{self.errors_drawn} predicted errors), "
             f"{len(self.states)} distinct model states, {len(self.transitions)} transitions, "
             f"{self.seconds:.1f} s",
         ]
@@ -407,6 +410,7 @@ class Exploration:
         """Explore until the time or the example budget is spent, or a finding is written."""
         self.stats = Stats(self.label)
         self._start = time.monotonic()
+        cpu = time.process_time()
         chunk = 0
         try:
             while self._time_left() > 0 and self.stats.examples < self.max_examples:
@@ -415,6 +419,7 @@ class Exploration:
                 chunk += 1
         finally:
             self.stats.seconds = time.monotonic() - self._start
+            self.stats.cpu_seconds = time.process_time() - cpu
         return self.stats
 
     def _time_left(self) -> float:
