@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from harness.model import errors as E
 from harness.model.device import Chunk, Controller, Port, VirtioSerialModel
@@ -82,7 +83,7 @@ class _Reader:
     def __init__(self, data: bytes) -> None:
         self.data, self.pos = data, 0
 
-    def take(self, fmt: str) -> tuple:
+    def take(self, fmt: str) -> tuple[Any, ...]:
         size = struct.calcsize(fmt)
         if self.pos + size > len(self.data):
             raise E.ModelError(E.MIGRATION_TRUNCATED, "section ends early")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, fields, is_dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from harness.model.device import GuestPort, VirtioSerialModel
@@ -141,7 +141,7 @@ def _flatten(value: object, prefix: str) -> dict[str, object]:
     return {prefix.rstrip("."): value}
 
 
-def _diff_maps(kind: str, expected: dict, actual: dict) -> list[Difference]:
+def _diff_maps(kind: str, expected: dict[str, Any], actual: dict[str, Any]) -> list[Difference]:
     out = []
     for key in sorted(set(expected) | set(actual)):
         label = f"{kind}{key}"
