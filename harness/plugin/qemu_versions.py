@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from typing import Any
 
 from harness.model import Behaviour
 
@@ -61,5 +62,6 @@ def behaviour_for_qemu(version: str | None, base: Behaviour | None = None) -> Be
         return behaviour
     for change in QEMU_CHANGES:
         if found >= change.since and (change.until is None or found < change.until):
-            behaviour = replace(behaviour, **{change.switch: change.value})
+            switch: dict[str, Any] = {change.switch: change.value}
+            behaviour = replace(behaviour, **switch)
     return behaviour

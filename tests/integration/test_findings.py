@@ -31,7 +31,7 @@ CONTROL_RX_QUEUE = 2  # virtio-serial queues: 0/1 port 0, 2/3 control rx/tx
 
 
 # ------------------------------------------------------------------ the version mapping
-def test_queue_size_follows_the_qemu_version():
+def test_queue_size_follows_the_qemu_version() -> None:
     assert behaviour_for_qemu("7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)") == Behaviour()
     assert behaviour_for_qemu("10.0.13 (Debian 1:10.0.13+ds-0+deb13u1)").control_rx_buffers == 1024
     assert behaviour_for_qemu("10.0.12").control_rx_buffers == 32  # before the stable change
@@ -67,6 +67,7 @@ def closed_form(buffers: int) -> set[str]:
 def queue_size(guest: Guest) -> int:
     """QEMU's own word on the control rx queue size (HMP info virtio-queue-status)."""
     path = "/machine/peripheral/vser0/virtio-backend"
+    assert guest.machine.qmp is not None, "guest not started"
     text = guest.machine.qmp.hmp(f"info virtio-queue-status {path} {CONTROL_RX_QUEUE}")
     match = re.search(r"^\s*num:\s*(\d+)", text, re.MULTILINE)
     assert match, f"no queue size in {text!r}"
@@ -101,7 +102,10 @@ def test_reboot_loses_exactly_the_port_opens_the_model_predicts(
 ) -> None:
     system: QemuSystem = hil_system_factory()
     ports = tuple(PortDecl(name, "vser0", nr) for nr, name in enumerate(names(), start=1))
-    system.start(MachineDecl(controllers=(ControllerDecl("vser0"),), ports=ports))
+    # the scenario layer's declaration, as the runner passes it (backend.system.MachineDecl
+    # is a Protocol typed with lists: Any until the two agree)
+    machine: Any = MachineDecl(controllers=(ControllerDecl("vser0"),), ports=ports)
+    system.start(machine)
     assert system.guest is not None
     assert queue_size(system.guest) == model_behaviour.control_rx_buffers
     for name in names():
@@ -126,15 +130,16 @@ def test_first_boot_with_host_ends_already_connected(
     scenario layer cannot express this (host_open is a step, after boot), so the machine
     layer: start QEMU, connect every socket at once (the guest kernel needs seconds to load
     virtio_console), then wait for the boot."""
+    paths = [hil_socket_root / f"fb{nr}.sock" for nr in range(1, PORTS + 1)]
     specs = [
-        PortSpec(name, "vser0", nr, chardev_path=hil_socket_root / f"fb{nr}.sock")
-        for nr, name in enumerate(names(), start=1)
+        PortSpec(name, "vser0", nr, chardev_path=path)
+        for nr, (name, path) in enumerate(zip(names(), paths, strict=True), start=1)
     ]
     guest = hil_guest_factory.create(
         "firstboot", boot=False, controllers=[ControllerSpec("vser0")], ports=specs
     )
     guest.machine.start()
-    hosts = [HostEndpoint(spec.name, spec.chardev_path) for spec in specs]
+    hosts = [HostEndpoint(name, path) for name, path in zip(names(), paths, strict=True)]
     for host in hosts:
         host.connect()
     try:

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import pytest
 
-from harness.model import Behaviour, ModelError, Payload, VirtioSerialModel, migrate
+from harness.model import (
+    Behaviour,
+    ModelError,
+    Payload,
+    ReadResult,
+    VirtioSerialModel,
+    migrate,
+)
 from harness.model import control as C
 from harness.model.migration import clone_configuration
 from harness.model.snapshot import ABSENT
@@ -28,7 +35,7 @@ def lost_events(log: list[C.Wire]) -> list[tuple[str, int]]:
 
 
 # ------------------------------------------------------------------ the handshake alone
-def test_24_connected_ports_lose_port_open_from_port_8():
+def test_24_connected_ports_lose_port_open_from_port_8() -> None:
     # 24 PORT_ADDs leave 8 buffers; each PORT_ADD handled costs PORT_NAME + PORT_OPEN and
     # gives one buffer back: 8 - (k - 1) free before port k, so port 8 has 1 (name only).
     log, driver = C.handshake(serial_ports(24), max_nr_ports=31, behaviour=QEMU_7_2)
@@ -38,13 +45,13 @@ def test_24_connected_ports_lose_port_open_from_port_8():
     assert all(w.lost == (w.message.event == C.PORT_OPEN and w.message.id >= 8) for w in log)
 
 
-def test_1024_buffers_lose_nothing():
+def test_1024_buffers_lose_nothing() -> None:
     log, driver = C.handshake(serial_ports(24), max_nr_ports=31, behaviour=QEMU_10_0_13)
     assert C.lost(log) == []
     assert all(port.host_connected for port in driver.ports.values())
 
 
-def test_unlimited_buffers_and_host_closed_ports_lose_nothing():
+def test_unlimited_buffers_and_host_closed_ports_lose_nothing() -> None:
     device = C.DeviceControl(serial_ports(30))
     driver = C.DriverControl(31)
     log = C.exchange(device, driver, C.ControlMessage(C.BAD_ID, C.DEVICE_READY, 1))
@@ -54,13 +61,13 @@ def test_unlimited_buffers_and_host_closed_ports_lose_nothing():
     assert C.lost(log) == []
 
 
-def test_more_ports_than_buffers_lose_port_add():
+def test_more_ports_than_buffers_lose_port_add() -> None:
     log, driver = C.handshake(serial_ports(34, host_connected=False), 64, QEMU_7_2)
     assert lost_events(log)[:2] == [("PORT_ADD", 33), ("PORT_ADD", 34)]
     assert sorted(driver.ports) == list(range(1, 33))
 
 
-def test_consoles_cost_three_messages_and_can_lose_console_port():
+def test_consoles_cost_three_messages_and_can_lose_console_port() -> None:
     # 3 consoles (host-connected from realize), 3 buffers: all taken by the PORT_ADDs
     ports = [C.DevicePort(i, f"c{i}", is_console=True, host_connected=True) for i in (1, 2, 3)]
     log, driver = C.handshake(ports, 31, Behaviour(control_rx_buffers=3))
@@ -87,7 +94,7 @@ def connected_model(count: int, behaviour: Behaviour) -> VirtioSerialModel:
     return model
 
 
-def test_reboot_predicts_the_lost_port_opens():
+def test_reboot_predicts_the_lost_port_opens() -> None:
     model = connected_model(24, QEMU_7_2)
     model.reboot()
     snap = model.snapshot()
@@ -97,7 +104,8 @@ def test_reboot_predicts_the_lost_port_opens():
     # what a guest program sees on a lost port: EOF, poll IN|HUP, writes block
     model.guest_open("p08")
     assert model.poll("p08") == {"IN", "HUP"}
-    assert model.guest_read("p08").value.eof
+    read = model.guest_read("p08").value
+    assert isinstance(read, ReadResult) and read.eof
     write = model.guest_write("p08", Payload.literal(b"waits")).pending
     assert write is not None
     # a host reconnect sends PORT_OPEN again (buffers are free by now): the write completes
@@ -107,19 +115,19 @@ def test_reboot_predicts_the_lost_port_opens():
     assert model.snapshot().ports["p08"].guest.host_connected
 
 
-def test_reboot_with_1024_buffers_keeps_every_port_open():
+def test_reboot_with_1024_buffers_keeps_every_port_open() -> None:
     model = connected_model(24, QEMU_10_0_13)
     model.reboot()
     assert all(view.guest.host_connected for view in model.snapshot().ports.values())
 
 
-def test_hotplug_one_at_a_time_never_loses():
+def test_hotplug_one_at_a_time_never_loses() -> None:
     # each hotplug is one PORT_ADD, answered before the next: the queue never runs dry
     model = connected_model(30, Behaviour(control_rx_buffers=2))
     assert all(view.guest.host_connected for view in model.snapshot().ports.values())
 
 
-def test_lost_console_port_leaves_a_plain_nameless_port():
+def test_lost_console_port_leaves_a_plain_nameless_port() -> None:
     model = VirtioSerialModel(Behaviour(control_rx_buffers=3))
     model.add_controller("vser0")
     for name in ("c1", "c2", "c3"):
@@ -133,7 +141,7 @@ def test_lost_console_port_leaves_a_plain_nameless_port():
     assert snap.ports["c3"].guest.console_vtermno == 2
 
 
-def test_lost_port_add_leaves_the_port_unknown_to_the_guest():
+def test_lost_port_add_leaves_the_port_unknown_to_the_guest() -> None:
     model = VirtioSerialModel(Behaviour(control_rx_buffers=2))
     model.add_controller("vser0")
     for name in ("a", "b", "c"):
@@ -158,7 +166,7 @@ def test_lost_port_add_leaves_the_port_unknown_to_the_guest():
     assert model.snapshot().ports["c"].guest.host_connected
 
 
-def test_unplug_and_migrate_a_port_the_guest_never_saw():
+def test_unplug_and_migrate_a_port_the_guest_never_saw() -> None:
     model = VirtioSerialModel(Behaviour(control_rx_buffers=1))
     model.add_controller("vser0")
     model.add_port("a", controller="vser0")
