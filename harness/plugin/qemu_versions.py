@@ -37,7 +37,7 @@ QEMU_CHANGES: tuple[QemuChange, ...] = (
         1024,
         "QEMU 10.0.13 (stable; Debian 13's 1:10.0.13+ds-0+deb13u1) sets every virtqueue to "
         "VIRTQUEUE_MAX_SIZE in virtio_add_queue ('Always set to max queue size for qemu "
-        "<11.1', shipped with the CVE-2026-50626 fix 'virtio-mmio: fix QUEUE_NUM_MAX'), so "
+        "<11.1'; most likely the CVE-2026-50626 fix 'virtio-mmio: fix QUEUE_NUM_MAX'), so "
         "virtio-serial's control rx queue has 1024 entries instead of 32 and the guest "
         "prefills 1024 buffers. Observed: `info virtio-queue-status` queue 2 num 1024 on "
         "10.0.13, 32 on 7.2.22; scenario findings/lost_port_open_on_reboot loses PORT_OPEN "
