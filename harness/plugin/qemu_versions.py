@@ -28,11 +28,17 @@ class QemuChange:
     evidence: str
 
 
+#: Every virtqueue 1024 entries: QEMU 10.0.13's virtio_add_queue ignores the device's size.
+_MAX_QUEUES = ((10, 0, 13), (10, 1, 0))
+_MAX_QUEUES_EVIDENCE = (
+    "virtio_add_queue sets vring.num = VIRTQUEUE_MAX_SIZE (1024) for every queue of every "
+    "device in 10.0.13 (see control_rx_buffers); Linux fill_queue fills every slot"
+)
+
 #: Oldest first.  Versions outside every range keep the Behaviour defaults (Debian 12's 7.2).
 QEMU_CHANGES: tuple[QemuChange, ...] = (
     QemuChange(
-        (10, 0, 13),
-        (10, 1, 0),
+        *_MAX_QUEUES,
         "control_rx_buffers",
         1024,
         "QEMU 10.0.13 (stable; Debian 13's 1:10.0.13+ds-0+deb13u1) sets every virtqueue to "
@@ -43,6 +49,8 @@ QEMU_CHANGES: tuple[QemuChange, ...] = (
         "10.0.13, 32 on 7.2.22; scenario findings/lost_port_open_on_reboot loses PORT_OPEN "
         "for ports 8-24 on 7.2.22 and none on 10.0.13. Other stable branches unverified",
     ),
+    QemuChange(*_MAX_QUEUES, "guest_outvq_buffers", 1024, _MAX_QUEUES_EVIDENCE),
+    QemuChange(*_MAX_QUEUES, "guest_rx_capacity", 1024 * 4096, _MAX_QUEUES_EVIDENCE),
 )
 
 

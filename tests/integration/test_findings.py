@@ -27,13 +27,17 @@ from harness.scenario.schema import ControllerDecl, MachineDecl, PortDecl
 from tests.integration.twin import wait_until
 
 PORTS = 24  # the issue's reproducer: 24 serial ports, every host end connected
-CONTROL_RX_QUEUE = 2  # virtio-serial queues: 0/1 port 0, 2/3 control rx/tx
+CONTROL_RX_QUEUE = 2  # virtio-serial queues: 0/1 port 0, 2/3 control rx/tx, then per port
+PORT1_RX, PORT1_TX = 4, 5
 
 
 # ------------------------------------------------------------------ the version mapping
 def test_queue_size_follows_the_qemu_version() -> None:
     assert behaviour_for_qemu("7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)") == Behaviour()
-    assert behaviour_for_qemu("10.0.13 (Debian 1:10.0.13+ds-0+deb13u1)").control_rx_buffers == 1024
+    debian13 = behaviour_for_qemu("10.0.13 (Debian 1:10.0.13+ds-0+deb13u1)")
+    assert debian13 == Behaviour(
+        control_rx_buffers=1024, guest_outvq_buffers=1024, guest_rx_capacity=1024 * 4096
+    )
     assert behaviour_for_qemu("10.0.12").control_rx_buffers == 32  # before the stable change
     assert behaviour_for_qemu("10.1.0").control_rx_buffers == 32  # outside the observed range
     assert behaviour_for_qemu("unknown (qemu: not found)") == Behaviour()
@@ -64,14 +68,21 @@ def closed_form(buffers: int) -> set[str]:
     return {name for k, name in enumerate(names(), start=1) if k >= buffers - PORTS}
 
 
-def queue_size(guest: Guest) -> int:
-    """QEMU's own word on the control rx queue size (HMP info virtio-queue-status)."""
+def queue_size(guest: Guest, queue: int = CONTROL_RX_QUEUE) -> int:
+    """QEMU's own word on a queue's size (HMP info virtio-queue-status)."""
     path = "/machine/peripheral/vser0/virtio-backend"
     assert guest.machine.qmp is not None, "guest not started"
-    text = guest.machine.qmp.hmp(f"info virtio-queue-status {path} {CONTROL_RX_QUEUE}")
+    text = guest.machine.qmp.hmp(f"info virtio-queue-status {path} {queue}")
     match = re.search(r"^\s*num:\s*(\d+)", text, re.MULTILINE)
     assert match, f"no queue size in {text!r}"
     return int(match[1])
+
+
+def check_queue_sizes(guest: Guest, behaviour: Behaviour) -> None:
+    """The model's queue-derived switches for this QEMU are the sizes it really has."""
+    assert queue_size(guest) == behaviour.control_rx_buffers
+    assert queue_size(guest, PORT1_TX) == behaviour.guest_outvq_buffers
+    assert queue_size(guest, PORT1_RX) * 4096 == behaviour.guest_rx_capacity  # PAGE_SIZE each
 
 
 def guest_host_closed(entries: list[dict[str, Any]]) -> set[str] | None:
@@ -107,7 +118,7 @@ def test_reboot_loses_exactly_the_port_opens_the_model_predicts(
     machine: Any = MachineDecl(controllers=(ControllerDecl("vser0"),), ports=ports)
     system.start(machine)
     assert system.guest is not None
-    assert queue_size(system.guest) == model_behaviour.control_rx_buffers
+    check_queue_sizes(system.guest, model_behaviour)
     for name in names():
         system.host_open(name)
     # hosts connected one by one after boot: one PORT_OPEN each, nothing lost yet
@@ -144,7 +155,7 @@ def test_first_boot_with_host_ends_already_connected(
         host.connect()
     try:
         guest.wait_ready(hil_settings.boot_timeout)
-        assert queue_size(guest) == model_behaviour.control_rx_buffers
+        check_queue_sizes(guest, model_behaviour)
         agent = AgentClient(guest).start()
         expected = predicted_lost(model_behaviour)
         lost = settle(agent.list_ports, expected)
