@@ -102,6 +102,12 @@ def settle(read: Any, expected: set[str], timeout: float = 60) -> set[str]:
     return guest_host_closed(read()) or set()
 
 
+def listed(system: QemuSystem) -> list[dict[str, Any]]:
+    """The guest's ports through the system's current agent (a reboot starts a new one)."""
+    assert system.agent is not None, "system not started"
+    return system.agent.list_ports()
+
+
 @pytest.fixture
 def model_behaviour(hil_settings: Any) -> Behaviour:
     return behaviour_for_qemu(qemu_version(hil_settings.qemu))
@@ -122,15 +128,16 @@ def test_reboot_loses_exactly_the_port_opens_the_model_predicts(
     for name in names():
         system.host_open(name)
     # hosts connected one by one after boot: one PORT_OPEN each, nothing lost yet
-    assert settle(lambda: system.agent.list_ports(), set()) == set()  # type: ignore[union-attr]
+    assert settle(lambda: listed(system), set()) == set()
 
     system.reboot()
 
     expected = predicted_lost(model_behaviour)
     assert expected == closed_form(model_behaviour.control_rx_buffers)
-    lost = settle(lambda: system.agent.list_ports(), expected)  # type: ignore[union-attr]
+    lost = settle(lambda: listed(system), expected)
     assert lost == expected, f"real {sorted(lost)} vs model {sorted(expected)}"
-    _, qemu_ports = system.ports.qtree()  # type: ignore[union-attr]
+    assert system.ports is not None
+    _, qemu_ports = system.ports.qtree()
     assert all(qemu_ports[name].host_connected for name in names())  # QEMU: host on
 
 
