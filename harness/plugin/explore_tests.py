@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from harness.images.builder import default_cache_dir
-from harness.model import Behaviour
 from harness.plugin.explore import SUMMARY_KEY
-from harness.plugin.kernels import behaviour_for, kernel_id
+from harness.plugin.fixtures import model_mode_release, run_behaviour
+from harness.plugin.kernels import kernel_id
 from harness.scenario.explore import (
     EXPLORE_NAME,
     MODEL_OPTIONS,
@@ -24,7 +24,7 @@ from harness.scenario.explore import (
     Stats,
     model_coverage,
 )
-from harness.scenario.model_system import ModelSystem
+from harness.scenario.model_system import model_system_factory
 from harness.scenario.mutants import planted
 from harness.scenario.runner import RunnerOptions
 from harness.scenario.system import RealSystem
@@ -32,7 +32,7 @@ from harness.scenario.system import RealSystem
 try:
     import allure
 except ImportError:  # allure is optional
-    allure = None
+    allure = None  # type: ignore[assignment]
 
 #: A planted mutant must shrink to at most this many steps (the issue's acceptance bound).
 MUTANT_MAX_STEPS = 8
@@ -44,18 +44,20 @@ def test_explore(
     config = request.config
     backend = config.getoption("--hil-backend")
     label = kernel_id(hil_kernel) if hil_kernel else "default"
-    factory: Callable[[], RealSystem] | None
-    behaviour = Behaviour()
+    factory: Callable[[], RealSystem] | None = None
+    options = MODEL_OPTIONS
     if backend == "qemu":
         factory = request.getfixturevalue("hil_system_factory")
         image: Any = request.getfixturevalue("hil_image")
-        if config.getoption("--hil-behaviour") != "default":
-            behaviour = behaviour_for(str(image.kernel_version))
+        behaviour = run_behaviour(config, str(image.kernel_version))
         options = RunnerOptions(settle_timeout=config.getoption("--hil-settle-timeout"))
-    elif hil_explore_mutant is not None:
-        factory, options = (lambda: ModelSystem(EXPLORE_NAME, behaviour)), MODEL_OPTIONS
     else:
-        factory, options = None, MODEL_OPTIONS
+        release = None
+        if hil_kernel is not None:
+            release = model_mode_release(hil_kernel, config.getoption("--hil-image"))
+        behaviour = run_behaviour(config, release)
+        if hil_explore_mutant is not None:  # a correct model plays the real system
+            factory = model_system_factory(EXPLORE_NAME, behaviour)
     if hil_explore_mutant:
         label += f"-mutant-{hil_explore_mutant}"
     exploration = Exploration(

@@ -602,7 +602,7 @@ def _kind_rule(kind: StepKind) -> Any:
 
 def _new_runner(exploration: Exploration) -> ScenarioRunner:
     scenario = Scenario(EXPLORE_NAME, "", (), exploration.machine, ())
-    return ScenarioRunner(scenario, None, exploration.options)
+    return ScenarioRunner(scenario, None, exploration.options, behaviour=exploration.behaviour)
 
 
 def _predict(runner: ScenarioRunner, step: Step) -> tuple[str | None, dict[int, str]]:

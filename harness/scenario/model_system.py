@@ -12,9 +12,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from harness.model import MachineDecl, ModelError, Outcome, ReadResult, Snapshot, build_model
+from harness.model import (
+    MachineDecl,
+    ModelError,
+    Outcome,
+    ReadResult,
+    Snapshot,
+    VirtioSerialModel,
+    build_model,
+)
 from harness.model.behaviour import Behaviour
 from harness.model.payload import slices_bytes
 from harness.scenario.mutants import pristine
@@ -39,6 +47,8 @@ def as_read(result: ReadResult) -> ModelRead:
 
 class ModelSystem:
     """The correct model behind the RealSystem protocol; see the module docstring."""
+
+    model: VirtioSerialModel  # set by start()
 
     def __init__(self, scenario: str, behaviour: Behaviour | None = None) -> None:
         self.scenario = scenario
@@ -120,3 +130,10 @@ def _operation(name: str) -> Callable[..., object]:
 for _name, _member in vars(RealSystem).items():
     if callable(_member) and not _name.startswith("_") and _name not in vars(ModelSystem):
         setattr(ModelSystem, _name, _operation(_name))
+
+
+def model_system_factory(
+    scenario: str, behaviour: Behaviour | None = None
+) -> Callable[[], RealSystem]:
+    """A factory as the explorer takes it (the step operations are added above, at import)."""
+    return lambda: cast(RealSystem, ModelSystem(scenario, behaviour))
