@@ -22,6 +22,7 @@ from harness.scenario.explore import (
     MODEL_OPTIONS,
     Exploration,
     Stats,
+    correct_model_rejects,
     model_coverage,
 )
 from harness.scenario.model_system import model_system_factory
@@ -94,6 +95,12 @@ def _judge_mutant(stats: Stats, name: str) -> None:
     if not stats.findings:
         pytest.fail(f"mutant {name} was not found in {stats.seconds:.0f} s", pytrace=False)
     finding = stats.findings[0]
+    if not correct_model_rejects(finding.path):
+        pytest.fail(
+            f"hunting mutant {name}, exploration found a genuine disagreement instead (the "
+            f"correct model agrees with the finding): triage {finding.path}:\n{finding.failure}",
+            pytrace=False,
+        )
     if finding.steps_shrunk > MUTANT_MAX_STEPS:
         pytest.fail(
             f"mutant {name} found but shrunk only to {finding.steps_shrunk} steps "

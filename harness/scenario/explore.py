@@ -36,6 +36,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from harness.errors import HarnessError
 from harness.model import (
     BACKENDS,
     ControllerDecl,
@@ -48,7 +49,7 @@ from harness.model import (
 )
 from harness.model.behaviour import Behaviour
 from harness.scenario.runner import RunnerOptions, ScenarioFailure, ScenarioRunner
-from harness.scenario.schema import Scenario, parse_scenario
+from harness.scenario.schema import Scenario, load_scenario, parse_scenario
 from harness.scenario.steps import MIGRATION_MODES, STEPS, Arg, Step, StepCall, StepKind
 from harness.scenario.system import RealSystem
 
@@ -277,7 +278,7 @@ def model_coverage() -> Iterator[CoverageResult]:
 
 
 # ------------------------------------------------------------------ invariants (model mode)
-class InvariantBroken(AssertionError):
+class InvariantBroken(HarnessError, AssertionError):
     """The model broke one of its own rules (model-only exploration checks these)."""
 
 
@@ -379,6 +380,21 @@ def write_finding(
     path = out_dir / f"explore-{safe}-{digest}.yaml"
     path.write_text(text)
     return path, parse_scenario(text, str(path))
+
+
+def correct_model_rejects(path: Path, behaviour: Behaviour | None = None) -> bool:
+    """Whether the unmutated model disagrees with a finding's expectations.
+
+    A finding of a planted mutant holds the mutant's predictions, which the correct model
+    rejects; a finding the correct model accepts is a genuine model/real disagreement.
+    """
+    scenario = load_scenario(path)
+    runner = ScenarioRunner(scenario, None, MODEL_OPTIONS, behaviour=behaviour or Behaviour())
+    try:
+        runner.run()
+    except ScenarioFailure:
+        return True
+    return False
 
 
 # ------------------------------------------------------------------ the state machine

@@ -16,6 +16,7 @@ from harness.scenario.explore import (
     Exploration,
     InvariantBroken,
     check_invariants,
+    correct_model_rejects,
     scenario_yaml,
 )
 from harness.scenario.model_system import ModelSystem, model_system_factory
@@ -52,6 +53,7 @@ def test_planted_rule_is_found_and_shrunk(mutant: str, tmp_path: Path) -> None:
     assert 1 <= finding.steps_shrunk <= 8, stats.summary()
     assert finding.steps_shrunk <= finding.steps_first
     assert finding.path.parent == tmp_path
+    assert correct_model_rejects(finding.path)  # the finding is the planted rule
 
 
 def test_finding_validates_round_trips_and_reproduces(tmp_path: Path) -> None:
