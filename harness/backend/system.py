@@ -91,6 +91,7 @@ class QemuSystem:
         self.agent: AgentClient | None = None
         self.ports: PortManager | None = None
         self._ports: dict[str, _Port] = {}
+        self._unplugged: set[str] = set()  # host ops on these fail ENODEV, as in the model
         self._plugs = 0
         self._sigio: dict[str, list[frozenset[str]]] = {}  # by agent handle
         self.migrations: list[MigrationStats] = []
@@ -151,6 +152,8 @@ class QemuSystem:
 
     def _endpoint(self, port: str) -> HostEndpoint:
         entry = self._ports.get(port)
+        if entry is None and port in self._unplugged:
+            raise RealFailure("ENODEV", f"port {port} was unplugged")
         if entry is None or entry.endpoint is None:
             raise RealFailure(
                 "ENOENT", f"port {port} has no host socket (backend: none or unknown)"
@@ -348,6 +351,7 @@ class QemuSystem:
         if entry.endpoint is not None and entry.endpoint.connected:
             entry.endpoint.close()
         del self._ports[name]
+        self._unplugged.add(name)
         agent.wait_port(name, gone=True)
 
     def hotplug_controller(self, controller_id: str, max_ports: int) -> None:
@@ -359,6 +363,7 @@ class QemuSystem:
         self._qmp(ports.remove_controller, controller_id)
         for name in gone:
             entry = self._ports.pop(name)
+            self._unplugged.add(name)
             if entry.endpoint is not None and entry.endpoint.connected:
                 entry.endpoint.close()
             agent.wait_port(name, gone=True)
