@@ -108,3 +108,22 @@ def test_scenario_yaml_writes_errors_and_empty_steps() -> None:
         (s.kind, s.args, s.expect_error) for s in steps
     ]
     assert parsed.description == "line one\nline two"
+
+
+def test_example_database_replays_a_finding_first(tmp_path: Path) -> None:
+    """Tomorrow's run (another seed) starts with today's finding from the database."""
+    paths = []
+    for seed in (1, 2):
+        exploration = Exploration(
+            real_factory=model_system_factory(EXPLORE_NAME),
+            seed=seed,
+            seconds=HUNT_SECONDS,
+            out_dir=tmp_path / "found",
+            database=tmp_path / "db",
+            options=MODEL_OPTIONS,
+        )
+        with planted("host_close_poll"):
+            stats = exploration.run()
+        paths.append(stats.findings[0].path)
+    assert stats.examples <= 2  # the stored example, and its replay after shrinking
+    assert paths[0] == paths[1]
