@@ -433,7 +433,7 @@ class Exploration:
         cpu = time.process_time()
         chunk = 0
         try:
-            while self._time_left() > 0 and self.stats.examples < self.max_examples:
+            while self.time_left() > 0 and self.stats.examples < self.max_examples:
                 if not self._run_chunk(chunk):
                     break
                 chunk += 1
@@ -442,12 +442,17 @@ class Exploration:
             self.stats.cpu_seconds = time.process_time() - cpu
         return self.stats
 
-    def _time_left(self) -> float:
+    @property
+    def failing(self) -> bool:
+        """A failure was seen: shrinking replays examples however late it is."""
+        return self._failing is not None
+
+    def time_left(self) -> float:
         return self.seconds - (time.monotonic() - self._start)
 
     def _run_chunk(self, chunk: int) -> bool:
         """One hypothesis run of a few examples; False after a finding (stop there)."""
-        size = 10 if self.real_factory is not None else 50
+        size = 5 if self.real_factory is not None else 50
         size = min(size, self.max_examples - self.stats.examples)
         machine_cls = build_state_machine(self)
         hypothesis_seed(self.seed * 100003 + chunk)(machine_cls)
@@ -502,11 +507,15 @@ def build_state_machine(exploration: Exploration) -> type[RuleBasedStateMachine]
             self.real: RealSystem | None = None
             self.context: AbstractContextManager[Any] = nullcontext()
             self.state = ""
+            self.idle = False  # time is up: this example does nothing
             self.runner = _new_runner(exploration)
 
         @initialize()
         def boot(self) -> None:
             ex = self.exploration
+            if ex.time_left() <= 0 and not ex.failing:  # time up, nothing to shrink: idle
+                self.idle = True
+                return
             ex.stats.examples += 1
             self.context = ex.example_context(ex.stats.examples)
             self.context.__enter__()
@@ -534,6 +543,8 @@ def build_state_machine(exploration: Exploration) -> type[RuleBasedStateMachine]
             Most predicted errors are skipped (drawn, so shrinking can keep one): errors are
             cheap to reach, and sequences of valid steps reach the deeper states.
             """
+            if self.idle:
+                return
             index = len(self.steps) + 1
             probe = Step(index, kind, args, None, "<explore>", index, 1)
             expect_error, endings = _predict(self.runner, probe)
@@ -579,6 +590,8 @@ def build_state_machine(exploration: Exploration) -> type[RuleBasedStateMachine]
         @rule(data=st.data())
         def rule_check(self, data: st.DataObject) -> None:
             """poll + SIGIO history of a port with an open guest fd, as the model says."""
+            if self.idle:
+                return
             snap = self.runner.model.snapshot()
             open_ports = sorted(n for n, v in snap.ports.items() if v.poll is not None)
             if not open_ports:
@@ -605,6 +618,8 @@ def _collapse(masks: list[frozenset[str]]) -> Iterator[frozenset[str]]:
 
 def _kind_rule(kind: StepKind) -> Any:
     def step_rule(self: Any, data: st.DataObject) -> None:
+        if self.idle:
+            return
         args = draw_args(data, kind, self.pools)
         if args is None:
             return
