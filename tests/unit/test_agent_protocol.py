@@ -25,7 +25,14 @@ import pytest
 
 from harness.guest import agent_client
 from harness.guest.agent_client import AgentError, decode_reply, encode_request, reply_result
-from harness.model.payload import Payload, generated_block, payload_bytes, sha256_of
+from harness.model.payload import (
+    SPAN_SIZE,
+    Payload,
+    StreamChecker,
+    generated_span,
+    payload_bytes,
+    sha256_of,
+)
 
 AGENT_FILE = Path(agent_client.__file__).parent / "agent" / "hil_agent.py"
 
@@ -132,15 +139,24 @@ def test_parse_dev(hil_agent: ModuleType) -> None:
 # -- payload generator ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("seed", [0, 1, 7, 123456789, -3])
-@pytest.mark.parametrize("index", [0, 1, 17])
-def test_generated_block_matches_the_model(hil_agent: ModuleType, seed: int, index: int) -> None:
-    assert hil_agent.generated_block(seed, index) == generated_block(seed, index)
+@pytest.mark.parametrize("seed", [0, 1, 7, 123456789, -3, (1 << 63) - 1])
+@pytest.mark.parametrize("index", [0, 1, 17, 256, 70_000, (1 << 56) - 1])
+def test_generated_span_matches_the_model(hil_agent: ModuleType, seed: int, index: int) -> None:
+    assert hil_agent.generated_span(seed, index) == generated_span(seed, index)
 
 
 @pytest.mark.parametrize(
     ("offset", "length"),
-    [(0, 0), (0, 1), (0, 65536), (65530, 20), (1000, 200_000), (131072, 65537)],
+    [
+        (0, 0),
+        (0, 1),
+        (0, 65536),
+        (65530, 20),
+        (1000, 200_000),
+        (131072, 65537),
+        (SPAN_SIZE - 10, SPAN_SIZE + 20),
+        (300 * SPAN_SIZE + 5, 3 * SPAN_SIZE),
+    ],
 )
 def test_generated_ranges_match_the_model(hil_agent: ModuleType, offset: int, length: int) -> None:
     payload = Payload.generated(42, offset + length)
@@ -227,7 +243,11 @@ def test_streams_match_the_model_sha256(hil_agent: ModuleType) -> None:
     reader = threading.Thread(target=drain)
     reader.start()
     sent = agent.handle(
-        {"id": 1, "op": "send_stream", "args": {"name": "sock", "seed": 9, "length": length}}
+        {
+            "id": 1,
+            "op": "send_stream",
+            "args": {"name": "sock", "seed": 9, "length": length, "sha256": True},
+        }
     )
     reader.join(10)
     expected = sha256_of(Payload.generated(9, length))
@@ -250,6 +270,110 @@ def test_streams_match_the_model_sha256(hil_agent: ModuleType) -> None:
     a.detach()  # the agent owns the fd now
     agent.close_all()
     b.close()
+
+
+def _doctored(kind: str, payload: Payload, block: int) -> tuple[bytes, int, int]:
+    """``payload``'s bytes with 4 KiB block ``block`` lost, duplicated, swapped with the next
+    one, or with one byte flipped (the stream keeps its length, except for a loss); also where
+    the first bad block is and which block index its header names."""
+    data = bytearray(payload_bytes(payload))
+    at = block * 4096
+    original = bytes(data[at : at + 4096])
+    if kind == "loss":
+        del data[at : at + 4096]
+        return bytes(data), at, block + 1
+    if kind == "duplication":
+        data[at + 4096 : at + 4096] = original
+        del data[-4096:]
+        return bytes(data), at + 4096, block
+    if kind == "reordering":
+        data[at : at + 8192] = data[at + 4096 : at + 8192] + original
+        return bytes(data), at, block + 1
+    data[at + 1000] ^= 0x40
+    return bytes(data), at, block
+
+
+CORRUPTIONS = ("loss", "duplication", "reordering", "corruption")
+
+
+@pytest.mark.parametrize("kind", CORRUPTIONS)
+@pytest.mark.parametrize("bad_block", [0, 5, 300])
+def test_agent_check_stream_locates_each_corruption(
+    hil_agent: ModuleType, kind: str, bad_block: int
+) -> None:
+    """The agent's check_stream op on a socket fed a doctored stream, then EOF."""
+    agent = hil_agent.Agent()
+    a, b = socket.socketpair()
+    _inject(hil_agent, agent, "sock", a.fileno(), False)
+    payload = Payload.generated(77, 2 * SPAN_SIZE + 12345)
+    doctored, bad_offset, found_index = _doctored(kind, payload, bad_block)
+    writer = threading.Thread(target=lambda: (b.sendall(doctored), b.shutdown(socket.SHUT_WR)))
+    writer.start()
+    reply = agent.handle(
+        {
+            "id": 1,
+            "op": "check_stream",
+            "args": {"name": "sock", "seed": 77, "length": payload.length, "timeout": 10},
+        }
+    )
+    writer.join(10)
+    result = reply["result"]
+    assert result["match"] is False
+    assert result["bytes"] == len(doctored)
+    assert result["mismatch"]["offset"] == bad_offset
+    assert result["mismatch"]["found_index"] == found_index
+    assert result["mismatch"]["same_stream"] is True
+    a.detach()
+    agent.close_all()
+    b.close()
+
+
+def test_agent_check_stream_accepts_the_exact_stream_in_pieces(hil_agent: ModuleType) -> None:
+    agent = hil_agent.Agent()
+    a, b = socket.socketpair()
+    _inject(hil_agent, agent, "sock", a.fileno(), False)
+    payload = Payload.generated(5, 3 * SPAN_SIZE + 7)
+    offset = 4000  # not block aligned: a stream may resume anywhere
+
+    def feed() -> None:
+        for chunk in hil_agent.iter_generated(5, offset, payload.length, 12345):
+            b.sendall(chunk)
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    reply = agent.handle(
+        {
+            "id": 1,
+            "op": "check_stream",
+            "args": {
+                "name": "sock",
+                "seed": 5,
+                "offset": offset,
+                "length": payload.length - offset,
+                "timeout": 10,
+            },
+        }
+    )
+    writer.join(10)
+    assert reply["result"]["match"] is True, reply
+    assert reply["result"]["bytes"] == payload.length - offset
+    assert os.get_blocking(a.fileno()), "check_stream restores the fd's flags"
+    a.detach()
+    agent.close_all()
+    b.close()
+
+
+@pytest.mark.parametrize("kind", CORRUPTIONS)
+def test_host_checker_locates_each_corruption(kind: str) -> None:
+    payload = Payload.generated(78, SPAN_SIZE + 50_000)
+    checker = StreamChecker(payload)
+    doctored, bad_offset, found_index = _doctored(kind, payload, 260)
+    for at in range(0, len(doctored), 65536):
+        checker.feed(doctored[at : at + 65536])
+    assert checker.mismatch is not None and checker.mismatch.offset == bad_offset
+    assert checker.mismatch.found is not None
+    assert checker.mismatch.found.index == found_index
+    assert checker.received == len(doctored) and not checker.complete
 
 
 # -- the real entry points on this host's interpreters ----------------------------------------

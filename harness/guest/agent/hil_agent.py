@@ -111,29 +111,126 @@ class AgentFailure(Exception):
         self.extra = extra
 
 
-# -- payload generator (identical to harness.model.payload) -----------------------------------
+# -- payload generator and checker (identical to harness.model.payload) ---------------------
+#
+# Built for a TCG guest: generating and checking cost one template copy per MiB, a few C-level
+# step-slice assignments and one memcmp (bytearray.startswith) per read; no per-byte or
+# per-block Python work and no hashing.  Each 4 KiB block starts with the stream's seed tag
+# and its block index, so the first bad block is located and named on a mismatch.
+
+STREAM_BLOCK = 4096
+HEADER_SIZE = 16
+SPAN_SIZE = 1 << 20
+BLOCKS_PER_SPAN = SPAN_SIZE // STREAM_BLOCK
+READV_SIZE = 256 * 1024  # one readv() of 4 KiB iovecs takes every buffer the port holds
+_TEMPLATES: dict[int, bytes] = {}
 
 
-def generated_block(seed: int, index: int) -> bytes:
-    """Block ``index`` of the generated stream for ``seed`` (always 65536 bytes)."""
-    return random.Random(seed * 1_000_003 + index).randbytes(BLOCK_SIZE)
+def seed_tag(seed: int) -> bytes:
+    return (seed & ((1 << 64) - 1)).to_bytes(8, "little")
 
 
-def iter_generated(seed: int, start: int, stop: int, limit: int = BLOCK_SIZE) -> Iterator[bytes]:
+def span_template(seed: int) -> bytes:
+    """Span 0 of ``seed``: the seeded pool with every block's header (index high bytes 0)."""
+    template = _TEMPLATES.get(seed)
+    if template is None:
+        pool = bytearray(random.Random(seed * 1_000_003).randbytes(SPAN_SIZE))
+        tag = seed_tag(seed)
+        for i in range(BLOCKS_PER_SPAN):
+            at = i * STREAM_BLOCK
+            pool[at : at + HEADER_SIZE] = tag + i.to_bytes(8, "little")
+        template = bytes(pool)
+        if len(_TEMPLATES) >= 8:
+            _TEMPLATES.clear()
+        _TEMPLATES[seed] = template
+    return template
+
+
+def fill_span(span: bytearray, template: bytes, index: int) -> None:
+    """Make ``span`` (SPAN_SIZE bytes) span ``index`` of the template's stream, in place."""
+    span[:] = template
+    for j, value in enumerate(index.to_bytes(7, "little")):
+        if value:
+            span[9 + j :: STREAM_BLOCK] = bytes((value,)) * BLOCKS_PER_SPAN
+
+
+def generated_span(seed: int, index: int) -> bytes:
+    span = bytearray(SPAN_SIZE)
+    fill_span(span, span_template(seed), index)
+    return bytes(span)
+
+
+def iter_generated(seed: int, start: int, stop: int, limit: int = SPAN_SIZE) -> Iterator[bytes]:
     """Bytes ``[start, stop)`` of the generated stream, at most ``limit`` bytes per chunk."""
+    span = bytearray(SPAN_SIZE)
+    view = memoryview(span)
+    template = span_template(seed)
+    current = -1
     pos = start
-    cached: tuple[int, bytes] | None = None
     while pos < stop:
-        index, offset = divmod(pos, BLOCK_SIZE)
-        if cached is None or cached[0] != index:
-            cached = (index, generated_block(seed, index))
-        take = min(BLOCK_SIZE - offset, stop - pos, limit)
-        yield cached[1][offset : offset + take]
+        index, offset = divmod(pos, SPAN_SIZE)
+        if index != current:
+            fill_span(span, template, index)
+            current = index
+        take = min(SPAN_SIZE - offset, stop - pos, limit)
+        yield bytes(view[offset : offset + take])
         pos += take
 
 
 def generated_bytes(seed: int, length: int, offset: int = 0) -> bytes:
     return b"".join(iter_generated(seed, offset, offset + length))
+
+
+class SpanCursor:
+    """The expected stream of one seed, one reusable span buffer at a time."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.template = span_template(seed)
+        self.span = bytearray(SPAN_SIZE)
+        self.view = memoryview(self.span)
+        self.current = -1
+
+    def at(self, pos: int) -> tuple[memoryview, int]:
+        """(the span holding stream offset ``pos``, ``pos``'s offset in it)."""
+        index, offset = divmod(pos, SPAN_SIZE)
+        if index != self.current:
+            fill_span(self.span, self.template, index)
+            self.current = index
+        return self.view, offset
+
+
+def check_piece(
+    cursor: SpanCursor, data: bytearray, length: int, pos: int
+) -> dict[str, Any] | None:
+    """Compare ``data[:length]`` with the stream at ``pos``: None, or the first bad block."""
+    done = 0
+    while done < length:
+        view, offset = cursor.at(pos + done)
+        take = min(SPAN_SIZE - offset, length - done)
+        if not data.startswith(view[offset : offset + take], done):
+            return locate_mismatch(cursor, data, done, pos + done, take)
+        done += take
+    return None
+
+
+def locate_mismatch(
+    cursor: SpanCursor, data: bytearray, done: int, at: int, take: int
+) -> dict[str, Any]:
+    """The slow path, only after a failed compare: walk the 4 KiB blocks of that piece."""
+    block = at - at % STREAM_BLOCK
+    while True:
+        lo, hi = max(block, at), min(block + STREAM_BLOCK, at + take)
+        view, offset = cursor.at(lo)
+        if data[done + lo - at : done + hi - at] != view[offset : offset + hi - lo]:
+            found: dict[str, Any] = {"offset": block}
+            if block >= at and hi - block >= HEADER_SIZE:
+                head = bytes(data[done + block - at : done + block - at + HEADER_SIZE])
+                found["found_tag"] = head[:8].hex()
+                found["found_index"] = int.from_bytes(head[8:], "little")
+                found["same_stream"] = head[:8] == seed_tag(cursor.seed)
+            return found
+        block += STREAM_BLOCK
 
 
 # -- ports ------------------------------------------------------------------------------------
@@ -493,36 +590,128 @@ class Agent:
         return {"offset": os.lseek(port.fd, offset, whence)}
 
     def op_send_stream(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Write ``length`` generated bytes: one writev() of 32 KiB iovecs per span, no
+        per-block work; ``sha256: true`` also hashes them (slow under TCG: the host checks)."""
         port = self.port(args)
         seed = _arg(args, "seed", kind=int)
         length = _arg(args, "length", kind=int)
         offset = _arg(args, "offset", 0, int)
-        chunk = max(1, _arg(args, "chunk", WRITE_CHUNK, int))
-        digest = hashlib.sha256()
+        chunk = max(1, min(WRITE_CHUNK, _arg(args, "chunk", WRITE_CHUNK, int)))
+        digest = hashlib.sha256() if _arg(args, "sha256", False, bool) else None
+        cursor = SpanCursor(seed)
         sent = calls = 0
         started = time.monotonic()
-        for piece in iter_generated(seed, offset, offset + length, chunk):
-            view = memoryview(piece)
-            while view:
-                try:
-                    n = os.write(port.fd, view)
-                except OSError as error:
-                    raise AgentFailure(
-                        errno_name(error.errno),
-                        f"send_stream stopped after {sent} bytes: {error}",
-                        bytes=sent,
-                        sha256=digest.hexdigest(),
-                    ) from None
-                digest.update(view[:n])
-                sent += n
-                calls += 1
-                view = view[n:]
-        return {
+        while sent < length:
+            view, at = cursor.at(offset + sent)
+            end = min(SPAN_SIZE, at + length - sent)
+            iov = [view[i : min(i + chunk, end)] for i in range(at, end, chunk)]
+            try:
+                n = os.writev(port.fd, iov)
+            except OSError as error:
+                raise AgentFailure(
+                    errno_name(error.errno),
+                    f"send_stream stopped after {sent} bytes: {error}",
+                    bytes=sent,
+                ) from None
+            if digest is not None:
+                digest.update(view[at : at + n])
+            sent += n
+            calls += 1
+        result: dict[str, Any] = {
             "bytes": sent,
-            "sha256": digest.hexdigest(),
             "calls": calls,
             "seconds": round(time.monotonic() - started, 3),
         }
+        if digest is not None:
+            result["sha256"] = digest.hexdigest()
+        return result
+
+    def op_check_stream(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Read ``length`` bytes and check them against the generated stream of ``seed`` from
+        ``offset``: readv() of 4 KiB iovecs (O_NONBLOCK for the duration, so one call takes every
+        buffer the port holds) and one memcmp per read.  The reply has ``match`` and, on a
+        mismatch, the first bad 4 KiB block (``mismatch.offset``, stream offset) with what its
+        header says; reading goes on after a mismatch so that ``bytes`` stays exact.
+        ``timeout`` bounds each wait for data; EOF ends early."""
+        port = self.port(args)
+        seed = _arg(args, "seed", kind=int)
+        length = _arg(args, "length", kind=int)
+        offset = _arg(args, "offset", 0, int)
+        timeout = _arg(args, "timeout", 30, (int, float))
+        cursor = SpanCursor(seed)
+        buffer = bytearray(READV_SIZE)
+        whole = memoryview(buffer)
+        iov = [whole[i : i + STREAM_BLOCK] for i in range(0, READV_SIZE, STREAM_BLOCK)]
+        got = reads = 0
+        eof = False
+        mismatch: dict[str, Any] | None = None
+        started = time.monotonic()
+        flags = fcntl.fcntl(port.fd, fcntl.F_GETFL)
+        fcntl.fcntl(port.fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+        try:
+            while got < length:
+                left = length - got
+                if left < READV_SIZE:
+                    iov = [
+                        whole[i : min(i + STREAM_BLOCK, left)] for i in range(0, left, STREAM_BLOCK)
+                    ]
+                try:
+                    n = os.readv(port.fd, iov)
+                except BlockingIOError:
+                    if not _poll_fd(port.fd, timeout, select.POLLIN | select.POLLPRI):
+                        raise AgentFailure(
+                            "ETIMEDOUT",
+                            f"check_stream: no data for {timeout} s after {got} of {length} bytes",
+                            bytes=got,
+                            mismatch=mismatch,
+                        ) from None
+                    continue
+                except OSError as error:
+                    raise AgentFailure(
+                        errno_name(error.errno),
+                        f"check_stream stopped after {got} bytes: {error}",
+                        bytes=got,
+                        mismatch=mismatch,
+                    ) from None
+                reads += 1
+                if not n:
+                    eof = True
+                    break
+                if mismatch is None:
+                    mismatch = check_piece(cursor, buffer, n, offset + got)
+                got += n
+        finally:
+            fcntl.fcntl(port.fd, fcntl.F_SETFL, flags)
+        return {
+            "bytes": got,
+            "eof": eof,
+            "match": mismatch is None and got == length,
+            "mismatch": mismatch,
+            "reads": reads,
+            "seconds": round(time.monotonic() - started, 3),
+        }
+
+    def op_echo(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Send back ``count`` messages of ``size`` bytes as they arrive (round-trip probes)."""
+        port = self.port(args)
+        size = max(1, _arg(args, "size", kind=int))
+        count = _arg(args, "count", kind=int)
+        timeout = _arg(args, "timeout", 30, (int, float))
+        for done in range(count):
+            message = b""
+            while len(message) < size:
+                if not _poll_fd(port.fd, timeout, select.POLLIN | select.POLLPRI):
+                    raise AgentFailure(
+                        "ETIMEDOUT", f"echo: message {done} incomplete after {timeout} s"
+                    )
+                data = os.read(port.fd, size - len(message))
+                if not data:
+                    return {"echoed": done, "eof": True}
+                message += data
+            view = memoryview(message)
+            while view:
+                view = view[os.write(port.fd, view) :]
+        return {"echoed": count, "eof": False}
 
     def op_recv_stream(self, args: dict[str, Any]) -> dict[str, Any]:
         """Read ``length`` bytes (or until EOF); ``timeout`` bounds each wait for data."""
