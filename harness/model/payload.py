@@ -216,7 +216,8 @@ class StreamChecker:
             lo, hi = max(block, at), min(block + BLOCK_SIZE, at + take)
             got = data[done + lo - at : done + hi - at]
             if got != payload_bytes(self.payload, lo, hi):
-                header = data[done + block - at :][:HEADER_SIZE] if block >= at else b""
+                first = done + block - at
+                header = data[first : first + HEADER_SIZE] if block >= at else b""
                 return Mismatch(block, BlockHeader.parse(header))
             block += BLOCK_SIZE
 
