@@ -689,6 +689,8 @@ class Agent:
             "mismatch": mismatch,
             "reads": reads,
             "seconds": round(time.monotonic() - started, 3),
+            "t0": started,
+            "t1": time.monotonic(),
         }
 
     def op_echo(self, args: dict[str, Any]) -> dict[str, Any]:
