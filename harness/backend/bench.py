@@ -335,14 +335,15 @@ def _wait(check: Callable[[], bool], timeout: float) -> None:
         time.sleep(0.05)
 
 
-def bench(mib: int = 128, rtt_count: int = 200, as_json: bool = False) -> int:
-    """Boot one guest, measure, print the table (and a JSON line); 0 on success."""
+@contextmanager
+def booted() -> Iterator[Bench]:
+    """One fresh guest with PORTS connected socket ports, shut down afterwards."""
     from harness.images.builder import build_image
     from harness.machine.accel import choose_accel
 
     image = build_image()
     choice = choose_accel("auto", "qemu-system-x86_64", image.kernel, image.initramfs)
-    print(f"hil: {choice.describe()}; {mib} MiB per direction and case", flush=True)
+    print(f"hil: {choice.describe()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="hil-bench-") as workdir:
         root = Path(workdir)
         ports = [
@@ -369,9 +370,7 @@ def bench(mib: int = 128, rtt_count: int = 200, as_json: bool = False) -> int:
             for endpoint in endpoints:
                 agent.wait_port(endpoint.name)
                 endpoint.connect()
-            runner = Bench(guest, agent, endpoints)
-            runner.say = lambda text: print(text, flush=True)
-            results = runner.run(mib * MIB, rtt_count)
+            yield Bench(guest, agent, endpoints)
         finally:
             for endpoint in endpoints:
                 if endpoint.connected:
@@ -379,10 +378,18 @@ def bench(mib: int = 128, rtt_count: int = 200, as_json: bool = False) -> int:
             if agent is not None:
                 agent.disconnect()
             guest.shutdown()
+
+
+def bench(mib: int = 128, rtt_count: int = 200, as_json: bool = False) -> int:
+    """Boot one guest, measure, print the table (and a JSON line); 0 on success."""
+    print(f"{mib} MiB per direction and case", flush=True)
+    with booted() as runner:
+        runner.say = lambda text: print(text, flush=True)
+        results = runner.run(mib * MIB, rtt_count)
     print(results.table())
     if as_json:
         print(json.dumps(results.summary(), sort_keys=True))
     return 0
 
 
-__all__ = ["Bench", "BenchError", "Results", "bench"]
+__all__ = ["Bench", "BenchError", "Results", "bench", "booted"]

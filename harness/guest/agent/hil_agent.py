@@ -146,31 +146,29 @@ def span_template(seed: int) -> bytes:
     return template
 
 
-def fill_span(span: bytearray, template: bytes, index: int) -> None:
-    """Make ``span`` (SPAN_SIZE bytes) span ``index`` of the template's stream, in place."""
-    span[:] = template
+def set_span_index(span: bytearray, index: int) -> None:
+    """Turn ``span`` (a copy of its seed's template, holding any span) into span ``index``:
+    only bytes 9..15 of the blocks' indexes differ between spans, so no copy is needed."""
     for j, value in enumerate(index.to_bytes(7, "little")):
-        if value:
-            span[9 + j :: STREAM_BLOCK] = bytes((value,)) * BLOCKS_PER_SPAN
+        span[9 + j :: STREAM_BLOCK] = bytes((value,)) * BLOCKS_PER_SPAN
 
 
 def generated_span(seed: int, index: int) -> bytes:
-    span = bytearray(SPAN_SIZE)
-    fill_span(span, span_template(seed), index)
+    span = bytearray(span_template(seed))
+    set_span_index(span, index)
     return bytes(span)
 
 
 def iter_generated(seed: int, start: int, stop: int, limit: int = SPAN_SIZE) -> Iterator[bytes]:
     """Bytes ``[start, stop)`` of the generated stream, at most ``limit`` bytes per chunk."""
-    span = bytearray(SPAN_SIZE)
+    span = bytearray(span_template(seed))
     view = memoryview(span)
-    template = span_template(seed)
-    current = -1
+    current = 0
     pos = start
     while pos < stop:
         index, offset = divmod(pos, SPAN_SIZE)
         if index != current:
-            fill_span(span, template, index)
+            set_span_index(span, index)
             current = index
         take = min(SPAN_SIZE - offset, stop - pos, limit)
         yield bytes(view[offset : offset + take])
@@ -186,16 +184,15 @@ class SpanCursor:
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
-        self.template = span_template(seed)
-        self.span = bytearray(SPAN_SIZE)
+        self.span = bytearray(span_template(seed))
         self.view = memoryview(self.span)
-        self.current = -1
+        self.current = 0
 
     def at(self, pos: int) -> tuple[memoryview, int]:
         """(the span holding stream offset ``pos``, ``pos``'s offset in it)."""
         index, offset = divmod(pos, SPAN_SIZE)
         if index != self.current:
-            fill_span(self.span, self.template, index)
+            set_span_index(self.span, index)
             self.current = index
         return self.view, offset
 
