@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.backend.endpoint import HostEndpoint
+from harness.backend.endpoint import Checked, HostEndpoint
 from harness.guest.agent_client import AgentClient
 from harness.guest.guest import Credentials, Guest
 from harness.machine.errors import MachineError
@@ -175,18 +175,24 @@ class Bench:
             raise BenchError(f"raw guest -> host: received {[n for n, _, _ in spans]}")
         return _mbs(count * length, max(s[2] for s in spans) - min(s[1] for s in spans))
 
+    def _streams(self, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The agent's multiplexed streams op (one guest thread for every stream)."""
+        return list(self.agent.call("streams", 600, args={"streams": specs, "timeout": 60}))
+
     def checked_h2g(self, count: int, length: int) -> float:
         with self._opened(count) as names:
             seeds = [next(_seeds) for _ in names]
             for endpoint, seed in zip(self.endpoints, seeds, strict=False):
                 endpoint.write(Payload.generated(seed, length))
-            tickets = [
-                self.agent.start_background(
-                    "check_stream", name=name, seed=seed, length=length, timeout=60
+            if count == 1:
+                results = [self.agent.check_stream(names[0], seeds[0], length, timeout=60)]
+            else:
+                results = self._streams(
+                    [
+                        {"name": name, "dir": "check", "seed": seed, "length": length}
+                        for name, seed in zip(names, seeds, strict=True)
+                    ]
                 )
-                for name, seed in zip(names, seeds, strict=True)
-            ]
-            results = [self.agent.wait_ticket(t, timeout=600) for t in tickets]
         for result in results:
             if not result["match"]:
                 raise BenchError(f"checked host -> guest stream failed: {result}")
@@ -195,19 +201,20 @@ class Bench:
     def checked_g2h(self, count: int, length: int) -> float:
         with self._opened(count) as names:
             payloads = [Payload.generated(next(_seeds), length) for _ in names]
-            checks: list[Any] = []
+            checks: list[Checked] = []
             readers = [
                 _thread(lambda e=e, p=p: checks.append(e.read_checked(p, 60)))
                 for e, p in zip(self.endpoints, payloads, strict=False)
             ]
-            tickets = [
-                self.agent.start_background(
-                    "send_stream", name=name, seed=payload.seed, length=length
+            if count == 1:
+                self.agent.send_stream(names[0], _seed(payloads[0]), length)
+            else:
+                self._streams(
+                    [
+                        {"name": name, "dir": "send", "seed": _seed(payload), "length": length}
+                        for name, payload in zip(names, payloads, strict=True)
+                    ]
                 )
-                for name, payload in zip(names, payloads, strict=True)
-            ]
-            for ticket in tickets:
-                self.agent.wait_ticket(ticket, timeout=600)
             _join(readers, 120)
         for check in checks:
             if not check.ok:
@@ -217,29 +224,22 @@ class Bench:
         )
 
     def checked_both_ways(self, count: int, length: int) -> float:
-        """Total MB/s with `count` ports streaming checked data both ways at once."""
+        """Total MB/s with `count` ports streaming checked data both ways at once (timed on
+        the host, agent call included)."""
         with self._opened(count) as names:
             started = time.monotonic()
-            checks: list[Any] = []
+            checks: list[Checked] = []
             readers = []
-            tickets = []
+            specs: list[dict[str, Any]] = []
             for endpoint, name in zip(self.endpoints, names, strict=False):
                 out, back = (Payload.generated(next(_seeds), length) for _ in range(2))
                 endpoint.write(out)
                 readers.append(
                     _thread(lambda e=endpoint, p=back: checks.append(e.read_checked(p, 60)))
                 )
-                tickets.append(
-                    self.agent.start_background(
-                        "check_stream", name=name, seed=out.seed, length=length, timeout=60
-                    )
-                )
-                tickets.append(
-                    self.agent.start_background(
-                        "send_stream", name=name, seed=back.seed, length=length
-                    )
-                )
-            results = [self.agent.wait_ticket(t, timeout=600) for t in tickets]
+                specs.append({"name": name, "dir": "check", "seed": _seed(out), "length": length})
+                specs.append({"name": name, "dir": "send", "seed": _seed(back), "length": length})
+            results = self._streams(specs)
             _join(readers, 120)
             seconds = time.monotonic() - started
         if not all(c.ok for c in checks) or not all(r.get("match", True) for r in results):
@@ -311,6 +311,11 @@ class Bench:
             results.rtt[f"cat {size_label}"] = self.rtt_cat(size, rtt_count)
         results.load = os.getloadavg()
         return results
+
+
+def _seed(payload: Payload) -> int:
+    assert payload.seed is not None
+    return payload.seed
 
 
 def _thread(target: Callable[[], Any]) -> threading.Thread:

@@ -84,11 +84,15 @@ def _template(seed: int) -> bytes:
 def generated_span(seed: int, index: int) -> bytes:
     """Span ``index`` (bytes ``[index * SPAN_SIZE, (index + 1) * SPAN_SIZE)``) of ``seed``."""
     span = bytearray(_template(seed))
-    high = index.to_bytes(7, "little")
-    for j, value in enumerate(high):
-        if value:
-            span[9 + j :: BLOCK_SIZE] = bytes((value,)) * _BLOCKS_PER_SPAN
+    set_span_index(span, index)
     return bytes(span)
+
+
+def set_span_index(span: bytearray, index: int) -> None:
+    """Turn ``span`` (any span of a seed) into span ``index`` of that seed, in place: spans
+    differ only in bytes 9..15 of each block's index."""
+    for j, value in enumerate(index.to_bytes(7, "little")):
+        span[9 + j :: BLOCK_SIZE] = bytes((value,)) * _BLOCKS_PER_SPAN
 
 
 @dataclass(frozen=True)
@@ -177,8 +181,9 @@ class StreamChecker:
         self.start = start
         self.received = 0
         self.mismatch: Mismatch | None = None
-        self._span_index = -1
-        self._span = b""
+        self._span_index = 0
+        self._span = bytearray(_template(self.seed))
+        self._view = memoryview(self._span)
 
     @property
     def position(self) -> int:
@@ -202,9 +207,10 @@ class StreamChecker:
                 return Mismatch(at, BlockHeader.parse(data[done : done + HEADER_SIZE]))
             index, offset = divmod(at, SPAN_SIZE)
             if index != self._span_index:
-                self._span_index, self._span = index, generated_span(self.seed, index)
+                set_span_index(self._span, index)
+                self._span_index = index
             take = min(SPAN_SIZE - offset, len(data) - done, self.payload.length - at)
-            if not data.startswith(memoryview(self._span)[offset : offset + take], done):
+            if not data.startswith(self._view[offset : offset + take], done):
                 return self._locate(data, done, at, take)
             done += take
         return None

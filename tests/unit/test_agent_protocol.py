@@ -363,6 +363,46 @@ def test_agent_check_stream_accepts_the_exact_stream_in_pieces(hil_agent: Module
     b.close()
 
 
+def test_agent_streams_run_both_ways_on_several_fds_in_one_op(hil_agent: ModuleType) -> None:
+    """Two "ports", each checked one way and sent the other, in one streams op."""
+    agent = hil_agent.Agent()
+    pairs = [socket.socketpair() for _ in range(2)]
+    for k, (a, _) in enumerate(pairs):
+        _inject(hil_agent, agent, f"s{k}", a.fileno(), False)
+    length = SPAN_SIZE + 777
+    received = [bytearray(), bytearray()]
+
+    def pump(k: int, b: socket.socket) -> None:
+        payload = hil_agent.generated_bytes(100 + k, length)
+        b.setblocking(True)
+        sender = threading.Thread(target=b.sendall, args=(payload,))
+        sender.start()
+        while len(received[k]) < length:
+            received[k] += b.recv(65536)
+        sender.join(10)
+
+    pumps = [threading.Thread(target=pump, args=(k, b)) for k, (_, b) in enumerate(pairs)]
+    for thread in pumps:
+        thread.start()
+    specs = [
+        {"name": f"s{k}", "dir": d, "seed": (100 if d == "check" else 200) + k, "length": length}
+        for k in range(2)
+        for d in ("check", "send")
+    ]
+    reply = agent.handle({"id": 1, "op": "streams", "args": {"streams": specs, "timeout": 10}})
+    for thread in pumps:
+        thread.join(10)
+    results = reply["result"]
+    assert [r["bytes"] for r in results] == [length] * 4
+    assert [r["match"] for r in results if "match" in r] == [True, True]
+    for k in range(2):
+        assert bytes(received[k]) == payload_bytes(Payload.generated(200 + k, length))
+    for a, b in pairs:
+        a.detach()
+        b.close()
+    agent.close_all()
+
+
 @pytest.mark.parametrize("kind", CORRUPTIONS)
 def test_host_checker_locates_each_corruption(kind: str) -> None:
     payload = Payload.generated(78, SPAN_SIZE + 50_000)

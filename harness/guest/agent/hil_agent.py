@@ -230,6 +230,130 @@ def locate_mismatch(
         block += STREAM_BLOCK
 
 
+class StreamIO:
+    """One checked stream on a port fd that is non-blocking while it runs.
+
+    Checking: readv() into 4 KiB iovecs takes every buffer the port holds in one call (the
+    kernel fills iovec after iovec until one comes up short), then one memcmp per read against
+    the expected span.  Sending: writev() of 32 KiB iovecs (virtio_console's most per write)
+    straight from the span.  Either way the Python work is per read/write call, not per byte
+    or block, and nothing is hashed."""
+
+    def __init__(self, port: Port, send: bool, seed: int, offset: int, length: int) -> None:
+        self.port = port
+        self.send = send
+        self.offset = offset
+        self.length = length
+        self.cursor = SpanCursor(seed)
+        self.done = 0
+        self.calls = 0
+        self.eof = False
+        self.errno: str | None = None
+        self.mismatch: dict[str, Any] | None = None
+        self.t0 = self.t1 = time.monotonic()
+        self.buffer = bytearray(0 if send else READV_SIZE)
+        whole = memoryview(self.buffer)
+        self.iov = [whole[i : i + STREAM_BLOCK] for i in range(0, len(self.buffer), STREAM_BLOCK)]
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.length or self.eof or self.errno is not None
+
+    @property
+    def events(self) -> int:
+        return select.POLLOUT if self.send else select.POLLIN | select.POLLPRI
+
+    def step(self) -> bool:
+        """One non-blocking readv/writev; False when it would block."""
+        try:
+            n = self._write() if self.send else self._read()
+        except BlockingIOError:
+            return False
+        except OSError as error:
+            self.errno = errno_name(error.errno)
+            return True
+        self.calls += 1
+        if not n and not self.send:
+            self.eof = True
+        self.done += n
+        if self.finished:
+            self.t1 = time.monotonic()
+        return True
+
+    def _write(self) -> int:
+        view, at = self.cursor.at(self.offset + self.done)
+        end = min(SPAN_SIZE, at + self.length - self.done)
+        return os.writev(
+            self.port.fd, [view[i : min(i + WRITE_CHUNK, end)] for i in range(at, end, WRITE_CHUNK)]
+        )
+
+    def _read(self) -> int:
+        left = self.length - self.done
+        iov = self.iov
+        if left < READV_SIZE:
+            whole = memoryview(self.buffer)
+            iov = [whole[i : min(i + STREAM_BLOCK, left)] for i in range(0, left, STREAM_BLOCK)]
+        n = os.readv(self.port.fd, iov)
+        if n and self.mismatch is None:
+            self.mismatch = check_piece(self.cursor, self.buffer, n, self.offset + self.done)
+        return n
+
+    def result(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.port.handle,
+            "bytes": self.done,
+            "calls": self.calls,
+            "seconds": round(self.t1 - self.t0, 3),
+            "t0": self.t0,
+            "t1": self.t1,
+        }
+        if self.errno is not None:
+            out["errno"] = self.errno
+        if not self.send:
+            out.update(
+                eof=self.eof,
+                reads=self.calls,
+                match=self.mismatch is None and self.done == self.length,
+                mismatch=self.mismatch,
+            )
+        return out
+
+
+def run_streams(streams: list[StreamIO], timeout: float) -> None:
+    """Drive ``streams`` to their ends in this thread; ETIMEDOUT once none moved for
+    ``timeout`` seconds.  Each fd is non-blocking for the duration (its flags are restored)."""
+    saved = [(s.port.fd, fcntl.fcntl(s.port.fd, fcntl.F_GETFL)) for s in streams]
+    for fd, flags in saved:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    started = time.monotonic()
+    for stream in streams:
+        stream.t0 = stream.t1 = started
+    try:
+        while True:
+            active = [s for s in streams if not s.finished]
+            if not active:
+                return
+            moved = False
+            for stream in active:  # one call each in turn: no stream starves the others
+                moved = stream.step() or moved
+            if moved:
+                continue
+            poller = select.poll()
+            for stream in active:
+                poller.register(stream.port.fd, stream.events)
+            if not poller.poll(max(0, int(timeout * 1000))):
+                waiting = ", ".join(f"{s.port.handle} at {s.done} of {s.length}" for s in active)
+                raise AgentFailure(
+                    "ETIMEDOUT",
+                    f"streams: nothing moved for {timeout} s ({waiting})",
+                    streams=[s.result() for s in streams],
+                )
+    finally:
+        for fd, flags in saved:
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+
+
 # -- ports ------------------------------------------------------------------------------------
 
 
@@ -625,70 +749,34 @@ class Agent:
 
     def op_check_stream(self, args: dict[str, Any]) -> dict[str, Any]:
         """Read ``length`` bytes and check them against the generated stream of ``seed`` from
-        ``offset``: readv() of 4 KiB iovecs (O_NONBLOCK for the duration, so one call takes every
-        buffer the port holds) and one memcmp per read.  The reply has ``match`` and, on a
-        mismatch, the first bad 4 KiB block (``mismatch.offset``, stream offset) with what its
-        header says; reading goes on after a mismatch so that ``bytes`` stays exact.
-        ``timeout`` bounds each wait for data; EOF ends early."""
-        port = self.port(args)
-        seed = _arg(args, "seed", kind=int)
-        length = _arg(args, "length", kind=int)
-        offset = _arg(args, "offset", 0, int)
-        timeout = _arg(args, "timeout", 30, (int, float))
-        cursor = SpanCursor(seed)
-        buffer = bytearray(READV_SIZE)
-        whole = memoryview(buffer)
-        iov = [whole[i : i + STREAM_BLOCK] for i in range(0, READV_SIZE, STREAM_BLOCK)]
-        got = reads = 0
-        eof = False
-        mismatch: dict[str, Any] | None = None
-        started = time.monotonic()
-        flags = fcntl.fcntl(port.fd, fcntl.F_GETFL)
-        fcntl.fcntl(port.fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-        try:
-            while got < length:
-                left = length - got
-                if left < READV_SIZE:
-                    iov = [
-                        whole[i : min(i + STREAM_BLOCK, left)] for i in range(0, left, STREAM_BLOCK)
-                    ]
-                try:
-                    n = os.readv(port.fd, iov)
-                except BlockingIOError:
-                    if not _poll_fd(port.fd, timeout, select.POLLIN | select.POLLPRI):
-                        raise AgentFailure(
-                            "ETIMEDOUT",
-                            f"check_stream: no data for {timeout} s after {got} of {length} bytes",
-                            bytes=got,
-                            mismatch=mismatch,
-                        ) from None
-                    continue
-                except OSError as error:
-                    raise AgentFailure(
-                        errno_name(error.errno),
-                        f"check_stream stopped after {got} bytes: {error}",
-                        bytes=got,
-                        mismatch=mismatch,
-                    ) from None
-                reads += 1
-                if not n:
-                    eof = True
-                    break
-                if mismatch is None:
-                    mismatch = check_piece(cursor, buffer, n, offset + got)
-                got += n
-        finally:
-            fcntl.fcntl(port.fd, fcntl.F_SETFL, flags)
-        return {
-            "bytes": got,
-            "eof": eof,
-            "match": mismatch is None and got == length,
-            "mismatch": mismatch,
-            "reads": reads,
-            "seconds": round(time.monotonic() - started, 3),
-            "t0": started,
-            "t1": time.monotonic(),
-        }
+        ``offset`` (see StreamIO).  The reply has ``match`` and, on a mismatch, the first bad
+        4 KiB block (``mismatch.offset``, a stream offset) with what its header says; reading
+        goes on after a mismatch so that ``bytes`` stays exact.  ``timeout`` bounds each wait
+        for data; EOF ends early."""
+        stream = self._stream(args, "check")
+        run_streams([stream], _arg(args, "timeout", 30, (int, float)))
+        return stream.result()
+
+    def op_streams(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """Several checked streams at once, both ways, in one thread (poll over every fd: no
+        GIL hand-offs between threads).  ``streams``: a list of ``{name, dir: "check"|"send",
+        seed, length, offset}``; one result per stream, as check_stream's (``bytes`` sent for
+        "send"); an error on one stream ends that stream only (``errno`` in its result)."""
+        specs = _arg(args, "streams", kind=list)
+        streams = [self._stream(spec, _arg(spec, "dir", kind=str)) for spec in specs]
+        run_streams(streams, _arg(args, "timeout", 30, (int, float)))
+        return [stream.result() for stream in streams]
+
+    def _stream(self, spec: dict[str, Any], direction: str) -> StreamIO:
+        if direction not in ("check", "send"):
+            raise AgentFailure("EINVAL", f"stream direction {direction!r}: check or send")
+        return StreamIO(
+            self.port(spec),
+            direction == "send",
+            _arg(spec, "seed", kind=int),
+            _arg(spec, "offset", 0, int),
+            _arg(spec, "length", kind=int),
+        )
 
     def op_echo(self, args: dict[str, Any]) -> dict[str, Any]:
         """Send back ``count`` messages of ``size`` bytes as they arrive (round-trip probes)."""
