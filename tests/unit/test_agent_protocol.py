@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -401,6 +402,64 @@ def test_agent_streams_run_both_ways_on_several_fds_in_one_op(hil_agent: ModuleT
         a.detach()
         b.close()
     agent.close_all()
+
+
+def _stepped_check(
+    hil_agent: ModuleType, data: bytes, pieces: list[int], seed: int, length: int
+) -> Any:
+    """A check StreamIO on a pipe fed ``data`` in ``pieces`` (sizes), one step per piece, so
+    that every read ends exactly where a piece does (like a partial port buffer)."""
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    port = hil_agent.Port("pipe", "pipe", "test", r, True, False)
+    stream = hil_agent.StreamIO(port, False, seed, 0, length)
+    at = 0
+    try:
+        for size in pieces:
+            os.write(w, data[at : at + size])
+            at += size
+            assert stream.step()
+    finally:
+        os.close(r)
+        os.close(w)
+    return stream
+
+
+def test_check_locates_corruption_in_a_short_last_block(hil_agent: ModuleType) -> None:
+    payload = Payload.generated(31, 8 * 4096)
+    data = bytearray(payload_bytes(payload))
+    data[2 * 4096 + 3000] ^= 1
+    stream = _stepped_check(hil_agent, bytes(data), [2 * 4096 + 3500, 4096], 31, len(data))
+    assert stream.mismatch["offset"] == 2 * 4096
+    assert stream.mismatch["found_index"] == 2
+
+
+def test_check_locates_a_bad_header_cut_short(hil_agent: ModuleType) -> None:
+    payload = Payload.generated(31, 8 * 4096)
+    data = bytearray(payload_bytes(payload))
+    data[4096 + 3] ^= 1
+    stream = _stepped_check(hil_agent, bytes(data), [4096 + 10, 4096], 31, len(data))
+    assert stream.mismatch == {"offset": 4096}
+
+
+def test_check_falls_back_to_memcmp_when_reads_never_line_up(hil_agent: ModuleType) -> None:
+    """Port buffers offset from the blocks: after a few short block reads, plain reads (and a
+    memcmp per read) take over, and still locate a bad block."""
+    payload = Payload.generated(32, 64 * 4096)
+    data = bytearray(payload_bytes(payload))
+    data[50 * 4096 + 77] ^= 1
+    pieces = [100] + [4096] * 63 + [4096 - 100]
+    stream = _stepped_check(hil_agent, bytes(data), pieces, 32, len(data))
+    assert stream.blocks is None, "block reads were given up"
+    assert stream.done == len(data)
+    assert stream.mismatch["offset"] == 50 * 4096
+
+
+def test_check_of_unaligned_reads_accepts_the_exact_stream(hil_agent: ModuleType) -> None:
+    payload = Payload.generated(33, 64 * 4096)
+    pieces = [100] + [4096] * 63 + [4096 - 100]
+    stream = _stepped_check(hil_agent, payload_bytes(payload), pieces, 33, payload.length)
+    assert stream.mismatch is None and stream.done == payload.length
 
 
 @pytest.mark.parametrize("kind", CORRUPTIONS)
