@@ -354,6 +354,7 @@ class StreamIO:
         self.t0 = self.t1 = time.monotonic()
         self.blocks = None if send else BlockReader(seed)
         self.short_blocks = 0
+        self.check_seconds = 0.0  # time spent comparing (the rest is the port and the loop)
         self.buffer = bytearray(0 if send else READV_SIZE)
         whole = memoryview(self.buffer)
         self.iov = [whole[i : i + STREAM_BLOCK] for i in range(0, len(self.buffer), STREAM_BLOCK)]
@@ -401,7 +402,9 @@ class StreamIO:
                 if self.short_blocks > 16:  # port buffers do not line up with blocks
                     self.blocks = None
             if n and self.mismatch is None:
+                began = time.monotonic()
                 self.mismatch = blocks.check(n, pos)
+                self.check_seconds += time.monotonic() - began
             return n
         if blocks is not None and pos % STREAM_BLOCK:  # read up to the next block boundary
             left = min(left, STREAM_BLOCK - pos % STREAM_BLOCK)
@@ -411,7 +414,9 @@ class StreamIO:
             iov = [whole[i : min(i + STREAM_BLOCK, left)] for i in range(0, left, STREAM_BLOCK)]
         n = os.readv(self.port.fd, iov)
         if n and self.mismatch is None:
+            began = time.monotonic()
             self.mismatch = check_piece(self.cursor, self.buffer, n, pos)
+            self.check_seconds += time.monotonic() - began
         return n
 
     def result(self) -> dict[str, Any]:
@@ -431,6 +436,7 @@ class StreamIO:
                 reads=self.calls,
                 match=self.mismatch is None and self.done == self.length,
                 mismatch=self.mismatch,
+                check_seconds=round(self.check_seconds, 3),
             )
         return out
 
@@ -870,6 +876,8 @@ class Agent:
         goes on after a mismatch so that ``bytes`` stays exact.  ``timeout`` bounds each wait
         for data; EOF ends early."""
         stream = self._stream(args, "check")
+        if not _arg(args, "blocks", True, bool):  # the memcmp-only path, for comparisons
+            stream.blocks = None
         run_streams([stream], _arg(args, "timeout", 30, (int, float)))
         return stream.result()
 
