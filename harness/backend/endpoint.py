@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.machine.errors import MachineError, WaitTimeout
+from harness.machine.errors import MachineError, ReadTimeout, WaitTimeout
 from harness.model.payload import Mismatch, Payload, StreamChecker, iter_chunks, sha256_of
 
 RECEIVE_LIMIT = 4 * 1024 * 1024
@@ -320,9 +320,11 @@ class HostEndpoint:
                 if remaining <= 0:
                     if length is None:
                         break
-                    raise WaitTimeout(
+                    raise ReadTimeout(
                         f"host end of {self.name}: read {count} of {length} bytes within "
-                        f"{timeout:.0f} s"
+                        f"{timeout:.0f} s",
+                        received=count,
+                        wanted=length,
                     )
                 self._lock.wait(remaining)
             eof = self._eof and not self._inbox
@@ -360,9 +362,11 @@ class HostEndpoint:
                 if self._eof or self._sock is None:
                     break
                 if not self._wait_data(last_at or began, timeout):
-                    raise WaitTimeout(
+                    raise ReadTimeout(
                         f"host end of {self.name}: checked read got {checker.received} of "
-                        f"{want} bytes, then nothing for {timeout:.0f} s"
+                        f"{want} bytes, then nothing for {timeout:.0f} s",
+                        checker.received,
+                        want,
                     )
             eof = self._eof and not self._inbox
         return Checked(
@@ -391,9 +395,11 @@ class HostEndpoint:
                 if self._eof or self._sock is None:
                     break
                 if not self._wait_data(last_at or began, timeout):
-                    raise WaitTimeout(
+                    raise ReadTimeout(
                         f"host end of {self.name}: drained {count} of {length} bytes, then "
-                        f"nothing for {timeout:.0f} s"
+                        f"nothing for {timeout:.0f} s",
+                        count,
+                        length,
                     )
         return count, first_at, last_at or first_at
 

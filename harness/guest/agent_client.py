@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import paramiko
 
+from harness.errors import HarnessError
 from harness.guest.guest import Guest
 from harness.machine.errors import MachineError, WaitTimeout
 
@@ -35,7 +36,7 @@ IDEMPOTENT_OPS = frozenset(
 AgentChannel = Literal["ssh", "serial"]
 
 
-class AgentError(Exception):
+class AgentError(HarnessError):
     """The agent answered ``ok: false``; `errno` is a name such as "EBUSY"."""
 
     def __init__(
