@@ -232,76 +232,57 @@ def locate_mismatch(
         block += STREAM_BLOCK
 
 
-FILLER_SIZE = STREAM_BLOCK - HEADER_SIZE
 BLOCKS_PER_READ = 64  # 256 KiB per readv()
 
 
 class BlockReader:
-    """The fast check for block-aligned reads: readv() puts each block's 16-byte header into
-    one bytearray and its 4080-byte filler straight into an array('Q'), so checking is one
-    memcmp of the headers (against a per-span header table) and ``array == array`` per filler
-    (against the seed's 256 fillers, which do not change from span to span).  array equality is
-    a scalar 8-byte loop: about three times faster than memcmp under TCG, where SSE2's
-    pmovmskb (memcmp's inner loop) is a helper call.  No copy, no per-byte Python."""
+    """The fast check for block-aligned reads: readv() puts each 4 KiB block straight into its
+    own array('Q') (one iovec per block, as many port reads as `dd`), and checking is
+    ``array == array`` per block against the seed's 256 expected blocks of the current span
+    (patched in place, 7 bytes each, when a read enters the next span; reads never straddle
+    spans).  array equality is a scalar 8-byte loop: about three times faster than memcmp
+    under TCG, where SSE2's pmovmskb (memcmp's inner loop) is a helper call.  No copy and no
+    per-byte Python; all() over map() keeps the per-block loop in C."""
 
     def __init__(self, seed: int) -> None:
         template = span_template(seed)
         self.tag = seed_tag(seed)
-        self.heads = bytearray(BLOCKS_PER_READ * HEADER_SIZE)
-        heads = memoryview(self.heads)
-        self.fills = [array.array("Q", bytes(FILLER_SIZE)) for _ in range(BLOCKS_PER_READ)]
-        self.iov: list[memoryview] = []
-        for i, fill in enumerate(self.fills):
-            self.iov += [heads[i * HEADER_SIZE : (i + 1) * HEADER_SIZE], memoryview(fill).cast("B")]
-        expected = [
-            array.array("Q", template[i * STREAM_BLOCK + HEADER_SIZE : (i + 1) * STREAM_BLOCK])
+        self.blocks = [array.array("Q", bytes(STREAM_BLOCK)) for _ in range(BLOCKS_PER_READ)]
+        self.iov = [memoryview(block).cast("B") for block in self.blocks]
+        self.expected = [
+            array.array("Q", template[i * STREAM_BLOCK : (i + 1) * STREAM_BLOCK])
             for i in range(BLOCKS_PER_SPAN)
         ]
-        self.expected = expected + expected  # slices across a span's end need no wrap-around
-        self.table = bytearray(
-            b"".join(
-                template[i * STREAM_BLOCK : i * STREAM_BLOCK + HEADER_SIZE] for i in range(256)
-            )
-        )
-        self.table_view = memoryview(self.table)
-        self.table_span = 0
+        self.index_bytes = [memoryview(block).cast("B")[9:16] for block in self.expected]
+        self.span = 0
 
-    def iov_for(self, left: int) -> list[memoryview]:
-        """iovecs for whole blocks only (at most ``left`` bytes; ``left`` >= one block)."""
-        count = min(BLOCKS_PER_READ, left // STREAM_BLOCK)
-        return self.iov if count == BLOCKS_PER_READ else self.iov[: 2 * count]
+    def iov_for(self, left: int, pos: int) -> list[memoryview]:
+        """iovecs for whole blocks only, up to the span's end (``left`` >= one block)."""
+        room = BLOCKS_PER_SPAN - (pos // STREAM_BLOCK) % BLOCKS_PER_SPAN
+        count = min(BLOCKS_PER_READ, left // STREAM_BLOCK, room)
+        return self.iov if count == BLOCKS_PER_READ else self.iov[:count]
 
-    def _headers(self, span: int) -> memoryview:
-        if span != self.table_span:
-            for j, value in enumerate(span.to_bytes(7, "little")):
-                self.table[9 + j :: HEADER_SIZE] = bytes((value,)) * BLOCKS_PER_SPAN
-            self.table_span = span
-        return self.table_view
+    def _enter(self, span: int) -> None:
+        if span != self.span:
+            high = span.to_bytes(7, "little")
+            for view in self.index_bytes:
+                view[:] = high
+            self.span = span
 
     def check(self, length: int, pos: int) -> dict[str, Any] | None:
         """Check the ``length`` bytes just read at block-aligned stream offset ``pos``."""
         full, part = divmod(length, STREAM_BLOCK)
         first = pos // STREAM_BLOCK
         span, i0 = divmod(first, BLOCKS_PER_SPAN)
-        here = min(full, BLOCKS_PER_SPAN - i0)
-        good = self.heads.startswith(
-            self._headers(span)[i0 * HEADER_SIZE : (i0 + here) * HEADER_SIZE]
-        )
-        if good and full > here:
-            rest = self._headers(span + 1)[: (full - here) * HEADER_SIZE]
-            good = self.heads.startswith(rest, here * HEADER_SIZE)
-        good = good and all(map(operator.eq, self.fills[:full], self.expected[i0 : i0 + full]))
-        if not good:
+        self._enter(span)
+        if not all(map(operator.eq, self.blocks[:full], self.expected[i0 : i0 + full])):
             return self._locate(first, full)
         if part:
             return self._check_partial(full, first + full, part)
         return None
 
-    def _block_header(self, index: int) -> bytes:
-        return self.tag + index.to_bytes(8, "little")
-
-    def _found(self, i: int, index: int) -> dict[str, Any]:
-        head = bytes(self.heads[i * HEADER_SIZE : (i + 1) * HEADER_SIZE])
+    def _found(self, slot: int, index: int) -> dict[str, Any]:
+        head = bytes(self.iov[slot][:HEADER_SIZE])
         return {
             "offset": index * STREAM_BLOCK,
             "found_tag": head[:8].hex(),
@@ -311,20 +292,15 @@ class BlockReader:
 
     def _locate(self, first: int, full: int) -> dict[str, Any]:
         """The slow path, only after a failed check: block by block."""
-        for i in range(full):
-            head = self.heads[i * HEADER_SIZE : (i + 1) * HEADER_SIZE]
-            filler = self.expected[(first + i) % BLOCKS_PER_SPAN]
-            if head != self._block_header(first + i) or self.fills[i] != filler:
-                return self._found(i, first + i)
+        for slot in range(full):
+            if self.blocks[slot] != self.expected[(first + slot) % BLOCKS_PER_SPAN]:
+                return self._found(slot, first + slot)
         raise AssertionError("a failed block check located no block")
 
     def _check_partial(self, slot: int, index: int, part: int) -> dict[str, Any] | None:
         """The last block of a read came short (a partial port buffer): compare its bytes."""
-        got_head = self.heads[slot * HEADER_SIZE : slot * HEADER_SIZE + min(part, HEADER_SIZE)]
-        size = max(0, part - HEADER_SIZE)
-        got_fill = bytes(memoryview(self.fills[slot]).cast("B")[:size])
-        want_fill = bytes(memoryview(self.expected[index % BLOCKS_PER_SPAN]).cast("B")[:size])
-        if got_head == self._block_header(index)[: len(got_head)] and got_fill == want_fill:
+        want = memoryview(self.expected[index % BLOCKS_PER_SPAN]).cast("B")[:part]
+        if bytes(self.iov[slot][:part]) == bytes(want):
             return None
         if part >= HEADER_SIZE:
             return self._found(slot, index)
@@ -396,7 +372,7 @@ class StreamIO:
         pos = self.offset + self.done
         blocks = self.blocks
         if blocks is not None and pos % STREAM_BLOCK == 0 and left >= STREAM_BLOCK:
-            n = os.readv(self.port.fd, blocks.iov_for(left))
+            n = os.readv(self.port.fd, blocks.iov_for(left, pos))
             if n % STREAM_BLOCK:
                 self.short_blocks += 1
                 if self.short_blocks > 16:  # port buffers do not line up with blocks
