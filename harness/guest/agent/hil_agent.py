@@ -331,6 +331,7 @@ class StreamIO:
         self.blocks = None if send else BlockReader(seed)
         self.short_blocks = 0
         self.check_seconds = 0.0  # time spent comparing (the rest is the port and the loop)
+        self.waits = 0  # calls that would have blocked (then poll)
         self.buffer = bytearray(0 if send else READV_SIZE)
         whole = memoryview(self.buffer)
         self.iov = [whole[i : i + STREAM_BLOCK] for i in range(0, len(self.buffer), STREAM_BLOCK)]
@@ -348,6 +349,7 @@ class StreamIO:
         try:
             n = self._write() if self.send else self._read()
         except BlockingIOError:
+            self.waits += 1
             return False
         except OSError as error:
             self.errno = errno_name(error.errno)
@@ -400,6 +402,7 @@ class StreamIO:
             "name": self.port.handle,
             "bytes": self.done,
             "calls": self.calls,
+            "waits": self.waits,
             "seconds": round(self.t1 - self.t0, 3),
             "t0": self.t0,
             "t1": self.t1,
