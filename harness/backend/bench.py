@@ -162,9 +162,7 @@ class Bench:
 
     def raw_g2h(self, count: int, length: int) -> float:
         spans: list[tuple[int, float, float]] = []
-        readers = [
-            _thread(lambda e=e: spans.append(e.drain(length, 60))) for e in self.endpoints[:count]
-        ]
+        readers = [_thread(_into(spans, e.drain, length, 60)) for e in self.endpoints[:count]]
         commands = [
             f"dd if=/dev/zero of=/dev/{dev} bs=32k count={length // 32768} 2>/dev/null"
             for dev in self.devs[:count]
@@ -203,7 +201,7 @@ class Bench:
             payloads = [Payload.generated(next(_seeds), length) for _ in names]
             checks: list[Checked] = []
             readers = [
-                _thread(lambda e=e, p=p: checks.append(e.read_checked(p, 60)))
+                _thread(_into(checks, e.read_checked, p, 60))
                 for e, p in zip(self.endpoints, payloads, strict=False)
             ]
             if count == 1:
@@ -234,9 +232,7 @@ class Bench:
             for endpoint, name in zip(self.endpoints, names, strict=False):
                 out, back = (Payload.generated(next(_seeds), length) for _ in range(2))
                 endpoint.write(out)
-                readers.append(
-                    _thread(lambda e=endpoint, p=back: checks.append(e.read_checked(p, 60)))
-                )
+                readers.append(_thread(_into(checks, endpoint.read_checked, back, 60)))
                 specs.append({"name": name, "dir": "check", "seed": _seed(out), "length": length})
                 specs.append({"name": name, "dir": "send", "seed": _seed(back), "length": length})
             results = self._streams(specs)
@@ -316,6 +312,15 @@ class Bench:
 def _seed(payload: Payload) -> int:
     assert payload.seed is not None
     return payload.seed
+
+
+def _into(results: list[Any], function: Callable[..., Any], *args: Any) -> Callable[[], None]:
+    """A thread target that appends ``function(*args)`` to ``results``."""
+
+    def run() -> None:
+        results.append(function(*args))
+
+    return run
 
 
 def _thread(target: Callable[[], Any]) -> threading.Thread:
