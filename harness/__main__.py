@@ -108,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument(
         "--round-trips", type=int, default=200, help="round trips per case (default 200)"
     )
+    bench.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs of each throughput case, raw and checked alternating; medians (default 3)",
+    )
     args, rest = parser.parse_known_args(argv)
     if args.command == "smoke":
         return smoke()
@@ -116,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         from harness.backend.bench import bench as run_bench
 
-        return run_bench(args.mib, args.round_trips, args.json)
+        return run_bench(args.mib, args.round_trips, args.json, args.repeat)
     return run_scenarios(rest)
 
 

@@ -21,6 +21,7 @@ import itertools
 import json
 import os
 import shlex
+import statistics
 import tempfile
 import threading
 import time
@@ -88,7 +89,7 @@ class Results:
         return {k: round(v, 1) if isinstance(v, float) else v for k, v in out.items()}
 
     def table(self) -> str:
-        lines = [f"{'path':<22}{'raw MB/s':>10}{'checked MB/s':>14}{'ratio':>8}"]
+        lines = [f"{'path (medians)':<22}{'raw MB/s':>10}{'checked MB/s':>14}{'ratio':>8}"]
         for label, raw, checked in self.rows:
             lines.append(f"{label:<22}{raw:>10.1f}{checked:>14.1f}{checked / raw:>8.2f}")
         for label, total, reference in self.totals:
@@ -283,7 +284,9 @@ class Bench:
 
     # -- all -------------------------------------------------------------------------------
 
-    def run(self, length: int, rtt_count: int) -> Results:
+    def run(self, length: int, rtt_count: int, repeat: int = 3) -> Results:
+        """Every throughput case ``repeat`` times, raw and checked alternating (the load of a
+        shared machine drifts): the medians are reported."""
         results = Results()
         for direction, raw, checked in (
             ("h2g", self.raw_h2g, self.checked_h2g),
@@ -291,16 +294,21 @@ class Bench:
         ):
             for count in (1, PORTS):
                 label = f"{direction} {count} port{'s' if count > 1 else ''}"
-                self.say(f"{label} ...")
                 per_port = length if count == 1 else length // count
-                results.rows.append((label, raw(count, per_port), checked(count, per_port)))
-                self.say(f"  {results.rows[-1]}")
+                raws, checks = [], []
+                for _ in range(repeat):
+                    raws.append(raw(count, per_port))
+                    checks.append(checked(count, per_port))
+                    self.say(f"{label}: raw {raws[-1]:.1f} MB/s, checked {checks[-1]:.1f} MB/s")
+                results.rows.append((label, statistics.median(raws), statistics.median(checks)))
         single_raw = min(results.rows[0][1], results.rows[2][1])
         for count in (1, PORTS):
-            self.say(f"both ways, {count} port(s) ...")
-            total = self.checked_both_ways(count, length // (2 * count))
+            totals = []
+            for _ in range(repeat):
+                totals.append(self.checked_both_ways(count, length // (2 * count)))
+                self.say(f"both ways, {count} port(s): {totals[-1]:.1f} MB/s in total")
             label = f"both ways {count} port{'s' if count > 1 else ''}"
-            results.totals.append((label, total, single_raw))
+            results.totals.append((label, statistics.median(totals), single_raw))
         for size, size_label in ((1, "1 B"), (4096, "4 KiB")):
             self.say(f"round trips, {size_label} ...")
             results.rtt[f"agent {size_label}"] = self.rtt_agent(size, rtt_count)
@@ -390,12 +398,12 @@ def booted() -> Iterator[Bench]:
             guest.shutdown()
 
 
-def bench(mib: int = 128, rtt_count: int = 200, as_json: bool = False) -> int:
+def bench(mib: int = 128, rtt_count: int = 200, as_json: bool = False, repeat: int = 3) -> int:
     """Boot one guest, measure, print the table (and a JSON line); 0 on success."""
-    print(f"{mib} MiB per direction and case", flush=True)
+    print(f"{mib} MiB per direction and case, medians of {repeat}", flush=True)
     with booted() as runner:
         runner.say = lambda text: print(text, flush=True)
-        results = runner.run(mib * MIB, rtt_count)
+        results = runner.run(mib * MIB, rtt_count, repeat)
     print(results.table())
     if as_json:
         print(json.dumps(results.summary(), sort_keys=True))
