@@ -7,6 +7,7 @@ guest), so it is loaded from its path.
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import hashlib
 import importlib.util
@@ -402,6 +403,58 @@ def test_agent_streams_run_both_ways_on_several_fds_in_one_op(hil_agent: ModuleT
         a.detach()
         b.close()
     agent.close_all()
+
+
+def test_a_stream_does_not_turn_a_concurrent_blocking_send_into_eagain(
+    hil_agent: ModuleType,
+) -> None:
+    """check_stream makes the shared fd non-blocking while it runs; a send_stream on the same
+    port (opened blocking) meanwhile waits in poll() instead of failing with EAGAIN, and the
+    port is blocking again once both are done."""
+    agent = hil_agent.Agent()
+    a, b = socket.socketpair()
+    _inject(hil_agent, agent, "sock", a.fileno(), False)
+    b.settimeout(20)  # a broken agent fails the test instead of hanging it
+    to_agent, from_agent = 3 * SPAN_SIZE, 4 * SPAN_SIZE
+    drained = bytearray()
+
+    def peer_send() -> None:
+        b.sendall(hil_agent.generated_bytes(61, to_agent))
+
+    def peer_drain() -> None:
+        time.sleep(0.5)  # let the agent's sends fill the socket first
+        with contextlib.suppress(TimeoutError):
+            while len(drained) < from_agent:
+                drained.extend(b.recv(65536))
+
+    checking = agent.handle(
+        {
+            "id": 1,
+            "op": "start",
+            "args": {
+                "op": "check_stream",
+                "args": {"name": "sock", "seed": 61, "length": to_agent, "timeout": 10},
+            },
+        }
+    )
+    helpers = [threading.Thread(target=peer_send), threading.Thread(target=peer_drain)]
+    for thread in helpers:
+        thread.start()
+    sent = agent.handle(
+        {"id": 2, "op": "send_stream", "args": {"name": "sock", "seed": 62, "length": from_agent}}
+    )
+    state = agent.handle(
+        {"id": 3, "op": "ticket", "args": {"ticket": checking["result"]["ticket"], "wait": 20}}
+    )
+    for thread in helpers:
+        thread.join(20)
+    assert sent.get("result", sent)["bytes"] == from_agent, sent
+    assert state["result"]["reply"]["result"]["match"] is True, state
+    assert bytes(drained) == payload_bytes(Payload.generated(62, from_agent))
+    assert os.get_blocking(a.fileno())
+    a.detach()
+    agent.close_all()
+    b.close()
 
 
 def _stepped_check(

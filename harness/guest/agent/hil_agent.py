@@ -425,9 +425,9 @@ class StreamIO:
 def run_streams(streams: list[StreamIO], timeout: float) -> None:
     """Drive ``streams`` to their ends in this thread; ETIMEDOUT once none moved for
     ``timeout`` seconds.  Each fd is non-blocking for the duration (its flags are restored)."""
-    saved = [(s.port.fd, fcntl.fcntl(s.port.fd, fcntl.F_GETFL)) for s in streams]
-    for fd, flags in saved:
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    ports = list({id(s.port): s.port for s in streams}.values())
+    for port in ports:
+        stream_mode(port, True)
     started = time.monotonic()
     for stream in streams:
         stream.t0 = stream.t1 = started
@@ -452,9 +452,35 @@ def run_streams(streams: list[StreamIO], timeout: float) -> None:
                     streams=[s.result() for s in streams],
                 )
     finally:
-        for fd, flags in saved:
+        for port in ports:
             with contextlib.suppress(OSError):
-                fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+                stream_mode(port, False)
+
+
+_MODE_LOCK = threading.Lock()
+
+
+def stream_mode(port: Port, enter: bool) -> None:
+    """Streams need O_NONBLOCK, which is a flag of the open file that every op on the port
+    shares: the first stream on a port sets it, the last one restores the mode the port was
+    opened with, and blocking ops (send_stream, write, read) on a port opened blocking wait in
+    poll() when they meet EAGAIN meanwhile (see wait_ready)."""
+    with _MODE_LOCK:
+        port.streams += 1 if enter else -1
+        if port.streams == (1 if enter else 0):
+            flags = fcntl.fcntl(port.fd, fcntl.F_GETFL)
+            blocking = not enter and not port.nonblocking
+            flags = (flags & ~os.O_NONBLOCK) if blocking else (flags | os.O_NONBLOCK)
+            fcntl.fcntl(port.fd, fcntl.F_SETFL, flags)
+
+
+def wait_ready(port: Port, error: OSError, events: int) -> bool:
+    """True when a blocking op met EAGAIN only because a stream made the fd non-blocking:
+    it has waited in poll() for ``events`` and should retry."""
+    if error.errno != errno.EAGAIN or port.nonblocking:
+        return False
+    _poll_fd(port.fd, None, events)
+    return True
 
 
 # -- ports ------------------------------------------------------------------------------------
@@ -552,6 +578,7 @@ class Port:
         self.nonblocking = nonblocking
         self.sigio = sigio
         self.sigio_masks: list[dict[str, Any]] = []
+        self.streams = 0  # StreamIO runs that hold the fd non-blocking (see stream_mode)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -766,7 +793,13 @@ class Agent:
                     "ETIMEDOUT",
                     f"nothing to read on {port.handle!r} within {timeout} s (poll mask 0)",
                 )
-        data = os.read(port.fd, max_bytes)
+        while True:
+            try:
+                data = os.read(port.fd, max_bytes)
+                break
+            except OSError as error:
+                if not wait_ready(port, error, select.POLLIN | select.POLLPRI):
+                    raise
         return {"data": b64(data), "length": len(data), "eof": not data and max_bytes > 0}
 
     def op_write(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -789,6 +822,8 @@ class Agent:
                 try:
                     n = os.write(port.fd, view)
                 except OSError as error:
+                    if wait_ready(port, error, select.POLLOUT):
+                        continue
                     if written == 0:
                         raise
                     return {
@@ -843,6 +878,8 @@ class Agent:
             try:
                 n = os.writev(port.fd, iov)
             except OSError as error:
+                if wait_ready(port, error, select.POLLOUT):
+                    continue
                 raise AgentFailure(
                     errno_name(error.errno),
                     f"send_stream stopped after {sent} bytes: {error}",
