@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from harness.backend.endpoint import HostEndpoint, Received, unread_by_peer
 from harness.errors import OperationFailed
@@ -28,6 +28,7 @@ from harness.machine.migration import MODES, MigrationRefused, MigrationStats
 from harness.machine.migration import migrate as run_migration
 from harness.machine.ports import PortManager
 from harness.machine.qemu import ControllerSpec, PortSpec
+from harness.model.declarations import Backend, MachineDecl, PortDecl
 from harness.model.payload import Payload
 from harness.model.snapshot import (
     ABSENT,
@@ -49,32 +50,13 @@ class RealFailure(OperationFailed):
     """A real operation failed; `text` is QEMU's message or the guest errno name."""
 
 
-class ControllerDecl(Protocol):
-    id: str
-    max_ports: int
-
-
-class PortDecl(Protocol):
-    name: str
-    nr: int | None
-    console: bool
-    controller: str
-    backend: str
-
-
-class MachineDecl(Protocol):
-    memory: int
-    controllers: list[Any]
-    ports: list[Any]
-
-
 GuestFactory = Callable[..., Guest]
 
 
 @dataclass
 class _Port:
     spec: PortSpec
-    backend: str
+    backend: Backend
     endpoint: HostEndpoint | None
 
     @property
@@ -282,10 +264,10 @@ class QemuSystem:
             raise RealFailure(error.desc) from None
 
     def hotplug(
-        self, name: str, nr: int | None, console: bool, controller: str, backend: str
+        self, name: str, nr: int | None, console: bool, controller: str, backend: Backend
     ) -> None:
         _, agent, ports = self._need_guest()
-        port = self._declare(_Decl(name, nr, console, controller, backend))
+        port = self._declare(PortDecl(name, controller, nr, console, backend))
         self._qmp(ports.add_port, port.spec)
         self._register(port)
         agent.wait_port(name)
@@ -364,11 +346,11 @@ class QemuSystem:
         _, qtree_ports = ports.qtree()
         wanted = (
             [
-                _Decl(
+                PortDecl(
                     q.name,
+                    q.controller,
                     q.nr,
                     q.driver == "virtconsole",
-                    q.controller,
                     self._ports[q.name].backend if q.name in self._ports else "none",
                 )
                 for q in qtree_ports.values()
@@ -379,7 +361,7 @@ class QemuSystem:
         planned: dict[str, _Port] = {}
         for decl in wanted:
             nr = decl.nr if decl.nr is not None else getattr(qtree_ports.get(decl.name), "nr", None)
-            port = self._declare(_Decl(decl.name, nr, decl.console, decl.controller, decl.backend))
+            port = self._declare(replace(decl, nr=nr))
             source = self._ports.get(decl.name)
             if source is not None:  # same QEMU id: VSERPORT_CHANGE keeps naming the same port
                 port = _Port(
@@ -528,15 +510,6 @@ def _op_result(result: Any) -> Any:
             return Received(int(result["bytes"]), result["sha256"], None, bool(result["eof"]))
         return int(result["bytes"])
     return None
-
-
-@dataclass(frozen=True)
-class _Decl:
-    name: str
-    nr: int | None
-    console: bool
-    controller: str
-    backend: str
 
 
 def _guest_view(entry: dict[str, Any]) -> GuestPortView:

@@ -44,6 +44,14 @@ def max_supported(limit: int) -> str:
     return f"maximum ports supported: {limit}"
 
 
+UINT32_MAX = 2**32 - 1
+
+
+def expects_uint32(prop: str) -> str:
+    """QEMU's property parser (observed, QEMU 7.2: -device virtio-serial-pci,max_ports=-1)."""
+    return f"Parameter '{prop}' expects uint32_t"
+
+
 def duplicate_device_id(dev_id: str) -> str:
     return f"Duplicate device ID '{dev_id}'"
 

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from harness.images.builder import GuestImage, build_image
 from harness.images.errors import ImageBuildError
 from harness.machine.accel import AccelChoice, choose_accel
 from harness.machine.qemu import ControllerSpec, Machine, MachineSpec
+from harness.model import MachineDecl
 from harness.plugin.kernels import kernel_id
 from harness.plugin.options import HilSettings
 
@@ -241,18 +242,11 @@ def hil_system_factory(
         system.stop()
 
 
-@dataclass(frozen=True)
-class DefaultMachine:
-    memory: int = 512
-    controllers: list[ControllerSpec] = field(default_factory=lambda: [ControllerSpec("vser0")])
-    ports: list[Any] = field(default_factory=list)
-
-
 @pytest.fixture
 def hil_system(hil_system_factory: Callable[[], QemuSystem]) -> QemuSystem:
     """A started real system: a booted guest with controller vser0, its agent, no ports."""
     system = hil_system_factory()
-    system.start(DefaultMachine())
+    system.start(MachineDecl())
     return system
 
 

@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 from harness.errors import OperationFailed
 
 if TYPE_CHECKING:
-    from harness.model import Payload, Snapshot
-    from harness.scenario.schema import MachineDecl
+    from harness.model import Backend, MachineDecl, Payload, Snapshot
 
 GuestOp = Literal["read", "write", "open"]
 
@@ -62,6 +61,9 @@ class RealSystem(Protocol):
     def host_read(self, port: str, length: int, timeout: float) -> ReadData:
         """Read exactly ``length`` bytes (fewer only at timeout/EOF); EAGAIN when none."""
 
+    def host_stall(self, port: str, stalled: bool) -> None:
+        """Stop (True) or resume (False) reading the host socket, like a busy host program."""
+
     def guest_open(self, port: str, nonblocking: bool) -> None: ...
     def guest_close(self, port: str) -> None: ...
 
@@ -84,7 +86,7 @@ class RealSystem(Protocol):
         """(done, result, error text or None); result as guest_read/guest_write return."""
 
     def hotplug(
-        self, name: str, nr: int | None, console: bool, controller: str, backend: str
+        self, name: str, nr: int | None, console: bool, controller: str, backend: Backend
     ) -> None: ...
     def unplug(self, name: str) -> None: ...
     def hotplug_controller(self, id: str, max_ports: int) -> None: ...
