@@ -110,22 +110,30 @@ class ScenarioRunner:
 
     # ------------------------------------------------------------- driving
     def run(self) -> None:
+        self.prepare()
+        for step in self.scenario.steps:
+            self.run_guarded(step)
+        self.finish()
+
+    def prepare(self) -> None:
+        """Build the model and boot the real system (step 0); steps may follow."""
         self.model = build_model(self.scenario.machine)
         if self.real is not None:
             with self.step_context(BOOT):
                 self.real.start(self.scenario.machine)
                 self._settle(BOOT)
                 self._check_console(BOOT)
-        for step in self.scenario.steps:
-            log.info("%s: step %d %s", self.scenario.name, step.index, step.label)
-            with self.step_context(step):
-                try:
-                    self.run_step(step)
-                except ScenarioFailure:
-                    raise
-                except HarnessError as error:  # QEMU died, the guest hangs: fail, with context
-                    raise self._lost(step, error) from error
-        self.finish()
+
+    def run_guarded(self, step: Step) -> None:
+        """One step; QEMU dying or the guest falling silent fails it, with the context."""
+        log.info("%s: step %d %s", self.scenario.name, step.index, step.label)
+        with self.step_context(step):
+            try:
+                self.run_step(step)
+            except ScenarioFailure:
+                raise
+            except HarnessError as error:
+                raise self._lost(step, error) from error
 
     def finish(self) -> None:
         """The end of a scenario: an operation still blocked here was never judged.

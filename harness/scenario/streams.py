@@ -63,6 +63,7 @@ class StreamBook:
     ended: dict[str, StreamModel] = field(default_factory=dict)  # stream_end: for its real op
     streamed: set[str] = field(default_factory=set)
     paused: bool = False
+    reports: list[Any] = field(default_factory=list)  # every real stream_end's report
 
     def start(self, call: StepCall, direction: str) -> Outcome:
         port = call.port
@@ -148,6 +149,7 @@ def _real_end(real: RealSystem, call: StepCall) -> StreamReportLike:
     stream = _book(call).ended.pop(call.port)
     stop = stream.size is None or stream.cut is not None
     report: StreamReportLike = real.end_stream(call.port, stop, STREAM_TIMEOUT)
+    _book(call).reports.append(report)
     layers = chain(
         stream.direction, report.sent, report.delivered, socket=report.socket, driver=report.driver
     )
