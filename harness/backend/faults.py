@@ -73,8 +73,10 @@ def module_reload(guest: Guest, timeout: float = 60) -> None:
     removed = guest.run(f"rmmod {MODULE}", timeout=timeout)
     if removed.exit_code != 0:
         text = (removed.output + removed.stderr).strip()
-        name = "EBUSY" if "in use" in text or "busy" in text.lower() else "EIO"
-        raise OperationFailed(name, f"rmmod {MODULE}: {text}")
+        # delete_module() answers EWOULDBLOCK (= EAGAIN) while the module has references
+        if "temporarily unavailable" in text or "in use" in text:
+            raise OperationFailed("EAGAIN", f"rmmod {MODULE}: {text}")
+        raise OperationFailed(f"EIO: rmmod {MODULE}: {text}")
     loaded = guest.run(f"insmod /lib/modules/hil/{where.splitlines()[0]}", timeout=timeout)
     if loaded.exit_code != 0:
         raise OperationFailed("EIO", f"insmod {MODULE}: {(loaded.output + loaded.stderr).strip()}")

@@ -18,13 +18,14 @@ IN_USE = "virtio_console is in use"
 
 
 def _module_reload(call: StepCall) -> Outcome:
-    """rmmod refuses while any port is open (each fd holds a module reference)."""
+    """rmmod refuses while any port is open: each fd holds a module reference, and
+    delete_module() then answers EWOULDBLOCK (EAGAIN) (kernel/module/main.c try_stop_module)."""
     model: VirtioSerialModel = call.model
     open_ports = sorted(
         name for name, port in model.ports.items() if port.guest and port.guest.fd is not None
     )
     if open_ports:
-        raise ModelError(E.EBUSY, f"{IN_USE}: {', '.join(open_ports)} open in the guest")
+        raise ModelError(E.EAGAIN, f"{IN_USE}: {', '.join(open_ports)} open in the guest")
     return model.guest_reset()
 
 
@@ -58,7 +59,7 @@ for _kind in (
         _module_reload,
         lambda r, c: r.module_reload(),
         "none",
-        "`rmmod virtio_console; modprobe virtio_console` (EBUSY while a port is open; fails "
+        "`rmmod virtio_console; insmod` it again (EAGAIN while a port is open; fails "
         "with a clear reason when the driver is built in)",
     ),
     StepKind(
