@@ -310,5 +310,6 @@ def soak(minutes: float, seed: int, out: Path | None = None) -> int:
         print(f"SOAK FAILED: {problem}", file=sys.stderr)
     if not problems:
         print("soak passed: 0 unexplained bytes, no growth past the bounds")
-        shutil.rmtree(workdir, ignore_errors=True)
+        for machine_dir in (p for p in workdir.iterdir() if p.is_dir()):  # the plot stays
+            shutil.rmtree(machine_dir, ignore_errors=True)
     return 1 if problems else 0
