@@ -91,6 +91,7 @@ class RealStream:
     sent_before: int
     driver_before: int | None
     consumer: _Consumer | None = None
+    progress: int | None = None  # the guest end's count just before a reset, if one came
 
 
 class StreamRunner:
@@ -152,6 +153,14 @@ class StreamRunner:
         self.streams[port] = stream
         return port
 
+    def note_progress(self) -> None:
+        """Before the guest resets: what each guest end had counted (kept for the report)."""
+        for stream in self.streams.values():
+            try:
+                stream.progress = int(self._agent().call("flow_state", flow=stream.flow)["bytes"])
+            except (AgentError, MachineError):
+                stream.progress = None
+
     def stop_writer(self, port: str) -> None:
         """``until:``: the writer stops now, the reader goes on until ``stream_end``."""
         stream = self.streams[port]
@@ -201,7 +210,10 @@ class StreamRunner:
             endpoint.drop_pending()
         driver = self._counter(stream.port, H2G)
         if result is None:
-            notes.append("the guest end's count was lost (agent restarted)")
+            notes.append(
+                f"the guest end's count was lost with the agent ({stream.progress} bytes "
+                "received just before the reset)"
+            )
             return StreamReport(sent, None, False, None, None, None, notes)
         delivered = int(result["bytes"])
         prefix = sha256_of(Payload.generated(stream.seed, UNBOUNDED), 0, delivered)
@@ -249,9 +261,12 @@ class StreamRunner:
             time.sleep(0.05)
         consumer.stop()
         driver = self._counter(stream.port, G2H)
-        notes = (
-            [] if result is not None else ["the guest writer's count was lost (agent restarted)"]
-        )
+        notes = []
+        if result is None:
+            notes.append(
+                f"the guest writer's count was lost with the agent ({stream.progress} bytes "
+                "written just before the reset)"
+            )
         if consumer.mismatch is not None:
             notes.append(f"first wrong byte at offset {consumer.mismatch}")
         socket_bytes = stream.endpoint.bytes_received - stream.sent_before

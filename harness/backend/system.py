@@ -370,6 +370,7 @@ class QemuSystem:
 
     def reboot(self) -> None:
         guest, agent, _ = self._need_guest()
+        self.streams.note_progress()  # the agent's stream counts die with the guest
         agent.disconnect()
         self._fds.clear()  # the agent that held them died with the guest
         self._sigio.clear()

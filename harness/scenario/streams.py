@@ -126,7 +126,9 @@ def _blinded(want: PortView, got: PortView) -> PortView:
     guest = got.guest
     if guest.present and want.guest.present:
         guest = replace(guest, **{k: getattr(want.guest, k) for k in BLIND_GUEST})
-    qemu = replace(got.qemu, throttled=want.qemu.throttled)
+    qemu = got.qemu
+    if qemu is not None and want.qemu is not None:
+        qemu = replace(qemu, throttled=want.qemu.throttled)
     return replace(got, guest=guest, qemu=qemu, poll=want.poll)
 
 
@@ -157,7 +159,7 @@ def _real_end(real: RealSystem, call: StepCall) -> StreamReportLike:
         stream, report.sent, report.delivered, report.prefix_ok, layers, report.writer_error
     )
     log.info(
-        "stream on %s (step %d, %s): sent %s, delivered %s, discarded %s%s",
+        "stream on %s (step %d, %s): sent %s, delivered %s, discarded %s%s%s",
         call.port,
         stream.step,
         stream.direction,
@@ -165,6 +167,7 @@ def _real_end(real: RealSystem, call: StepCall) -> StreamReportLike:
         report.delivered,
         verdict.discarded,
         f" ({stream.cut.fault} at step {stream.cut.step})" if stream.cut else "",
+        "".join(f"; {note}" for note in report.notes),
     )
     if verdict.problems:
         from harness.scenario.runner import ScenarioFailure
