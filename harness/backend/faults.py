@@ -12,7 +12,7 @@ import signal
 import subprocess
 from dataclasses import dataclass
 
-from harness.errors import OperationFailed
+from harness.errors import NotApplicable, OperationFailed
 from harness.guest.guest import Guest
 from harness.machine.errors import MachineError
 
@@ -65,10 +65,9 @@ def module_reload(guest: Guest, timeout: float = 60) -> None:
         timeout=timeout,
     ).output.strip()
     if not where or where == "BUILTIN":
-        raise OperationFailed(
-            "EOPNOTSUPP",
+        raise NotApplicable(
             f"{MODULE} is built into this kernel (no /sys/module/{MODULE}/initstate): "
-            "module_reload needs a kernel where it is a module",
+            "module_reload needs a kernel where it is a module"
         )
     removed = guest.run(f"rmmod {MODULE}", timeout=timeout)
     if removed.exit_code != 0:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.backend.settle import settle
-from harness.errors import HarnessError, OperationFailed
+from harness.errors import HarnessError, NotApplicable, OperationFailed
 from harness.model import (
     Completion,
     Difference,
@@ -130,7 +130,7 @@ class ScenarioRunner:
         with self.step_context(step):
             try:
                 self.run_step(step)
-            except ScenarioFailure:
+            except (ScenarioFailure, NotApplicable):
                 raise
             except HarnessError as error:
                 raise self._lost(step, error) from error
