@@ -113,11 +113,9 @@ class StreamRunner:
             return None
         for entry in entries:
             if entry.get("name") == port:
-                if direction == G2H:
-                    return int(entry.get("bytes_sent") or 0)
-                return int(entry.get("bytes_received") or 0) + int(
-                    entry.get("bytes_discarded") or 0
-                )
+                # bytes_received counts every buffer the driver took, discarded ones included
+                key = "bytes_sent" if direction == G2H else "bytes_received"
+                return int(entry.get(key) or 0)
         return None
 
     def start(self, port: str, direction: str, seed: int, size: int | None, chunk: int) -> str:
