@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from harness.errors import NotApplicable
+from harness.machine.errors import MachineError
 from harness.model.device import G2H, H2G
 from harness.model.snapshot import QemuPortView
 from harness.scenario.runner import ScenarioFailure, ScenarioRunner, run_scenario
 from harness.scenario.schema import ScenarioError, parse_scenario
+from tests.unit.scenario.fake_system import FakeSystem, run_fake
 
 HEAD = """
 name: streams
@@ -80,3 +83,29 @@ def test_blind_takes_stream_dependent_fields_from_the_prediction() -> None:
     )
     actual = predicted.__class__(predicted.controllers, {**predicted.ports, "p": busy})
     assert runner.streams.blind(predicted, actual) == predicted
+
+
+class _DyingSystem(FakeSystem):
+    """QEMU dies under the harness at vm_stop (a machine-level error, not a device error)."""
+
+    def vm_stop(self) -> None:
+        raise MachineError("QMP connection closed")
+
+
+def test_a_machine_error_fails_the_step_with_the_machine_state_and_console_tail() -> None:
+    scenario = parse_scenario(HEAD + "  - host_open: p\n  - vm_stop:\n  - host_close: p\n")
+    with pytest.raises(ScenarioFailure) as failure:
+        run_fake(scenario, _DyingSystem())
+    assert failure.value.step.index == 2
+    assert str(failure.value).startswith(
+        "step 2 (vm_stop): the fake machine is gone: QMP connection closed\nconsole tail:"
+    )
+
+
+def test_not_applicable_passes_through_for_the_plugin_to_skip() -> None:
+    class BuiltIn(FakeSystem):
+        def module_reload(self) -> None:
+            raise NotApplicable("virtio_console is built into this kernel")
+
+    with pytest.raises(NotApplicable):
+        run_fake(parse_scenario(HEAD + "  - module_reload:\n"), BuiltIn())
