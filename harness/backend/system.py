@@ -14,7 +14,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -401,8 +401,8 @@ class QemuSystem:
                 guest.machine,
                 target.machine,
                 mode,
-                target.machine.workdir,  # type: ignore[arg-type]
-                at_switchover=lambda: [e.pause_sending() for e, _ in endpoints],
+                target.machine.workdir,
+                at_switchover=lambda: _pause_all(e for e, _ in endpoints),
             )
         except MigrationRefused as error:
             for endpoint, _ in endpoints:
@@ -624,6 +624,12 @@ class QemuSystem:
             )
             out["agent log"] = "\n".join(self.agent.log)
         return out
+
+
+def _pause_all(endpoints: Iterable[HostEndpoint]) -> None:
+    """At the switchover point no host sender may write to the source any more."""
+    for endpoint in endpoints:
+        endpoint.pause_sending()
 
 
 def _op_result(result: Any) -> Any:

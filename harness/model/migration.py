@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from harness.model import errors as E
 from harness.model.device import Chunk, Controller, Port, VirtioSerialModel
@@ -82,7 +83,7 @@ class _Reader:
     def __init__(self, data: bytes) -> None:
         self.data, self.pos = data, 0
 
-    def take(self, fmt: str) -> tuple:
+    def take(self, fmt: str) -> tuple[Any, ...]:
         size = struct.calcsize(fmt)
         if self.pos + size > len(self.data):
             raise E.ModelError(E.MIGRATION_TRUNCATED, "section ends early")
@@ -225,8 +226,8 @@ def load(
             port.held, port.held_offset, port.throttled = item.held, item.held_offset, False
         if item.host_connected != port.host_connected:
             events.append(LoadEvent("PORT_OPEN", port.name, int(port.host_connected)))
-            assert port.guest is not None
-            port.guest.host_connected = port.host_connected
+            if port.guest is not None:  # else the guest never got PORT_ADD: dropped
+                port.guest.host_connected = port.host_connected
         events.append(LoadEvent("VSERPORT_CHANGE", port.name, int(port.guest_connected)))
     dest._settle()
     return events

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, fields, is_dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from harness.model.device import GuestPort, VirtioSerialModel
@@ -107,7 +107,10 @@ def take_snapshot(model: VirtioSerialModel) -> Snapshot:
     ports = {}
     for name, port in model.ports.items():
         guest = port.guest
-        assert guest is not None  # the model's guest always completes the handshake
+        if guest is None:  # the guest never got PORT_ADD (see Behaviour.control_rx_buffers)
+            qemu = QemuPortView(port.guest_connected, port.host_connected, port.throttled)
+            ports[name] = PortView(port.controller, port.nr, port.console, qemu, ABSENT)
+            continue
         poll = model.poll(name) if guest.fd is not None else None
         qemu = QemuPortView(port.guest_connected, port.host_connected, port.throttled)
         ports[name] = PortView(port.controller, port.nr, port.console, qemu, _guest(guest), poll)
@@ -141,7 +144,7 @@ def _flatten(value: object, prefix: str) -> dict[str, object]:
     return {prefix.rstrip("."): value}
 
 
-def _diff_maps(kind: str, expected: dict, actual: dict) -> list[Difference]:
+def _diff_maps(kind: str, expected: dict[str, Any], actual: dict[str, Any]) -> list[Difference]:
     out = []
     for key in sorted(set(expected) | set(actual)):
         label = f"{kind}{key}"

@@ -28,11 +28,13 @@ from harness.errors import HarnessError, NotApplicable
 from harness.images.errors import ImageBuildError
 from harness.model import Behaviour, VirtioSerialModel
 from harness.plugin.kernels import Observation, behaviour_for, flatten, kernel_id
+from harness.plugin.qemu_versions import behaviour_for_qemu
 from harness.scenario.runner import RunnerOptions, ScenarioFailure, ScenarioRunner
 from harness.scenario.schema import Scenario, ScenarioError, Step, load_scenario
 from harness.scenario.system import RealSystem
 
 FACTORY_FIXTURE = "hil_system_factory"
+FIXTURES_PLUGIN = "harness.plugin.fixtures"  # the module that defines FACTORY_FIXTURE
 SCENARIO_SUFFIXES = (".yaml", ".yml")
 
 try:  # allure is a dependency, but the runner must not need it
@@ -385,13 +387,18 @@ class ScenarioItem(pytest.Function):
                 real.stop()
 
     def _behaviour(self) -> Behaviour:
-        """The switches for this item's kernel (defaults with --hil-behaviour=default)."""
+        """The switches for this item's kernel and for the QEMU named by --hil-qemu (its
+        `--version`, also in model mode; defaults if it cannot be run), or the defaults
+        with --hil-behaviour=default."""
         self.hil_release = self._release()
         if self.hil_release and "hil_kernel" not in dict(self.user_properties):
             self.user_properties.append(("hil_kernel", self.hil_release))  # model mode
         if self.config.getoption("--hil-behaviour", "auto") == "default":
             return Behaviour()
-        return behaviour_for(self.hil_release)
+        from harness.plugin.fixtures import qemu_version
+
+        qemu = qemu_version(self.config.getoption("--hil-qemu", "qemu-system-x86_64"))
+        return behaviour_for(self.hil_release, behaviour_for_qemu(qemu))
 
     def _release(self) -> str | None:
         """The kernel release: from the booted image, or (model mode, kernel named) resolved
@@ -444,9 +451,9 @@ def _model_mode_release(config: pytest.Config, kernel: str) -> str:
 
 
 def _factory_available(node: pytest.Collector) -> bool:
-    """Whether any plugin or conftest visible from ``node`` defines the factory fixture."""
-    manager = node.session._fixturemanager
-    return bool(manager.getfixturedefs(FACTORY_FIXTURE, node))
+    """Whether the plugin module that defines the factory fixture is active in this run (a
+    run may block it with ``-p no:harness.plugin.fixtures``)."""
+    return node.config.pluginmanager.has_plugin(FIXTURES_PLUGIN)
 
 
 def _allure_step(step: Step) -> AbstractContextManager[Any]:

@@ -500,7 +500,7 @@ class HostEnd:
     @property
     def connected(self) -> bool:
         view = self.port.vm.snapshot().ports.get(self.port.name)
-        return view is not None and view.qemu.host_connected
+        return view is not None and view.qemu is not None and view.qemu.host_connected
 
     def open(self, *, expect_error: str | None = None) -> HostEnd:
         """Connect the socket (the guest sees the host open)."""
