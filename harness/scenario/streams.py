@@ -41,6 +41,8 @@ DEFAULT_CHUNK = 32768
 STREAM_TIMEOUT = 120.0  # how long stream_end waits for a sized stream to finish
 #: What a stream makes timing-dependent on its port (left out of the settled comparison).
 BLIND_GUEST = ("bytes_sent", "bytes_received", "bytes_discarded")
+#: Steps that would read or write a streamed port's bytes themselves.
+DATA_STEPS = frozenset({"host_write", "host_read", "guest_write", "guest_read"})
 
 
 class StreamReportLike(Protocol):
@@ -92,6 +94,14 @@ class StreamBook:
 
     def observe(self, step: Step, succeeded: bool) -> None:
         """After a step's prediction: a fault that happened is applied to every stream."""
+        if step.kind in DATA_STEPS and step.args.get("port") in self.active:
+            from harness.scenario.runner import ScenarioFailure
+
+            raise ScenarioFailure(
+                step,
+                f"a stream started at step {self.active[step.args['port']].step} runs on this "
+                "port: its bytes would mix with this step's; add a stream_end before it",
+            )
         if not succeeded:
             return
         if step.kind == "vm_stop":

@@ -109,3 +109,9 @@ def test_not_applicable_passes_through_for_the_plugin_to_skip() -> None:
 
     with pytest.raises(NotApplicable):
         run_fake(parse_scenario(HEAD + "  - module_reload:\n"), BuiltIn())
+
+
+def test_data_steps_on_a_streamed_port_are_refused() -> None:
+    steps = "  - host_open: p\n  - guest_open: p\n  - host_stream: p\n"
+    with pytest.raises(ScenarioFailure, match=r"step 4 .*add a stream_end before it"):
+        run(steps + "  - host_write: {port: p, data: x}\n")
