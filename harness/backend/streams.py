@@ -267,6 +267,7 @@ class StreamRunner:
             )
         if consumer.mismatch is not None:
             notes.append(f"first wrong byte at offset {consumer.mismatch}")
+            notes += [f"host end: {line}" for line in stream.endpoint.migration_log]
         socket_bytes = stream.endpoint.bytes_received - stream.sent_before
         return StreamReport(
             sent,
