@@ -197,7 +197,8 @@ class StreamRunner:
         notes = []
         if stop and endpoint.connected:
             dropped = endpoint.drop_pending()
-            notes.append(f"host writer stopped ({dropped} queued bytes never sent)")
+            if stream.size is not None:  # an open-ended stream has no "rest" to speak of
+                notes.append(f"host writer stopped ({dropped} queued bytes never sent)")
         sent = endpoint.bytes_sent - stream.sent_before
         self._wait_reader(stream, sent, timeout)
         result = self._flow_result(stream, True, timeout)
