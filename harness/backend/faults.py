@@ -16,7 +16,7 @@ from harness.errors import NotApplicable, OperationFailed
 from harness.guest.guest import Guest
 from harness.machine.errors import MachineError
 
-PANIC = r"Kernel panic|sysrq: Trigger a crash"
+PANIC = r"Kernel panic"  # printed after "sysrq: Trigger a crash": wait for the panic itself
 KILL_WAIT = 10.0  # seconds QEMU may take to be reaped after SIGKILL
 TAIL_LINES = 40
 MODULE = "virtio_console"
@@ -103,12 +103,15 @@ def guest_panic(guest: Guest, timeout: float = 60) -> None:
     console.wait_for(PANIC, timeout, "the guest kernel to panic after sysrq c", since=mark)
 
 
-def headline(guest: Guest | None) -> str:
+def headline(guest: Guest | None, problems: list[str]) -> str:
+    """QEMU's exit status; else the guest kernel's first reported problem; else silence."""
     if guest is None or guest.machine.process is None:
         return "the real system is not running"
     code = guest.machine.process.poll()
     if code is not None:
         return f"QEMU exited with status {exit_status(code)}"
+    if problems:
+        return f"the guest console reports a kernel problem ({problems[0]})"
     return "the guest stopped answering (QEMU still runs)"
 
 

@@ -555,7 +555,10 @@ class QemuSystem:
     def failure_context(self) -> faults.MachineState:
         """QEMU's exit status or the guest's silence, with the console's last lines."""
         self.lost = True
-        return faults.MachineState(faults.headline(self.guest), faults.console_tail(self.guest))
+        problems = self.console_problems() if self.guest is not None else []
+        return faults.MachineState(
+            faults.headline(self.guest, problems), faults.console_tail(self.guest)
+        )
 
     # -- observation -------------------------------------------------------------------------
 
