@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands.add_parser("smoke", help="boot one guest and check SSH and serial")
+    soak = commands.add_parser("soak", help="streams and faults on one long-lived guest")
+    soak.add_argument("--minutes", type=float, default=30.0, help="how long (default 30)")
+    soak.add_argument("--seed", type=int, default=1, help="the fault mix's seed (default 1)")
     bench = commands.add_parser(
         "bench",
         help="boot one guest; raw vs checked stream MB/s (1 and 4 ports) and round trips",
@@ -117,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if args.command == "smoke":
         return smoke()
+    if args.command == "soak":
+        from harness.logs import print_progress
+        from harness.soak import soak as run_soak
+
+        print_progress()
+        return run_soak(args.minutes, args.seed)
     if args.command == "bench":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
