@@ -78,6 +78,21 @@ def reply_result(reply: dict[str, Any], op: str = "") -> Any:
     raise AgentError(str(error.get("errno", "EIO")), str(error.get("message", "")), op, details)
 
 
+def result_object(result: Any, op: str) -> dict[str, Any]:
+    """An op's result where the protocol promises a JSON object (a wrong shape is the agent's
+    bug, said as such, not a KeyError somewhere later)."""
+    if not isinstance(result, dict):
+        raise AgentConnectionError(f"agent op {op!r} answered {_short(result)}, not an object")
+    return result
+
+
+def result_list(result: Any, op: str) -> list[Any]:
+    """An op's result where the protocol promises a JSON list."""
+    if not isinstance(result, list):
+        raise AgentConnectionError(f"agent op {op!r} answered {_short(result)}, not a list")
+    return result
+
+
 def parse_serial_reply(output: str) -> dict[str, Any]:
     match = _REPLY_LINE.search(output)
     if match is None:
@@ -255,10 +270,10 @@ class AgentClient:
     # -- convenience -----------------------------------------------------------------------
 
     def ping(self, **kw: Any) -> dict[str, Any]:
-        return self.call("ping", **kw)
+        return result_object(self.call("ping", **kw), "ping")
 
     def list_ports(self, **kw: Any) -> list[dict[str, Any]]:
-        return self.call("list_ports", **kw)
+        return result_list(self.call("list_ports", **kw), "list_ports")
 
     def port_info(self, name: str) -> dict[str, Any]:
         for entry in self.list_ports():
@@ -268,23 +283,33 @@ class AgentClient:
 
     def wait_port(self, name: str, timeout: float = 20, gone: bool = False) -> dict[str, Any]:
         """Wait (in the guest, bounded) until port `name` appears (or is gone)."""
-        return self.call(
-            "wait_port", timeout + 15, args={"name": name, "timeout": timeout, "gone": gone}
+        return result_object(
+            self.call(
+                "wait_port", timeout + 15, args={"name": name, "timeout": timeout, "gone": gone}
+            ),
+            "wait_port",
         )
 
     def open(
         self, name: str, nonblocking: bool = False, sigio: bool = False, extra: bool = False
     ) -> dict[str, Any]:
         """Open port `name`; `extra=True` opens another fd (handle "<name>#k")."""
-        return self.call("open", name=name, nonblocking=nonblocking, sigio=sigio, extra=extra)
+        return result_object(
+            self.call("open", name=name, nonblocking=nonblocking, sigio=sigio, extra=extra), "open"
+        )
 
     def close(self, name: str) -> dict[str, Any]:
         """Close the agent's fd for port handle `name` (see disconnect() for the channel)."""
-        return self.call("close", name=name)
+        return result_object(self.call("close", name=name), "close")
 
     def poll(self, name: str, timeout: float = 0) -> list[str]:
         """Names of the poll events ("IN", "OUT", "HUP", "ERR", "NVAL", "PRI")."""
-        return self.call("poll", timeout + 30, args={"name": name, "timeout": timeout})["events"]
+        return result_list(
+            result_object(
+                self.call("poll", timeout + 30, args={"name": name, "timeout": timeout}), "poll"
+            )["events"],
+            "poll",
+        )
 
     def read(
         self, name: str, max_bytes: int = 65536, timeout: float | None = None
@@ -308,7 +333,7 @@ class AgentClient:
         return int(self.call("start", args={"op": op, "args": args})["ticket"])
 
     def ticket(self, ticket: int, wait: float = 0) -> dict[str, Any]:
-        return self.call("ticket", wait + 30, ticket=ticket, wait=wait)
+        return result_object(self.call("ticket", wait + 30, ticket=ticket, wait=wait), "ticket")
 
     def wait_ticket(self, ticket: int, timeout: float = 30) -> Any:
         """The result of a background op once done (AgentError if it failed)."""
@@ -320,7 +345,7 @@ class AgentClient:
         return reply_result(state["reply"], state["op"])
 
     def sigio(self, name: str) -> list[dict[str, Any]]:
-        return self.call("sigio", name=name)
+        return result_list(self.call("sigio", name=name), "sigio")
 
     def send_stream(
         self,
@@ -387,14 +412,17 @@ class AgentClient:
         slow: float | None = None,
         call_timeout: float = 300,
     ) -> dict[str, Any]:
-        return self.call(
+        return result_object(
+            self.call(
+                "recv_stream",
+                call_timeout,
+                args={"name": name, "length": length, "timeout": timeout, "slow": slow},
+            ),
             "recv_stream",
-            call_timeout,
-            args={"name": name, "length": length, "timeout": timeout, "slow": slow},
         )
 
     def kmsg(self) -> list[dict[str, Any]]:
-        return self.call("kmsg")
+        return result_list(self.call("kmsg"), "kmsg")
 
     def dmesg_problems(self) -> list[dict[str, Any]]:
-        return self.call("dmesg_problems")
+        return result_list(self.call("dmesg_problems"), "dmesg_problems")

@@ -563,7 +563,7 @@ def pci_slot(path: str) -> str | None:
 def find_dev(name: str) -> str:
     for entry in list_ports():
         if entry["name"] == name or entry["dev"] == name:
-            return entry["dev"]
+            return str(entry["dev"])
     raise AgentFailure("ENOENT", f"no virtio-serial port named {name!r}")
 
 
@@ -1273,11 +1273,11 @@ def serve_forever() -> None:
     listener.listen(16)
     log(f"serving on {SOCKET_PATH} (pid {os.getpid()}, python {sys.version.split()[0]})")
     while True:
-        readable, _, _ = select.select([listener, wake_r], [], [])
+        readable, _, _ = select.select([listener.fileno(), wake_r], [], [])
         if wake_r in readable:
             with contextlib.suppress(OSError):
                 os.read(wake_r, 4096)
-        if listener in readable:
+        if listener.fileno() in readable:
             conn, _ = listener.accept()
             threading.Thread(target=serve_connection, args=(agent, conn), daemon=True).start()
 
