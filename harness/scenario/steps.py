@@ -83,6 +83,7 @@ class StepCall:
     scenario: str = ""
     read_size: int = 65536
     timeout: float = 60.0
+    streams: Any = None  # the runner's StreamBook (harness.scenario.streams)
 
     @property
     def args(self) -> dict[str, Any]:
@@ -473,6 +474,11 @@ for _kind in (
     ),
 ):
     register(_kind)
+
+
+# stream and fault steps register themselves (they import this module's names)
+import harness.scenario.faults  # noqa: E402
+import harness.scenario.streams  # noqa: E402, F401
 
 
 # ------------------------------------------------------------------ docs
