@@ -25,7 +25,7 @@ from harness.scenario.explore import (
     correct_model_rejects,
     model_coverage,
 )
-from harness.scenario.model_system import model_system_factory
+from harness.scenario.model_system import CANNOT_PLAY, model_system_factory
 from harness.scenario.mutants import planted
 from harness.scenario.runner import RunnerOptions
 from harness.scenario.system import RealSystem
@@ -69,6 +69,7 @@ def test_explore(
         seconds=config.getoption("--hil-explore"),
         max_examples=config.getoption("--hil-explore-examples"),
         out_dir=Path(config.getoption("--hil-explore-out")),
+        exclude=CANNOT_PLAY if backend != "qemu" and factory is not None else frozenset(),
         database=default_cache_dir() / "explore-db" / f"{backend}-{label}",
         options=options,
     )

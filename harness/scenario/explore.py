@@ -69,8 +69,10 @@ EXPLORE_MACHINE = MachineDecl(
 #: Names hotplug may use besides the known ones (a known one is a duplicate-name error).
 NEW_PORTS = ("ex3", "ex4")
 NEW_CONTROLLERS = ("vser1", "vser2")
-#: Step kinds that are not drawn as plain rules: ``check`` is drawn by ``rule_check``.
-NOT_DRAWN = frozenset({"check"})
+#: Step kinds that are not drawn as plain rules: ``check`` is drawn by ``rule_check``;
+#: qemu_kill and guest_panic end a scenario by design; vm_stop freezes the guest until a
+#: vm_cont (drawn apart, every later guest step would wait out its timeout).
+NOT_DRAWN = frozenset({"check", "qemu_kill", "guest_panic", "vm_stop", "vm_cont"})
 #: Keys that state an expectation: the runner compares against the model's prediction anyway.
 EXPECTATION_KEYS = frozenset({"expect", "eof", "data"})
 SIZES = (0, 1, 7, 100, 4096, 40000, 300000)
@@ -418,6 +420,7 @@ class Exploration:
     database: Path | None = None
     options: RunnerOptions = field(default_factory=RunnerOptions)
     invariants: bool = True
+    exclude: frozenset[str] = frozenset()  # step kinds not drawn (besides NOT_DRAWN)
     #: wraps each example (an allure step, a mutant); called with the example number
     example_context: Callable[[int], AbstractContextManager[Any]] = lambda n: nullcontext()
     stats: Stats = field(init=False)
@@ -603,7 +606,7 @@ def build_state_machine(exploration: Exploration) -> type[RuleBasedStateMachine]
             self.run("check", args, data)
 
     for kind in STEPS.values():
-        if kind.name not in NOT_DRAWN:
+        if kind.name not in NOT_DRAWN | exploration.exclude:
             setattr(Explore, f"rule_{kind.name}", _kind_rule(kind))
     return Explore
 
@@ -642,8 +645,9 @@ def _new_runner(exploration: Exploration) -> ScenarioRunner:
 
 def _predict(runner: ScenarioRunner, step: Step) -> tuple[str | None, dict[int, str]]:
     """The model's error for ``step`` and the errors blocked operations end with, on a copy."""
-    clone = pickle.loads(pickle.dumps(runner.model, pickle.HIGHEST_PROTOCOL))
-    call = StepCall(step, clone, EXPLORE_NAME)
+    state = (runner.model, runner.streams)
+    model, streams = pickle.loads(pickle.dumps(state, pickle.HIGHEST_PROTOCOL))
+    call = StepCall(step, model, EXPLORE_NAME, streams=streams)
     try:
         outcome = STEPS[step.kind].model(call)
     except ModelError as error:

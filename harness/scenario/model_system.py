@@ -30,6 +30,10 @@ from harness.scenario.observe import sigio_events
 from harness.scenario.steps import Step, StepCall
 from harness.scenario.system import RealSystem, StepFailure
 
+#: Step kinds a model cannot play as the real system: a stream is judged by the real
+#: end_stream report (bytes sent, delivered, per layer), which only a real system produces.
+CANNOT_PLAY = frozenset({"host_stream", "guest_stream", "stream_end"})
+
 
 @dataclass(frozen=True)
 class ModelRead:

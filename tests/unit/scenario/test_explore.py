@@ -19,7 +19,7 @@ from harness.scenario.explore import (
     correct_model_rejects,
     scenario_yaml,
 )
-from harness.scenario.model_system import ModelSystem, model_system_factory
+from harness.scenario.model_system import CANNOT_PLAY, ModelSystem, model_system_factory
 from harness.scenario.mutants import MUTANTS, planted
 from harness.scenario.runner import ScenarioFailure, run_scenario
 from harness.scenario.schema import load_scenario, parse_scenario
@@ -39,6 +39,7 @@ def hunt(mutant: str, out: Path, seconds: float = HUNT_SECONDS) -> Exploration:
         seconds=seconds,
         out_dir=out,
         options=MODEL_OPTIONS,
+        exclude=CANNOT_PLAY,
     )
     with planted(mutant):
         exploration.run()
@@ -121,6 +122,7 @@ def test_example_database_replays_a_finding_first(tmp_path: Path) -> None:
             out_dir=tmp_path / "found",
             database=tmp_path / "db",
             options=MODEL_OPTIONS,
+            exclude=CANNOT_PLAY,
         )
         with planted("host_close_poll"):
             stats = exploration.run()
