@@ -22,10 +22,9 @@ from harness.scenario.explore import (
     MODEL_OPTIONS,
     Exploration,
     Stats,
-    correct_model_rejects,
     model_coverage,
 )
-from harness.scenario.model_system import CANNOT_PLAY, model_system_factory
+from harness.scenario.model_system import CANNOT_PLAY, model_system_factory, mutant_explains
 from harness.scenario.mutants import planted
 from harness.scenario.runner import RunnerOptions
 from harness.scenario.system import RealSystem
@@ -96,10 +95,10 @@ def _judge_mutant(stats: Stats, name: str) -> None:
     if not stats.findings:
         pytest.fail(f"mutant {name} was not found in {stats.seconds:.0f} s", pytrace=False)
     finding = stats.findings[0]
-    if not correct_model_rejects(finding.path):
+    if not mutant_explains(finding.path, name):
         pytest.fail(
             f"hunting mutant {name}, exploration found a genuine disagreement instead (the "
-            f"correct model agrees with the finding): triage {finding.path}:\n{finding.failure}",
+            f"planted rule does not explain it): triage {finding.path}:\n{finding.failure}",
             pytrace=False,
         )
     if finding.steps_shrunk > MUTANT_MAX_STEPS:

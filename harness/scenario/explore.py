@@ -49,7 +49,7 @@ from harness.model import (
 )
 from harness.model.behaviour import Behaviour
 from harness.scenario.runner import RunnerOptions, ScenarioFailure, ScenarioRunner
-from harness.scenario.schema import Scenario, load_scenario, parse_scenario
+from harness.scenario.schema import Scenario, parse_scenario
 from harness.scenario.steps import MIGRATION_MODES, STEPS, Arg, Step, StepCall, StepKind
 from harness.scenario.system import RealSystem
 
@@ -386,21 +386,6 @@ def write_finding(
     path = out_dir / f"explore-{safe}-{digest}.yaml"
     path.write_text(text)
     return path, parse_scenario(text, str(path))
-
-
-def correct_model_rejects(path: Path, behaviour: Behaviour | None = None) -> bool:
-    """Whether the unmutated model disagrees with a finding's expectations.
-
-    A finding of a planted mutant holds the mutant's predictions, which the correct model
-    rejects; a finding the correct model accepts is a genuine model/real disagreement.
-    """
-    scenario = load_scenario(path)
-    runner = ScenarioRunner(scenario, None, MODEL_OPTIONS, behaviour=behaviour or Behaviour())
-    try:
-        runner.run()
-    except ScenarioFailure:
-        return True
-    return False
 
 
 # ------------------------------------------------------------------ the state machine

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 from harness.model import (
@@ -25,7 +26,7 @@ from harness.model import (
 )
 from harness.model.behaviour import Behaviour
 from harness.model.payload import slices_bytes
-from harness.scenario.mutants import pristine
+from harness.scenario.mutants import planted, pristine
 from harness.scenario.observe import sigio_events
 from harness.scenario.steps import Step, StepCall
 from harness.scenario.system import RealSystem, StepFailure
@@ -141,3 +142,21 @@ def model_system_factory(
 ) -> Callable[[], RealSystem]:
     """A factory as the explorer takes it (the step operations are added above, at import)."""
     return lambda: cast(RealSystem, ModelSystem(scenario, behaviour))
+
+
+def mutant_explains(path: Path, mutant: str, behaviour: Behaviour | None = None) -> bool:
+    """Whether a finding is the planted rule's: it disagrees in model space (a correct model
+    playing the real system against the mutated one) only because of ``mutant``.  A genuine
+    model/real disagreement found while hunting is not explained by it."""
+    from harness.scenario.explore import MODEL_OPTIONS
+    from harness.scenario.runner import ScenarioFailure, run_scenario
+    from harness.scenario.schema import load_scenario
+
+    scenario = load_scenario(path)
+    system = ModelSystem(scenario.name, behaviour)
+    with planted(mutant):
+        try:
+            run_scenario(scenario, cast(RealSystem, system), MODEL_OPTIONS, system.step_context)
+        except ScenarioFailure:
+            return True
+    return False

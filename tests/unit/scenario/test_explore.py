@@ -16,10 +16,14 @@ from harness.scenario.explore import (
     Exploration,
     InvariantBroken,
     check_invariants,
-    correct_model_rejects,
     scenario_yaml,
 )
-from harness.scenario.model_system import CANNOT_PLAY, ModelSystem, model_system_factory
+from harness.scenario.model_system import (
+    CANNOT_PLAY,
+    ModelSystem,
+    model_system_factory,
+    mutant_explains,
+)
 from harness.scenario.mutants import MUTANTS, planted
 from harness.scenario.runner import ScenarioFailure, run_scenario
 from harness.scenario.schema import load_scenario, parse_scenario
@@ -54,7 +58,7 @@ def test_planted_rule_is_found_and_shrunk(mutant: str, tmp_path: Path) -> None:
     assert 1 <= finding.steps_shrunk <= 8, stats.summary()
     assert finding.steps_shrunk <= finding.steps_first
     assert finding.path.parent == tmp_path
-    assert correct_model_rejects(finding.path)  # the finding is the planted rule
+    assert mutant_explains(finding.path, mutant)  # the finding is the planted rule's
 
 
 def test_finding_validates_round_trips_and_reproduces(tmp_path: Path) -> None:
