@@ -67,9 +67,15 @@ class _Port:
 class QemuSystem:
     """Implements the scenario layer's RealSystem protocol on a real QEMU guest."""
 
-    def __init__(self, create_guest: GuestFactory, boot_timeout: float = 120) -> None:
+    def __init__(
+        self,
+        create_guest: GuestFactory,
+        boot_timeout: float = 120,
+        destination_qemu: str | None = None,
+    ) -> None:
         self._create_guest = create_guest
         self.boot_timeout = boot_timeout
+        self.destination_qemu = destination_qemu  # None: migrations stay on the source's QEMU
         self.socket_dir = Path(tempfile.mkdtemp(prefix="hil-ports-"))
         self.guest: Guest | None = None
         self.agent: AgentClient | None = None
@@ -311,15 +317,23 @@ class QemuSystem:
         for name in self._ports:
             self.agent.wait_port(name)
 
-    def migrate(self, destination: MachineDecl | None, mode: str = "live") -> MigrationStats:
+    def migrate(
+        self, destination: MachineDecl | None, mode: str = "live", qemu: str | None = None
+    ) -> MigrationStats:
         """Move the guest to a new QEMU (same configuration, or `destination`'s), carrying the
         host ends over: connected ones connect to the destination before it loads, and bytes
-        the source never read are re-sent exactly (see HostEndpoint.switch_to_successor)."""
+        the source never read are re-sent exactly (see HostEndpoint.switch_to_successor).
+        `qemu` (else the run's destination QEMU, else the source's) runs the destination,
+        with the source's versioned machine type."""
         guest, _, ports = self._need_guest()
         if mode not in MODES:
             raise RealFailure(f"unknown migration mode {mode!r}")
         planned = self._destination_ports(destination, ports)
-        target = self._start_destination(guest, destination, planned, ports)
+        qemu = qemu or self.destination_qemu or guest.machine.spec.qemu
+        try:
+            target = self._start_destination(guest, destination, planned, ports, qemu)
+        except MachineError as error:  # e.g. the older QEMU lacks the source's machine type
+            raise RealFailure(str(error)) from None
         endpoints = self._connect_successors(planned)
         try:
             stats = run_migration(
@@ -378,6 +392,7 @@ class QemuSystem:
         destination: MachineDecl | None,
         planned: dict[str, _Port],
         ports: PortManager,
+        qemu: str,
     ) -> Guest:
         qtree_controllers, _ = ports.qtree()
         if destination is None:
@@ -398,6 +413,8 @@ class QemuSystem:
             controllers=controllers,
             ports=specs,
             memory_mib=guest.machine.spec.memory_mib,
+            qemu=qemu,
+            machine_type=guest.machine.machine_type,
         )
         target.machine.start()
         return target

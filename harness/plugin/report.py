@@ -1,4 +1,4 @@
-"""What a run reports beyond pass/fail: the per-kernel comparison and the run's environment.
+"""What a run reports beyond pass/fail: the per-kernel/QEMU comparison and the run's environment.
 
 Data travels on the test reports (attributes and user_properties), because under pytest-xdist
 the items run in workers and only their reports reach the controller, which prints the table
@@ -13,46 +13,66 @@ from typing import Any
 
 import pytest
 
-from harness.plugin.kernels import Comparison, KernelResult, Observation, kernel_id
+from harness.images.qemu_pkg import DEFAULT_QEMU
+from harness.plugin.kernels import Comparison, KernelResult, Observation
+from harness.plugin.variants import axes, variants
 
 _RUN = pytest.StashKey["RunReport"]()
 #: user_properties that describe the run (set by the guest factory) -> allure environment.
-ENVIRONMENT_PROPERTIES = ("hil_kernel", "hil_qemu", "hil_accel", "hil_image")
+ENVIRONMENT_PROPERTIES = (
+    "hil_kernel",
+    "hil_qemu",
+    "hil_qemu_destination",
+    "hil_machine_type",
+    "hil_accel",
+    "hil_image",
+)
 
 
-def _several_kernels(config: pytest.Config) -> bool:
-    return len(config.getoption("--hil-kernel", [])) > 1
+def _axes(config: pytest.Config) -> str | None:
+    """What this run compares (kernels, QEMUs, both), None when it compares nothing."""
+    return axes(config.getoption("--hil-kernel", []), config.getoption("--hil-qemu", []))
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, Any, None]:
-    """Tag each report with its kernel, the test id without it, and the observations."""
+    """Tag each report with its kernel/QEMU label, the test id without it, the kernel release
+    and QEMU version it ran (those that vary), and the observations."""
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
-    spec = _kernel_of(item)
-    if spec is None:
+    label = _label_of(item)
+    if label is None:
         return
-    label = kernel_id(spec)
     report.hil_kernel_id = label  # type: ignore[attr-defined]
     report.hil_test = item.name.replace(f"[{label}]", "").replace(f"-{label}]", "]")  # type: ignore[attr-defined]
-    report.hil_release = getattr(item, "hil_release", None) or dict(item.user_properties).get(  # type: ignore[attr-defined]
-        "hil_kernel"
-    )
+    properties = dict(item.user_properties)
+    versions = []
+    if len(item.config.getoption("--hil-kernel", [])) > 1:
+        versions.append(getattr(item, "hil_release", None) or properties.get("hil_kernel"))
+    if len(item.config.getoption("--hil-qemu", [])) > 1:
+        versions.append(properties.get("hil_qemu"))
+    report.hil_release = ", ".join(str(v).split(" (")[0] for v in versions if v) or None  # type: ignore[attr-defined]
     report.hil_observations = [  # type: ignore[attr-defined]
         [o.step, o.values] for o in getattr(item, "hil_observations", [])
     ]
 
 
-def _kernel_of(item: pytest.Item) -> str | None:
-    """The kernel spec an item ran on, when the run compares several kernels."""
-    if not _several_kernels(item.config):
+def _label_of(item: pytest.Item) -> str | None:
+    """The kernel/QEMU label an item ran on, when the run compares several of either."""
+    if _axes(item.config) is None:
         return None
     callspec = getattr(item, "callspec", None)
-    if callspec is not None and "hil_kernel" in callspec.params:
-        return str(callspec.params["hil_kernel"])
-    return getattr(item, "hil_kernel", None)
+    params = callspec.params if callspec is not None else {}
+    kernel = params.get("hil_kernel", getattr(item, "hil_kernel", None))
+    qemu = params.get("hil_qemu", getattr(item, "hil_qemu", None))
+    kernels = item.config.getoption("--hil-kernel", [])
+    qemus = item.config.getoption("--hil-qemu", [])
+    for variant in variants(kernels, qemus):
+        if variant.kernel == kernel and variant.qemu == qemu:
+            return variant.label
+    return None
 
 
 class RunReport:
@@ -99,11 +119,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if run is None or not run.comparison.results:
         return
     comparison = run.comparison
-    terminalreporter.write_sep("=", "hil: results per kernel")
+    compared = _axes(terminalreporter.config) or "kernels"
+    per = compared.replace("kernels", "kernel").replace("QEMUs", "QEMU")
+    terminalreporter.write_sep("=", f"hil: results per {per}")
     terminalreporter.write_line(comparison.render())
     differing = sum(1 for row in comparison.rows()[1:] if row[-1])
     terminalreporter.write_line(
-        f"{differing} of {len(comparison.results)} tests differ between kernels "
+        f"{differing} of {len(comparison.results)} tests differ between {compared} "
         "(RESULT DIFFERS: outcomes; observed: the first step/field whose settled value differs)"
     )
 
@@ -123,6 +145,7 @@ def environment_lines(config: pytest.Config) -> dict[str, str]:
     lines = {name: ", ".join(sorted(values)) for name, values in sorted(seen.items())}
     kernels = config.getoption("--hil-kernel", [])
     lines["hil_kernel_specs"] = ", ".join(kernels) or recipe_kernel(config)
+    lines["hil_qemu_specs"] = ", ".join(config.getoption("--hil-qemu", None) or []) or f"{DEFAULT_QEMU} (default)"
     backend = str(config.getoption("--hil-backend", "qemu"))
     lines["hil_backend"] = backend
     lines["hil_behaviour"] = str(config.getoption("--hil-behaviour", "auto"))

@@ -27,7 +27,8 @@ import yaml
 from harness.errors import HarnessError
 from harness.images.errors import ImageBuildError
 from harness.model import Behaviour, VirtioSerialModel
-from harness.plugin.kernels import Observation, behaviour_for, flatten, kernel_id
+from harness.plugin.kernels import Observation, behaviour_for, flatten
+from harness.plugin.variants import Variant, variants
 from harness.scenario.runner import RunnerOptions, ScenarioFailure, ScenarioRunner
 from harness.scenario.schema import Scenario, ScenarioError, Step, load_scenario
 from harness.scenario.system import RealSystem
@@ -193,11 +194,10 @@ class ScenarioFile(pytest.File):
         except ScenarioError as error:
             return [InvalidScenario.from_parent(self, name=self.path.stem, error=error)]
         kernels: list[str] = self.config.getoption("--hil-kernel", [])
-        if len(kernels) <= 1:
-            return [ScenarioItem.build(self, scenario, marks, kernels[0] if kernels else None)]
+        qemus: list[str] = self.config.getoption("--hil-qemu", [])
         return [
-            ScenarioItem.build(self, scenario, marks, kernel, kernel_id(kernel))
-            for kernel in kernels
+            ScenarioItem.build(self, scenario, marks, variant)
+            for variant in variants(kernels, qemus)
         ]
 
     def _marks(self, scenario: Scenario) -> list[pytest.MarkDecorator]:
@@ -328,6 +328,7 @@ class ScenarioItem(pytest.Function):
     scenario: Scenario
     backend: str
     hil_kernel: str | None
+    hil_qemu: str | None
     hil_kernel_id: str | None
     hil_release: str | None
     hil_observations: list[Observation]
@@ -338,9 +339,9 @@ class ScenarioItem(pytest.Function):
         parent: ScenarioFile,
         scenario: Scenario,
         marks: list[pytest.MarkDecorator],
-        kernel: str | None = None,
-        kernel_label: str | None = None,
+        variant: Variant = Variant(None, None, None),
     ) -> ScenarioItem:
+        kernel, kernel_label = variant.kernel, variant.label
         backend = parent.config.getoption("--hil-backend", "qemu")
         available = _factory_available(parent)
         carrier = _needs_factory if backend == "qemu" and available else _needs_nothing
@@ -350,11 +351,13 @@ class ScenarioItem(pytest.Function):
         )
         item.scenario, item.backend = scenario, backend
         item.hil_kernel, item.hil_kernel_id = kernel, kernel_label
+        item.hil_qemu = variant.qemu
         item.hil_release, item.hil_observations = None, []
         for mark in marks:
             item.add_marker(mark)
         if backend == "qemu":
             item.add_marker("qemu")
+            _skip_without_destination(item)
         return item
 
     def runtest(self) -> None:
@@ -426,6 +429,20 @@ class ScenarioItem(pytest.Function):
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, 0, f"scenario {self.name}"
+
+
+def _skip_without_destination(item: pytest.Item) -> None:
+    """A cross_qemu scenario needs a second QEMU: without --hil-qemu-destination it is
+    skipped with the reason (a skip, never a pass), in qemu mode only (the model runs it)."""
+    if item.get_closest_marker("cross_qemu") and not item.config.getoption(
+        "--hil-qemu-destination", None
+    ):
+        item.add_marker(
+            pytest.mark.skip(
+                reason="cross_qemu: migrates between two QEMUs; give the destination with "
+                "--hil-qemu-destination=QEMU (e.g. debian:trixie/qemu-system-x86)"
+            )
+        )
 
 
 _RELEASES = pytest.StashKey[dict[str, str]]()

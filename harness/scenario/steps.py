@@ -35,6 +35,15 @@ MAX_PAYLOAD = 1 << 30
 MIGRATION_MODES = ("live", "paused", "file")
 
 
+@dataclass(frozen=True)
+class Destination:
+    """A migration's destination: `machine` None is the source's configuration, `qemu` None
+    the run's destination QEMU (--hil-qemu-destination), else the source's QEMU."""
+
+    machine: MachineDecl | None = None
+    qemu: str | None = None
+
+
 # ------------------------------------------------------------------ the step itself
 @dataclass(frozen=True)
 class Step:
@@ -100,7 +109,7 @@ class StepCall:
 
 
 # ------------------------------------------------------------------ argument types
-ArgType = Literal["str", "int", "bool", "mask", "sigio", "machine"]
+ArgType = Literal["str", "int", "bool", "mask", "sigio", "machine", "destination"]
 
 
 @dataclass(frozen=True)
@@ -237,7 +246,7 @@ def _one_payload(args: Mapping[str, Any]) -> Problem | None:
 def _model_migrate(call: StepCall) -> Outcome:
     """Build the destination as the harness would start it, then load into it."""
     source = call.model
-    decl: MachineDecl | None = call.args.get("destination")
+    decl = _destination(call.args).machine
     if decl is None:
         dest = clone_configuration(source)
     else:
@@ -268,8 +277,24 @@ def _first_controller(args: Mapping[str, Any], machine: MachineDecl) -> dict[str
     return {"controller": machine.controllers[0].id, **args}
 
 
+def _destination(args: Mapping[str, Any]) -> Destination:
+    found = args.get("destination")
+    return found if isinstance(found, Destination) else Destination()
+
+
+def _real_migrate(real: RealSystem, call: StepCall) -> None:
+    """The real migration; `qemu=` only when the step names one (other RealSystems need not
+    know about QEMUs)."""
+    target = _destination(call.args)
+    mode = call.args.get("mode", "live")
+    if target.qemu is None:
+        real.migrate(target.machine, mode)
+    else:
+        real.migrate(target.machine, mode, qemu=target.qemu)
+
+
 def _migrated(args: Mapping[str, Any]) -> tuple[Iterable[str], Iterable[str]]:
-    dest: MachineDecl | None = args.get("destination")
+    dest = _destination(args).machine
     if dest is None:
         return (), ()
     return (p.name for p in dest.ports), (c.id for c in dest.controllers)
@@ -439,14 +464,15 @@ for _kind in (
     StepKind(
         "migrate",
         {
-            "destination": Arg("machine"),
+            "destination": Arg("destination"),
             "mode": Arg(
                 "str", choices=MIGRATION_MODES, why="mode is live (default), paused or file"
             ),
         },
         _model_migrate,
-        lambda r, c: r.migrate(c.args.get("destination"), c.args.get("mode", "live")),
-        "`destination:` (a machine mapping; omitted = same configuration), "
+        _real_migrate,
+        "`destination:` (a machine mapping, and/or `qemu:` a QEMU spec; omitted = same "
+        "configuration on the run's destination QEMU), "
         "`mode:` live (default), paused or file",
         "migration to a new QEMU (see below)",
         provides=_migrated,

@@ -92,8 +92,11 @@ class RealSystem(Protocol):
     def hotplug_controller(self, id: str, max_ports: int) -> None: ...
     def unplug_controller(self, id: str) -> None: ...
 
-    def migrate(self, destination: MachineDecl | None, mode: str = "live") -> None:
-        """Migrate to a new QEMU started with ``destination`` (None: the same configuration)."""
+    def migrate(
+        self, destination: MachineDecl | None, mode: str = "live", qemu: str | None = None
+    ) -> None:
+        """Migrate to a new QEMU started with ``destination`` (None: the same configuration),
+        run by ``qemu`` (a QEMU spec; None: the system's default destination QEMU)."""
 
     def reboot(self) -> None: ...
 
