@@ -28,6 +28,7 @@ from harness.machine.migration import MODES, MigrationRefused, MigrationStats
 from harness.machine.migration import migrate as run_migration
 from harness.machine.ports import PortManager
 from harness.machine.qemu import ControllerSpec, PortSpec
+from harness.machine.wire import DeviceState, read_stream_file
 from harness.model.declarations import Backend, MachineDecl, PortDecl
 from harness.model.payload import Payload
 from harness.model.snapshot import (
@@ -330,6 +331,7 @@ class QemuSystem:
             raise RealFailure(f"unknown migration mode {mode!r}")
         planned = self._destination_ports(destination, ports)
         qemu = qemu or self.destination_qemu or guest.machine.spec.qemu
+        slots = {c.addr: c.id for c in ports.qtree()[0].values()}
         try:
             target = self._start_destination(guest, destination, planned, ports, qemu)
         except MachineError as error:  # e.g. the older QEMU lacks the source's machine type
@@ -350,8 +352,16 @@ class QemuSystem:
             target.shutdown()
             raise RealFailure(error.text) from None
         self._hand_over(guest, target, planned, endpoints)
+        if stats.stream is not None:
+            stats = replace(stats, wire=self._wire_state(stats.stream, slots))
         self.migrations.append(stats)
         return stats
+
+    @staticmethod
+    def _wire_state(stream: Path, slots: dict[str | None, str]) -> dict[str, DeviceState]:
+        """The stream's virtio-serial state per controller id (sections are named by PCI
+        slot; the source's qtree maps slots to ids)."""
+        return {slots.get(s.pci_addr, s.idstr): s.state for s in read_stream_file(stream)}
 
     def _destination_ports(
         self, destination: MachineDecl | None, ports: PortManager

@@ -22,6 +22,7 @@ from typing import Literal
 from harness.machine.errors import MachineError
 from harness.machine.qemu import Machine
 from harness.machine.qmp import QmpSession
+from harness.machine.wire import DeviceState
 
 log = logging.getLogger("hil.machine")
 
@@ -44,12 +45,14 @@ class MigrationStats:
     downtime_ms: int | None
     transferred_bytes: int | None
     wall_seconds: float
+    stream: Path | None = None  # the migration stream as a file (mode file), for the wire check
+    wire: dict[str, DeviceState] | None = None  # its virtio-serial state by controller id
 
 
 def migration_uri(mode: Mode, workdir: Path) -> tuple[str, str]:
     """(source uri, destination uri) for a mode."""
     if mode == "file":
-        image = workdir / "migration.state"
+        image = workdir / "migration.state"  # MigrationStats.stream names it
         return f"exec:cat > {image}", f"exec:cat {image}"
     sock = workdir / "migration.sock"
     return f"unix:{sock}", f"unix:{sock}"
@@ -114,6 +117,7 @@ def migrate(
         info.get("downtime"),
         (info.get("ram") or {}).get("transferred"),
         time.monotonic() - started,
+        workdir / "migration.state" if mode == "file" else None,
     )
     log.info("%s -> %s: migration done: %s", source.name, destination.name, stats)
     return stats

@@ -145,7 +145,8 @@ def environment_lines(config: pytest.Config) -> dict[str, str]:
     lines = {name: ", ".join(sorted(values)) for name, values in sorted(seen.items())}
     kernels = config.getoption("--hil-kernel", [])
     lines["hil_kernel_specs"] = ", ".join(kernels) or recipe_kernel(config)
-    lines["hil_qemu_specs"] = ", ".join(config.getoption("--hil-qemu", None) or []) or f"{DEFAULT_QEMU} (default)"
+    qemus = config.getoption("--hil-qemu", None) or []
+    lines["hil_qemu_specs"] = ", ".join(qemus) or f"{DEFAULT_QEMU} (default)"
     backend = str(config.getoption("--hil-backend", "qemu"))
     lines["hil_backend"] = backend
     lines["hil_behaviour"] = str(config.getoption("--hil-behaviour", "auto"))

@@ -28,7 +28,7 @@ from harness.errors import HarnessError
 from harness.images.errors import ImageBuildError
 from harness.model import Behaviour, VirtioSerialModel
 from harness.plugin.kernels import Observation, behaviour_for, flatten
-from harness.plugin.variants import Variant, variants
+from harness.plugin.variants import NO_VARIANT, Variant, variants
 from harness.scenario.runner import RunnerOptions, ScenarioFailure, ScenarioRunner
 from harness.scenario.schema import Scenario, ScenarioError, Step, load_scenario
 from harness.scenario.system import RealSystem
@@ -339,7 +339,7 @@ class ScenarioItem(pytest.Function):
         parent: ScenarioFile,
         scenario: Scenario,
         marks: list[pytest.MarkDecorator],
-        variant: Variant = Variant(None, None, None),
+        variant: Variant = NO_VARIANT,
     ) -> ScenarioItem:
         kernel, kernel_label = variant.kernel, variant.label
         backend = parent.config.getoption("--hil-backend", "qemu")

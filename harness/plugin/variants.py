@@ -34,6 +34,10 @@ class Variant:
     label: str | None  # the test-id part; None when nothing varies in this run
 
 
+#: A run that compares nothing: the recipe's kernel, the default QEMU.
+NO_VARIANT = Variant(None, None, None)
+
+
 def variants(kernels: Sequence[str], qemus: Sequence[str]) -> list[Variant]:
     """Every combination, kernel-major (the order pytest's stacked parametrization gives)."""
     kernel_axis: list[str | None] = list(kernels) or [None]
@@ -51,9 +55,5 @@ def variants(kernels: Sequence[str], qemus: Sequence[str]) -> list[Variant]:
 
 def axes(kernels: Sequence[str], qemus: Sequence[str]) -> str | None:
     """What the comparison table compares ("kernels", "QEMUs", both), None: nothing varies."""
-    named = [
-        what
-        for what, values in (("kernels", kernels), ("QEMUs", qemus))
-        if len(values) > 1
-    ]
+    named = [what for what, values in (("kernels", kernels), ("QEMUs", qemus)) if len(values) > 1]
     return " and ".join(named) or None

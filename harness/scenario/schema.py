@@ -228,7 +228,7 @@ def _destination(ctx: _Ctx, node: yaml.Node) -> Destination:
             parse_qemu_spec(qemu)
         except ImageBuildError as error:
             raise ctx.error(keys["qemu"][1], str(error), f"qemu takes {QEMU_SPEC_FORMS}") from None
-    rest = [(k, v) for k, v in node.value if k.value != "qemu"]  # type: ignore[attr-defined]
+    rest = [(k, v) for k, v in node.value if k.value != "qemu"]
     if not rest:
         return Destination(None, qemu)
     machine_node = yaml.MappingNode(node.tag, rest, node.start_mark, node.end_mark)

@@ -25,6 +25,7 @@ from harness.model import (
 )
 from harness.model.errors import UINT32_MAX
 from harness.model.migration import clone_configuration
+from harness.scenario.wire_check import SavedState, model_saved_state
 
 if TYPE_CHECKING:
     from harness.scenario.system import RealSystem
@@ -247,6 +248,7 @@ def _model_migrate(call: StepCall) -> Outcome:
     """Build the destination as the harness would start it, then load into it."""
     source = call.model
     decl = _destination(call.args).machine
+    saved = model_saved_state(source)  # what the wire must carry (checked on file migrations)
     if decl is None:
         dest = clone_configuration(source)
     else:
@@ -257,7 +259,7 @@ def _model_migrate(call: StepCall) -> Outcome:
                 dest.host_open(name)
     migrate(source, dest)
     call.model = dest
-    return Outcome()
+    return Outcome(saved)
 
 
 def _model_hotplug(call: StepCall) -> Outcome:
@@ -282,15 +284,18 @@ def _destination(args: Mapping[str, Any]) -> Destination:
     return found if isinstance(found, Destination) else Destination()
 
 
-def _real_migrate(real: RealSystem, call: StepCall) -> None:
+def _real_migrate(real: RealSystem, call: StepCall) -> SavedState | None:
     """The real migration; `qemu=` only when the step names one (other RealSystems need not
-    know about QEMUs)."""
+    know about QEMUs). Returns the virtio-serial state the stream carried, when the system
+    read it (a file migration on QEMU), for the runner to compare with the model's."""
     target = _destination(call.args)
     mode = call.args.get("mode", "live")
     if target.qemu is None:
-        real.migrate(target.machine, mode)
+        stats = real.migrate(target.machine, mode)
     else:
-        real.migrate(target.machine, mode, qemu=target.qemu)
+        stats = real.migrate(target.machine, mode, qemu=target.qemu)
+    wire = getattr(stats, "wire", None)  # MigrationStats of a QemuSystem; fakes return None
+    return SavedState(wire) if wire is not None else None
 
 
 def _migrated(args: Mapping[str, Any]) -> tuple[Iterable[str], Iterable[str]]:

@@ -94,9 +94,11 @@ class RealSystem(Protocol):
 
     def migrate(
         self, destination: MachineDecl | None, mode: str = "live", qemu: str | None = None
-    ) -> None:
+    ) -> object:
         """Migrate to a new QEMU started with ``destination`` (None: the same configuration),
-        run by ``qemu`` (a QEMU spec; None: the system's default destination QEMU)."""
+        run by ``qemu`` (a QEMU spec; None: the system's default destination QEMU). May
+        return statistics; a ``wire`` attribute (controller id -> DeviceState) is the state
+        the migration stream carried, compared with the model's."""
 
     def reboot(self) -> None: ...
 
