@@ -16,12 +16,14 @@ from harness.machine.qemu import Machine, MachineSpec, Timeouts
 pytestmark = pytest.mark.qemu
 
 
-def _spec(image: GuestImage, **overrides: object) -> MachineSpec:
+def _spec(image: GuestImage, qemu: str, **overrides: object) -> MachineSpec:
+    """The test's image on the test's QEMU (hil_qemu: each --hil-qemu in turn)."""
     fields: dict[str, object] = {
         "kernel": image.kernel,
         "initrd": image.initramfs,
         "cmdline": image.cmdline,
         "accel": "tcg",
+        "qemu": qemu,
     }
     fields.update(overrides)
     return MachineSpec(**fields)  # type: ignore[arg-type]
@@ -41,14 +43,16 @@ def test_wrong_kernel_path_is_named_by_the_builder() -> None:
         build_image(kernel="/no/such/vmlinuz")
 
 
-def test_wrong_kernel_path_is_named_by_the_machine(hil_image: GuestImage, tmp_path: Path) -> None:
+def test_wrong_kernel_path_is_named_by_the_machine(
+    hil_image: GuestImage, hil_qemu: str, tmp_path: Path
+) -> None:
     with pytest.raises(MachineError, match=r"kernel /no/such/vmlinuz does not exist"):
-        _start(_spec(hil_image, kernel=Path("/no/such/vmlinuz")), tmp_path)
+        _start(_spec(hil_image, hil_qemu, kernel=Path("/no/such/vmlinuz")), tmp_path)
 
 
-def test_missing_qemu_binary_is_named(hil_image: GuestImage, tmp_path: Path) -> None:
+def test_missing_qemu_binary_is_named(hil_image: GuestImage, hil_qemu: str, tmp_path: Path) -> None:
     with pytest.raises(MachineError, match=r"QEMU binary 'qemu-system-nonexistent' not found"):
-        _start(_spec(hil_image, qemu="qemu-system-nonexistent"), tmp_path)
+        _start(_spec(hil_image, hil_qemu, qemu="qemu-system-nonexistent"), tmp_path)
 
 
 def test_file_that_is_not_a_kernel_is_refused_by_the_builder(tmp_path: Path) -> None:
@@ -59,7 +63,7 @@ def test_file_that_is_not_a_kernel_is_refused_by_the_builder(tmp_path: Path) -> 
 
 
 def test_non_kernel_with_a_kernel_header_fails_on_console_silence(
-    hil_image: GuestImage, tmp_path: Path
+    hil_image: GuestImage, hil_qemu: str, tmp_path: Path
 ) -> None:
     """Past the builder's header check, only the console can tell: nothing is printed."""
     fake = tmp_path / "vmlinuz-fake"
@@ -67,7 +71,7 @@ def test_non_kernel_with_a_kernel_header_fails_on_console_silence(
     fake.write_bytes(real_header + b"\xf4" * (2 * 1024 * 1024))  # hlt, hlt, hlt...
     started = time.monotonic()
     with pytest.raises(MachineError) as failure:
-        _start(_spec(hil_image, kernel=fake), tmp_path, Timeouts(first_console_output=10))
+        _start(_spec(hil_image, hil_qemu, kernel=fake), tmp_path, Timeouts(first_console_output=10))
     elapsed = time.monotonic() - started
     message = str(failure.value)
     assert "nothing reached the serial console" in message or "QEMU failed to start" in message
@@ -75,8 +79,8 @@ def test_non_kernel_with_a_kernel_header_fails_on_console_silence(
 
 
 def test_qemu_start_failure_carries_exit_code_and_stderr(
-    hil_image: GuestImage, tmp_path: Path
+    hil_image: GuestImage, hil_qemu: str, tmp_path: Path
 ) -> None:
-    spec = _spec(hil_image, extra_args=["-device", "no-such-device-model"])
+    spec = _spec(hil_image, hil_qemu, extra_args=["-device", "no-such-device-model"])
     with pytest.raises(MachineError, match=r"exit code 1.*no-such-device-model"):
         _start(spec, tmp_path)
