@@ -357,7 +357,6 @@ class ScenarioItem(pytest.Function):
             item.add_marker(mark)
         if backend == "qemu":
             item.add_marker("qemu")
-            _skip_without_destination(item)
         return item
 
     def runtest(self) -> None:
@@ -431,18 +430,18 @@ class ScenarioItem(pytest.Function):
         return self.path, 0, f"scenario {self.name}"
 
 
-def _skip_without_destination(item: pytest.Item) -> None:
-    """A cross_qemu scenario needs a second QEMU: without --hil-qemu-destination it is
-    skipped with the reason (a skip, never a pass), in qemu mode only (the model runs it)."""
-    if item.get_closest_marker("cross_qemu") and not item.config.getoption(
-        "--hil-qemu-destination", None
-    ):
-        item.add_marker(
-            pytest.mark.skip(
-                reason="cross_qemu: migrates between two QEMUs; give the destination with "
-                "--hil-qemu-destination=QEMU (e.g. debian:trixie/qemu-system-x86)"
-            )
-        )
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A cross_qemu item needs a second QEMU: without --hil-qemu-destination it is skipped
+    with the reason (a skip, never a pass); scenarios in model mode still run (no QEMU)."""
+    if config.getoption("--hil-qemu-destination", None):
+        return
+    skip = pytest.mark.skip(
+        reason="cross_qemu: migrates between two QEMUs; give the destination with "
+        "--hil-qemu-destination=QEMU (e.g. debian:trixie/qemu-system-x86)"
+    )
+    for item in items:
+        if item.get_closest_marker("cross_qemu") and getattr(item, "backend", "qemu") == "qemu":
+            item.add_marker(skip)
 
 
 _RELEASES = pytest.StashKey[dict[str, str]]()
