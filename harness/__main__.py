@@ -91,9 +91,18 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands.add_parser("smoke", help="boot one guest and check SSH and serial")
+    table = commands.add_parser(
+        "table", help="one kernel/QEMU table from the allure result dirs of several shards"
+    )
+    table.add_argument("dirs", nargs="+", type=Path, metavar="ALLURE_DIR")
     args, rest = parser.parse_known_args(argv)
     if args.command == "smoke":
         return smoke()
+    if args.command == "table":
+        from harness.plugin.report import merged_table
+
+        print(merged_table(args.dirs))
+        return 0
     return run_scenarios(rest)
 
 

@@ -7,6 +7,8 @@ and writes the allure environment.
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -118,16 +120,53 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     run = terminalreporter.config.stash.get(_RUN, None)
     if run is None or not run.comparison.results:
         return
-    comparison = run.comparison
     compared = _axes(terminalreporter.config) or "kernels"
+    title, table, summary = comparison_text(run.comparison, compared)
+    terminalreporter.write_sep("=", title)
+    terminalreporter.write_line(table)
+    terminalreporter.write_line(summary)
+
+
+def comparison_text(comparison: Comparison, compared: str) -> tuple[str, str, str]:
+    """(title, table, summary line) of a comparison; `compared` says of what."""
     per = compared.replace("kernels", "kernel").replace("QEMUs", "QEMU")
-    terminalreporter.write_sep("=", f"hil: results per {per}")
-    terminalreporter.write_line(comparison.render())
     differing = sum(1 for row in comparison.rows()[1:] if row[-1])
-    terminalreporter.write_line(
+    return (
+        f"hil: results per {per}",
+        comparison.render(),
         f"{differing} of {len(comparison.results)} tests differ between {compared} "
-        "(RESULT DIFFERS: outcomes; observed: the first step/field whose settled value differs)"
+        "(RESULT DIFFERS: outcomes; observed: the first step/field whose settled value differs)",
     )
+
+
+#: Each run (shard) writes its comparison next to its allure results under this pattern;
+#: `python -m harness table DIR...` merges every shard's into one table.
+COMPARISON_GLOB = "hil-comparison-*.json"
+
+
+def write_comparison(directory: Path, config: pytest.Config) -> Path | None:
+    run = config.stash.get(_RUN, None)
+    compared = _axes(config)
+    if run is None or not run.comparison.results or compared is None:
+        return None
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / COMPARISON_GLOB.replace("*", uuid.uuid4().hex)
+    path.write_text(json.dumps({"compared": compared, **run.comparison.to_json()}))
+    return path
+
+
+def merged_table(directories: list[Path]) -> str:
+    """One table from every shard's comparison file under `directories`."""
+    shards = [
+        json.loads(path.read_text())
+        for directory in directories
+        for path in sorted(directory.glob(COMPARISON_GLOB))
+    ]
+    if not shards:
+        return f"no {COMPARISON_GLOB} under {', '.join(map(str, directories))}"
+    compared = shards[0]["compared"]
+    title, table, summary = comparison_text(Comparison.merged(shards), compared)
+    return f"{title} ({len(shards)} shards)\n{table}\n{summary}"
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -137,6 +176,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if not directory or hasattr(config, "workerinput"):
         return
     write_allure_environment(Path(directory), environment_lines(config))
+    write_comparison(Path(directory), config)
 
 
 def environment_lines(config: pytest.Config) -> dict[str, str]:
