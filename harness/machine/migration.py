@@ -13,6 +13,7 @@ already paused but device state is not yet saved, so the host side can quiesce i
 from __future__ import annotations
 
 import logging
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -167,8 +168,21 @@ def _await_destination(destination: Machine, timeout: float) -> None:
         time.sleep(0.05)  # no event marks the end of an incoming load on every version
 
 
+#: How long a destination that refused the stream may take to print its reasons and exit.
+DESTINATION_EXIT_TIMEOUT = 10.0
+
+
 def _failure_text(info: dict[str, object], destination: Machine) -> str:
+    """The source's reason and the destination's own words. Why wait for the destination to
+    exit first: with return-path, 10.0's source reports the failure ("Sibling indicated
+    error 1") before the destination has printed its last line ("load of migration failed:
+    Invalid argument"), which a read right away would miss."""
     reason = str(info.get("error-desc") or "")
+    if destination.process is not None:
+        try:
+            destination.process.wait(timeout=DESTINATION_EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            log.info("destination still running %.0f s after the failure", DESTINATION_EXIT_TIMEOUT)
     stderr = _destination_error(destination, "")
     return "; ".join(part for part in (reason, stderr) if part) or "migration failed"
 
