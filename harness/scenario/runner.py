@@ -19,6 +19,7 @@ from typing import Any
 from harness.backend.settle import settle
 from harness.errors import HarnessError, OperationFailed
 from harness.model import (
+    Behaviour,
     Completion,
     Difference,
     ModelError,
@@ -102,6 +103,9 @@ class ScenarioRunner:
     real: RealSystem | None = None
     options: RunnerOptions = field(default_factory=RunnerOptions)
     step_context: StepContext = lambda step: nullcontext()
+    #: the switches of the kernel and QEMU under test, for the boot model and every model
+    #: that follows it (a migration's destination takes its source's)
+    behaviour: Behaviour = field(default_factory=Behaviour)
     model: VirtioSerialModel = field(init=False)
     background: list[_Background] = field(init=False, default_factory=list)
     sigio: dict[str, list[frozenset[str]]] = field(init=False, default_factory=dict)
@@ -109,7 +113,7 @@ class ScenarioRunner:
 
     # ------------------------------------------------------------- driving
     def run(self) -> None:
-        self.model = build_model(self.scenario.machine)
+        self.model = build_model(self.scenario.machine, self.behaviour)
         if self.real is not None:
             with self.step_context(BOOT):
                 self.real.start(self.scenario.machine)

@@ -252,7 +252,7 @@ def _model_migrate(call: StepCall) -> Outcome:
     if decl is None:
         dest = clone_configuration(source)
     else:
-        dest = build_model(decl)
+        dest = build_model(decl, source.behaviour)  # the same QEMU and kernel
         for name in dest.ports:
             port = source.ports.get(name)
             if port is not None and port.host_attached:
