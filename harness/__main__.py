@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         "table", help="one kernel/QEMU table from the allure result dirs of several shards"
     )
     table.add_argument("dirs", nargs="+", type=Path, metavar="ALLURE_DIR")
+    soak = commands.add_parser("soak", help="streams and faults on one long-lived guest")
+    soak.add_argument("--minutes", type=float, default=30.0, help="how long (default 30)")
+    soak.add_argument("--seed", type=int, default=1, help="the fault mix's seed (default 1)")
     args, rest = parser.parse_known_args(argv)
     if args.command == "smoke":
         return smoke()
@@ -103,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
 
         print(merged_table(args.dirs))
         return 0
+    if args.command == "soak":
+        from harness.logs import print_progress
+        from harness.soak import soak as run_soak
+
+        print_progress()
+        return run_soak(args.minutes, args.seed)
     return run_scenarios(rest)
 
 

@@ -176,6 +176,15 @@ class HostEndpoint:
                     del self._recent[: len(self._recent) - REPLAY_LIMIT]
                 self._lock.notify_all()
 
+    def drop_pending(self) -> int:
+        """Stop sending what is still queued (a stream told to stop); returns the bytes dropped."""
+        with self._lock:
+            dropped = self._pending_out - len(self._partial)
+            self._outbox.clear()
+            self._pending_out = len(self._partial)  # a begun chunk still goes: no torn write
+            self._lock.notify_all()
+            return dropped
+
     # -- migration -----------------------------------------------------------------------------
 
     def pause_sending(self, paused: bool = True) -> None:
@@ -298,6 +307,24 @@ class HostEndpoint:
         return Received(
             count, digest.hexdigest(), bytes(kept) if count <= keep_limit else None, eof
         )
+
+    def take(self, limit: int, timeout: float) -> bytes:
+        """Up to ``limit`` received bytes, waiting at most ``timeout`` for the first one;
+        b"" when none came (a stream consumer's step: it never holds more than ``limit``)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while not self._inbox:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._eof:
+                    return b""
+                self._lock.wait(remaining)
+            chunk = self._inbox.popleft()
+            if len(chunk) > limit:
+                self._inbox.appendleft(chunk[limit:])
+                chunk = chunk[:limit]
+            self._inbox_size -= len(chunk)
+            self._lock.notify_all()
+            return chunk
 
     def _receive_loop(self, sock: socket.socket) -> None:
         while True:

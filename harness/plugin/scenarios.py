@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, NotApplicable
 from harness.images.errors import ImageBuildError
 from harness.model import Behaviour
 from harness.plugin.kernels import Observation, flatten
@@ -360,6 +360,8 @@ class ScenarioItem(pytest.Function):
         except ScenarioFailure as failure:
             _attach_failure(failure, real)
             raise
+        except NotApplicable as reason:  # e.g. module_reload on a built-in driver
+            pytest.skip(str(reason))
         except BaseException:
             _attach_artifacts(real)
             raise

@@ -93,6 +93,7 @@ class StepCall:
     scenario: str = ""
     read_size: int = 65536
     timeout: float = 60.0
+    streams: Any = None  # the runner's StreamBook (harness.scenario.streams)
 
     @property
     def args(self) -> dict[str, Any]:
@@ -281,6 +282,8 @@ def _first_controller(args: Mapping[str, Any], machine: MachineDecl) -> dict[str
 
 def _destination(args: Mapping[str, Any]) -> Destination:
     found = args.get("destination")
+    if isinstance(found, MachineDecl):  # the Python API may pass a bare machine
+        return Destination(found)
     return found if isinstance(found, Destination) else Destination()
 
 
@@ -504,6 +507,11 @@ for _kind in (
     ),
 ):
     register(_kind)
+
+
+# stream and fault steps register themselves (they import this module's names)
+import harness.scenario.faults  # noqa: E402
+import harness.scenario.streams  # noqa: E402, F401
 
 
 # ------------------------------------------------------------------ docs

@@ -283,6 +283,7 @@ class Agent:
         self.started = time.time()
         self.kmsg_fd: int | None = None
         self.kmsg_lock = threading.Lock()
+        self.flows: dict[str, dict[str, Any]] = {}
         self._open_kmsg()
         self.ops: dict[str, Callable[[dict[str, Any]], Any]] = {
             name[3:]: getattr(self, name) for name in dir(self) if name.startswith("op_")
@@ -588,6 +589,77 @@ class Agent:
             "reads": reads,
             "seconds": round(time.monotonic() - started, 3),
         }
+
+    # flows: stoppable checked streams (scenario host_stream/guest_stream) ----------------
+
+    def op_flow(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Send (``out``) or receive (``in``) the generated stream until ``length``, EOF, an
+        error or ``flow_stop``; never blocks in the kernel, so a stop always ends it.
+
+        Errors are results, not failures: a fault (unplug, close) ends a stream on purpose."""
+        port = self.port(args)
+        flow = _arg(args, "flow", kind=str)
+        out = _arg(args, "direction", kind=str) == "out"
+        seed = _arg(args, "seed", 0, int)
+        length = _arg(args, "length", -1, int)
+        chunk = max(1, _arg(args, "chunk", WRITE_CHUNK, int))
+        state = {"bytes": 0, "stop": False, "done": False}
+        with self.lock:
+            self.flows[flow] = state
+        digest = hashlib.sha256()
+        eof, error = False, None
+        fd, want = port.fd, select.POLLOUT if out else select.POLLIN | select.POLLPRI
+        pieces = iter_generated(seed, 0, length if length >= 0 else 1 << 62, chunk)
+        pending = b""
+        while not state["stop"] and (length < 0 or state["bytes"] < length):
+            try:
+                mask = _poll_fd(fd, 0.2, want)
+                if mask & select.POLLNVAL:
+                    error = "EBADF"
+                    break
+                if not mask & (want | select.POLLHUP | select.POLLERR):
+                    continue
+                if out:
+                    if not mask & select.POLLOUT:
+                        time.sleep(0.05)  # POLLHUP alone: the host is away, wait for it
+                        continue
+                    pending = pending or next(pieces)
+                    n = os.write(fd, pending)
+                    digest.update(pending[:n])
+                    pending = pending[n:]
+                else:
+                    size = chunk if length < 0 else min(chunk, length - state["bytes"])
+                    data = os.read(fd, size)
+                    if not data:
+                        eof = True
+                        break
+                    digest.update(data)
+                    n = len(data)
+            except OSError as failure:
+                if failure.errno == errno.EAGAIN:
+                    continue
+                error = errno_name(failure.errno)
+                break
+            state["bytes"] += n
+        state["done"] = True
+        return {"bytes": state["bytes"], "sha256": digest.hexdigest(), "eof": eof,
+                "error": error, "stopped": state["stop"]}
+
+    def op_flow_stop(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Ask a running flow to end at its next poll (0.2 s at most)."""
+        with self.lock:
+            state = self.flows.get(_arg(args, "flow", kind=str))
+        if state is None:
+            raise AgentFailure("ENOENT", f"no flow {args.get('flow')!r}")
+        state["stop"] = True
+        return {"bytes": state["bytes"], "done": state["done"]}
+
+    def op_flow_state(self, args: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            state = self.flows.get(_arg(args, "flow", kind=str))
+        if state is None:
+            raise AgentFailure("ENOENT", f"no flow {args.get('flow')!r}")
+        return {"bytes": state["bytes"], "done": state["done"]}
 
     # SIGIO -------------------------------------------------------------------------------
 
