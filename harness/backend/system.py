@@ -672,7 +672,7 @@ def _op_result(result: Any) -> Any:
     if "data" in result:
         data = base64.b64decode(result["data"])
         return Received(len(data), hashlib.sha256(data).hexdigest(), data, bool(result.get("eof")))
-    if "sha256" in result and "bytes" in result:
+    if "bytes" in result:
         if "eof" in result:
             return Received(int(result["bytes"]), result["sha256"], None, bool(result["eof"]))
         return int(result["bytes"])
