@@ -261,7 +261,9 @@ class VirtioSerialModel:
         ctrl.ports_map[nr // 32] |= 1 << (nr % 32)
         ctrl.ports.append(name)
         self.ports[name] = port
-        self.removed.pop(name, None)
+        old = self.removed.pop(name, None)
+        if old is not None:  # the old instance's unread host data can no longer be read
+            self._discard(old, G2H, "host socket", len(old.to_host), "port plugged again")
         self._guest_add(port, ctrl.multiport)
         self._settle()
         return nr
