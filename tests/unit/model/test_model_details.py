@@ -1,0 +1,263 @@
+"""Details that mutation testing (tox -e mutation) found unpinned: messages, codecs, copies.
+
+Each test names what it pins; tests/unit/model/mutation_survivors.md lists the mutants that
+remain and why they are equivalent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import pytest
+
+from harness.model import (
+    Behaviour,
+    ModelError,
+    Payload,
+    Slice,
+    VirtioSerialModel,
+    diff,
+    encode,
+    format_diff,
+    handshake,
+    parse_vport,
+    sha256_of,
+    slices_sha256,
+)
+from harness.model import control as C
+from harness.model.migration import clone_configuration, load, migrate, save
+from harness.model.payload import SliceQueue, iter_chunks, payload_bytes
+
+
+# ------------------------------------------------------------------- errors
+def test_model_error_keeps_text_and_detail():
+    error = ModelError("EBUSY", "port open")
+    assert (error.text, error.detail, str(error)) == ("EBUSY", "port open", "EBUSY (port open)")
+    assert str(ModelError("EBUSY")) == "EBUSY"
+
+
+# ------------------------------------------------------------------ control
+def test_driver_re_add_keeps_the_port_it_has():
+    driver = C.DriverControl(max_nr_ports=4)
+    driver.receive(encode(C.ControlMessage(1, C.PORT_ADD, 1)))
+    driver.receive(encode(C.ControlMessage(1, C.PORT_NAME, 1, b"kept\0")))
+    driver.receive(encode(C.ControlMessage(1, C.PORT_ADD, 1)))
+    assert driver.ports[1].name == "kept"
+
+
+def test_driver_console_port_is_guest_connected():
+    driver = C.DriverControl(max_nr_ports=4)
+    driver.receive(encode(C.ControlMessage(0, C.PORT_ADD, 1)))
+    driver.receive(encode(C.ControlMessage(0, C.CONSOLE_PORT, 1)))
+    assert driver.ports[0].guest_connected is True
+
+
+@pytest.mark.parametrize(
+    ("payload", "name"),
+    [(b"first\0second\0", "first"), (b"bad\xff\0", "bad\ufffd")],
+)
+def test_driver_port_name_is_up_to_the_first_nul_with_bad_bytes_replaced(payload, name):
+    driver = C.DriverControl(max_nr_ports=4)
+    driver.receive(encode(C.ControlMessage(1, C.PORT_ADD, 1)))
+    driver.receive(encode(C.ControlMessage(1, C.PORT_NAME, 1, payload)))
+    assert driver.ports[1].name == name
+
+
+def test_handshake_uses_the_behaviour_it_is_given():
+    log, _ = handshake([C.DevicePort(1, "a")], 4, Behaviour(port_name_trailing_nul=False))
+    names = [w.message.payload for w in log if w.message.event == C.PORT_NAME]
+    assert names == [b"a"]
+
+
+# ------------------------------------------------------------------ payload
+def test_payload_errors_say_what_is_wrong():
+    with pytest.raises(ValueError) as err:
+        Payload()
+    assert str(err.value) == "a Payload needs data or a seed"
+    with pytest.raises(ValueError) as err:
+        payload_bytes(Payload.literal(b"abc"), 2, 5)
+    assert str(err.value) == "range 2:5 outside payload of 3 bytes"
+
+
+def test_payload_helpers_default_to_the_whole_payload():
+    data = Payload.literal(b"abc")
+    assert list(iter_chunks(data)) == [b"abc"]
+    assert list(iter_chunks(data, 1, 1)) == []
+    assert sha256_of(data) == hashlib.sha256(b"abc").hexdigest()
+    assert slices_sha256([Slice(data, 0, 2)]) == hashlib.sha256(b"ab").hexdigest()
+
+
+def test_slice_queue_merges_only_adjacent_slices_of_one_payload():
+    one, two = Payload.literal(b"abcd"), Payload.literal(b"wxyz")
+    queue = SliceQueue([Slice(one, 0, 2), Slice(two, 2, 4)])
+    assert queue.slices() == [Slice(one, 0, 2), Slice(two, 2, 4)]
+    assert queue.take(2) == [Slice(one, 0, 2)]
+    assert queue.slices() == [Slice(two, 2, 4)]  # nothing empty left behind
+    assert queue.take(2) == [Slice(two, 2, 4)] and queue.slices() == []
+
+
+# ----------------------------------------------------------------- snapshot
+def test_parse_vport_error_names_the_input():
+    with pytest.raises(ValueError) as err:
+        parse_vport("hvc0")
+    assert str(err.value) == "not a virtio-serial port device name: 'hvc0'"
+
+
+def test_snapshot_shows_ids_names_and_presence():
+    m = VirtioSerialModel()
+    m.add_controller("c")
+    m.add_port("a", controller="c")
+    snap = m.snapshot()
+    assert snap.controllers["c"].id == "c"
+    assert snap.ports["a"].guest.present is True
+    assert snap.ports["a"].guest.name == "a"
+
+
+def test_diff_goes_on_past_a_missing_port_and_formats_a_table():
+    left, right = VirtioSerialModel(), VirtioSerialModel()
+    for m in (left, right):
+        m.add_controller("c")
+        m.add_port("b", controller="c")
+    left.add_port("a", controller="c")
+    right.host_open("b")
+    differences = diff(left.snapshot(), right.snapshot())
+    assert [(d.port, d.field) for d in differences] == [
+        ("a", "present"),
+        ("b", "qemu.host_connected"),
+        ("b", "guest.host_connected"),
+    ]
+    assert format_diff(differences[:1]).splitlines() == [
+        "port  field    expected  actual",
+        "----  -------  --------  ------",
+        "a     present  True      False",
+    ]
+
+
+# ---------------------------------------------------------------- migration
+def migrated_error(data: bytes, dest: VirtioSerialModel) -> str:
+    with pytest.raises(ModelError) as err:
+        load(dest, data)
+    return str(err.value)
+
+
+def port_model(max_ports: int = 31, behaviour: Behaviour | None = None) -> VirtioSerialModel:
+    m = VirtioSerialModel(behaviour)
+    m.add_controller("c", max_ports=max_ports)
+    m.add_port("a", controller="c")
+    return m
+
+
+def held_model(payload: Payload) -> VirtioSerialModel:
+    m = VirtioSerialModel(Behaviour(host_socket_buffer=2))
+    m.add_controller("c")
+    m.add_port("a", controller="c")
+    m.host_open("a")
+    m.guest_open("a")
+    m.set_host_backpressure("a", True)
+    m.guest_write("a", payload)
+    return m
+
+
+def test_migration_errors_say_where():
+    data = save(port_model())
+    truncated = "load of migration failed: Input/output error (section ends early)"
+    assert migrated_error(data[:-3], port_model()) == truncated
+    held = save(held_model(Payload.literal(b"hello")))
+    magic = held.index(b"VQE1")
+    assert migrated_error(held[: magic + 2], port_model()) == truncated  # inside the magic
+    assert migrated_error(held[: magic + 30], port_model()) == truncated  # inside the data
+    bad = held.replace(b"VQE1", b"XXXX")
+    assert migrated_error(bad, port_model()) == (
+        "load of migration failed: Invalid argument (bad element blob)"
+    )
+    other = VirtioSerialModel()
+    other.add_controller("c")
+    other.add_port("a", controller="c", nr=2)
+    assert migrated_error(data, other) == (
+        "load of migration failed: Invalid argument (ports_map word 0 differs)"
+    )
+    wrong_id = data[:-10] + struct.pack(">I", 7) + data[-6:]
+    assert migrated_error(wrong_id, port_model()) == (
+        "load of migration failed: Invalid argument (no port with id 7)"
+    )
+    strict = port_model(20, Behaviour(load_checks_max_nr_ports=True))
+    assert migrated_error(data, strict) == (
+        "load of migration failed: Invalid argument (source had more ports than us)"
+    )
+
+
+def test_strict_load_accepts_the_same_max_ports():
+    strict = port_model(31, Behaviour(load_checks_max_nr_ports=True))
+    events = load(strict, save(port_model()))
+    assert [(e.kind, e.port, e.value) for e in events] == [("VSERPORT_CHANGE", "a", 0)]
+
+
+@pytest.mark.parametrize("max_ports", [1, 32, 64, 100])
+def test_save_and_load_every_map_size(max_ports):
+    source = VirtioSerialModel()
+    source.add_controller("c", max_ports=max_ports)
+    for i in range(1, max_ports):
+        source.add_port(f"p{i}", controller="c")
+    data = save(source)
+    words = (max_ports + 31) // 32
+    assert len(data) == 8 + 4 * words + 4 + 10 * (max_ports - 1)
+    dest = clone_configuration(source)
+    load(dest, data)
+    assert dest.controllers["c"].ports_map == source.controllers["c"].ports_map
+    strict = clone_configuration(source)
+    strict.behaviour = Behaviour(load_checks_max_nr_ports=True)
+    load(strict, data)
+
+
+def test_element_of_a_generated_payload_with_a_negative_seed():
+    source = held_model(Payload.generated(-5, 5))
+    data = save(source)
+    # u8 1 (generated), be64 seed two's complement, be64 length
+    assert struct.pack(">Bqq", 1, -5, 5) in data
+    dest = port_model()
+    dest.host_open("a")
+    load(dest, data)
+    (piece,) = dest.host_read("a").value.slices  # unthrottled on load, flushed
+    assert (piece.payload, piece.start, piece.end) == (Payload.generated(-5, 5), 2, 5)
+
+
+def test_destination_carries_on_on_its_own_after_migration():
+    source = held_model(Payload.literal(b"hello"))
+    source.add_port("con", controller="c", console=True)
+    source.host_write("a", b"to guest")
+    dest = clone_configuration(source)
+    migrate(source, dest)
+    assert dest.behaviour == source.behaviour
+    assert dest.discarded("guest->host") == source.discarded("guest->host")
+    source.guest_read("a")  # the source's queues are not the destination's
+    source.host_close("a")
+    assert dest.guest_read("a").value.slices[0].data() == b"to guest"
+    assert dest.snapshot().ports["a"].guest.host_connected
+    dest.add_port("con2", controller="c", console=True)
+    assert dest.snapshot().ports["con2"].guest.console_vtermno == 2
+    dest.set_host_backpressure("a", False)
+    assert dest.guest_read("a").pending.ticket >= 1
+
+
+def test_clone_keeps_backends_and_migrate_loads_every_controller():
+    source = VirtioSerialModel(Behaviour(guest_rx_buffer=7))
+    source.add_controller("c1")
+    source.add_controller("c2")
+    source.add_port("a", controller="c1", backend="none")
+    source.add_port("b", controller="c2")
+    source.guest_open("a")
+    source.guest_open("b")
+    dest = clone_configuration(source)
+    assert dest.behaviour == source.behaviour
+    assert dest.ports["a"].backend == "none"
+    events = migrate(source, dest)
+    assert [(e.port, e.value) for e in events] == [("a", 1), ("b", 1)]
+
+
+def test_load_tells_the_guest_the_destination_host_state():
+    source = port_model()
+    source.host_open("a")
+    dest = port_model()
+    load(dest, save(source))
+    assert dest.snapshot().ports["a"].guest.host_connected is False
