@@ -261,3 +261,101 @@ def test_load_tells_the_guest_the_destination_host_state():
     dest = port_model()
     load(dest, save(source))
     assert dest.snapshot().ports["a"].guest.host_connected is False
+
+
+# ----------------------------------------------------- device: texts and records
+def error_of(call, *args, **kw) -> str:
+    with pytest.raises(ModelError) as err:
+        call(*args, **kw)
+    return str(err.value)
+
+
+def test_device_errors_name_the_port_and_the_reason():
+    m = VirtioSerialModel()
+    m.add_controller("c")
+    m.add_port("a", controller="c")
+    m.add_port("con", controller="c", console=True)
+    m.add_port("quiet", controller="c", backend="none")
+    assert error_of(m.host_open, "nope") == "ENOENT (nope)"
+    assert error_of(m.guest_close, "nope") == "ENOENT (nope)"
+    assert error_of(m.guest_close, "a") == "EBADF (no open guest fd for a)"
+    assert error_of(m.guest_open, "con") == "ENXIO (console ports are opened through hvc)"
+    assert error_of(m.host_open, "quiet") == "ECONNREFUSED (port has no chardev)"
+    m.remove_port("a")
+    assert error_of(m.host_open, "a") == "ENODEV (a)"
+
+
+@pytest.mark.parametrize(
+    ("end", "text"),
+    [
+        (lambda m: m.guest_close("a"), "EBADF (fd closed)"),
+        (lambda m: m.remove_port("a"), "ENODEV (port unplugged)"),
+        (lambda m: m.guest_reset(), "KILLED (guest reset)"),
+    ],
+)
+def test_blocked_operations_end_with_the_reason(end, text):
+    m = VirtioSerialModel()
+    m.add_controller("c")
+    m.add_port("a", controller="c")
+    m.host_open("a")
+    m.guest_open("a")
+    read = m.guest_read("a").pending
+    m.set_host_backpressure("a", True)
+    m.add_port("b", controller="c")
+    m.guest_open("b")
+    write = m.guest_write("b", b"x").pending  # host not connected: blocks
+    assert (read.op, read.port, write.op, write.port) == ("guest_read", "a", "guest_write", "b")
+    assert read.ticket != write.ticket
+    done = next(c for c in end(m).completed if c.ticket == read.ticket)
+    assert (done.op, done.port, done.result, str(done.error)) == ("guest_read", "a", None, text)
+
+
+def test_every_discard_is_recorded_with_where_and_why():
+    m = VirtioSerialModel(Behaviour(host_socket_buffer=2, guest_rx_capacity=4))
+    m.add_controller("c")
+    # unplug with bytes everywhere, then the same name plugged again
+    m.add_port("a", controller="c")
+    m.host_open("a")
+    m.guest_open("a")
+    m.host_write("a", b"123456")  # 4 into the guest, 2 left in the host socket
+    m.set_host_backpressure("a", True)
+    m.guest_write("a", b"hello")  # "he" to the host socket, 3 held by QEMU
+    m.remove_port("a")
+    m.add_port("a", controller="c")  # the old "he" can no longer be read
+    # host close with bytes both ways
+    m.add_port("b", controller="c")
+    m.host_open("b")
+    m.guest_open("b")
+    m.set_host_backpressure("b", True)
+    m.guest_write("b", b"abcdef")  # "ab" out, 4 held
+    m.host_write("b", b"xy")
+    m.guest_close("b")  # "xy" unread
+    assert m.snapshot().ports["b"].guest.bytes_discarded == 2
+    m.host_write("b", b"zz")  # waits in the socket: the guest has it closed
+    m.host_close("b")
+    # reset, and console output
+    m.add_port("r", controller="c")
+    m.host_open("r")
+    m.guest_open("r")
+    m.set_host_backpressure("r", True)
+    m.guest_write("r", b"abcdef")
+    m.host_write("r", b"xy")
+    m.add_port("con", controller="c", console=True)
+    m.host_open("con")
+    m.host_write("con", b"abc")
+    m.guest_reset()
+    got = [(d.port, d.direction, d.where, d.nbytes, d.reason) for d in m.discards]
+    g2h, h2g = "guest->host", "host->guest"
+    assert got == [
+        ("a", g2h, "QEMU", 3, "QEMU remove_port discards queued guest data"),
+        ("a", h2g, "host socket", 2, "port unplugged"),
+        ("a", h2g, "guest", 4, "port unplugged"),
+        ("a", g2h, "host socket", 2, "port plugged again"),
+        ("b", h2g, "guest", 2, "guest closed with unread input"),
+        ("b", g2h, "host socket", 2, "host closed unread"),
+        ("b", h2g, "host socket", 2, "host closed unsent"),
+        ("b", g2h, "QEMU", 4, "host closed"),
+        ("con", h2g, "hvc", 3, "delivered to the hvc console"),
+        ("r", g2h, "QEMU", 4, "guest reset"),
+        ("r", h2g, "guest", 2, "guest reset"),
+    ]
