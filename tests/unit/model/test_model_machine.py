@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import pytest
 from hypothesis import Phase, event, settings
@@ -530,6 +530,11 @@ class ModelMachine(RuleBasedStateMachine):
         for view in self.model.snapshot().ports.values():
             guest = view.guest
             assert min(guest.bytes_sent, guest.bytes_received, guest.bytes_discarded) >= 0
+            # flags are real booleans: the real system's snapshot compares equal to them
+            for part in (view.qemu, view.guest):
+                for item in fields(part):
+                    if item.type == "bool":
+                        assert type(getattr(part, item.name)) is bool, (part, item.name)
 
     @invariant()
     def skipped_bytes_were_discarded(self) -> None:
