@@ -359,3 +359,15 @@ def test_every_discard_is_recorded_with_where_and_why():
         ("r", g2h, "QEMU", 4, "guest reset"),
         ("r", h2g, "guest", 2, "guest reset"),
     ]
+
+
+def test_reused_vtermnos_fill_the_lowest_gap():
+    m = VirtioSerialModel(Behaviour(console_vtermno_reuse=True))
+    m.add_controller("c")
+    for name in ("c1", "c2", "c3"):
+        m.add_port(name, controller="c", console=True)
+    m.remove_port("c2")
+    m.add_port("c4", controller="c", console=True)
+    m.add_port("c5", controller="c", console=True)
+    got = {n: v.guest.console_vtermno for n, v in m.snapshot().ports.items()}
+    assert got == {"c1": 1, "c3": 3, "c4": 2, "c5": 4}
