@@ -371,3 +371,50 @@ def test_reused_vtermnos_fill_the_lowest_gap():
     m.add_port("c5", controller="c", console=True)
     got = {n: v.guest.console_vtermno for n, v in m.snapshot().ports.items()}
     assert got == {"c1": 1, "c3": 3, "c4": 2, "c5": 4}
+
+
+def test_save_of_a_model_with_several_controllers_needs_a_name():
+    m = VirtioSerialModel()
+    m.add_controller("a")
+    m.add_controller("b")
+    with pytest.raises(ValueError) as err:
+        save(m)
+    assert str(err.value) == "name the controller: the model has more than one"
+
+
+def queues_everywhere() -> VirtioSerialModel:
+    """Bytes in the guest, in both host sockets, in QEMU's held element, a blocked write."""
+    m = VirtioSerialModel(Behaviour(host_socket_buffer=2, guest_rx_capacity=2))
+    m.add_controller("c")
+    m.add_port("a", controller="c")
+    m.host_open("a")
+    m.guest_open("a")
+    m.host_write("a", b"123456")
+    m.set_host_backpressure("a", True)
+    m.guest_write("a", b"hello")
+    m.add_port("b", controller="c")
+    m.guest_open("b")
+    assert m.guest_write("b", b"xyz").pending is not None
+    return m
+
+
+def test_source_going_on_after_migration_does_not_touch_the_destination():
+    first, second = queues_everywhere(), queues_everywhere()
+    moved, untouched = clone_configuration(first), clone_configuration(second)
+    migrate(first, moved)
+    migrate(second, untouched)
+    first.host_read("a")  # the source goes on using the queues it had
+    first.guest_read("a")
+    first.host_open("b")
+
+    def drive(m: VirtioSerialModel) -> list[object]:
+        return [
+            m.host_read("a"),
+            m.set_host_backpressure("a", False),
+            m.host_read("a"),
+            m.guest_read("a"),
+            m.host_open("b"),
+            m.host_read("b"),
+        ]
+
+    assert drive(moved) == drive(untouched)
