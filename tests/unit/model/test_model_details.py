@@ -418,3 +418,29 @@ def test_source_going_on_after_migration_does_not_touch_the_destination():
         ]
 
     assert drive(moved) == drive(untouched)
+
+
+def test_host_read_errors_and_unthrottle_flags():
+    m = VirtioSerialModel(Behaviour(host_socket_buffer=2))
+    m.add_controller("c")
+    m.add_port("a", controller="c")
+    assert error_of(m.host_read, "nope") == "ENOENT (nope)"
+    m.host_open("a")
+    m.guest_open("a")
+    m.set_host_backpressure("a", True)
+    m.guest_write("a", b"abc")  # "ab" in the socket, 1 byte held: throttled
+    assert m.snapshot().ports["a"].qemu.throttled is True
+    m.host_read("a")  # room again: the last byte goes out and the port is not throttled
+    assert m.snapshot().ports["a"].qemu.throttled is False
+
+
+def test_bytes_discarded_adds_up_over_closes():
+    m = VirtioSerialModel()
+    m.add_controller("c")
+    m.add_port("a", controller="c")
+    m.host_open("a")
+    for data in (b"12", b"345"):
+        m.guest_open("a")
+        m.host_write("a", data)
+        m.guest_close("a")
+    assert m.snapshot().ports["a"].guest.bytes_discarded == 5
