@@ -25,6 +25,7 @@ class FailureContext(Protocol):
     @property
     def console_tail(self) -> str: ...
 
+
 #: Names ``artifacts()`` should use; the plugin attaches whatever is returned.
 ARTIFACT_NAMES = ("serial log", "QMP transcript", "kernel messages", "agent log")
 
