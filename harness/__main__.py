@@ -109,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         help="explore random step sequences (pytest --hil-explore; other arguments go to pytest)",
         usage="python -m harness explore [SECONDS] [PYTEST ARGS ...]",
     )
+    table = commands.add_parser(
+        "table", help="one kernel/QEMU table from the allure result dirs of several shards"
+    )
+    table.add_argument("dirs", nargs="+", type=Path, metavar="ALLURE_DIR")
     soak = commands.add_parser("soak", help="streams and faults on one long-lived guest")
     soak.add_argument("--minutes", type=float, default=30.0, help="how long (default 30)")
     soak.add_argument("--seed", type=int, default=1, help="the fault mix's seed (default 1)")
@@ -139,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         return smoke()
     if args.command == "explore":
         return explore(rest)
+    if args.command == "table":
+        from harness.plugin.report import merged_table
+
+        print(merged_table(args.dirs))
+        return 0
     if args.command == "soak":
         from harness.logs import print_progress
         from harness.soak import soak as run_soak

@@ -30,6 +30,7 @@ from harness.machine.migration import MODES, MigrationRefused, MigrationStats
 from harness.machine.migration import migrate as run_migration
 from harness.machine.ports import PortManager
 from harness.machine.qemu import ControllerSpec, PortSpec
+from harness.machine.wire import DeviceState, read_stream_file
 from harness.model.declarations import Backend, MachineDecl, PortDecl
 from harness.model.payload import Payload
 from harness.model.snapshot import (
@@ -85,9 +86,15 @@ class _Port:
 class QemuSystem:
     """Implements the scenario layer's RealSystem protocol on a real QEMU guest."""
 
-    def __init__(self, create_guest: GuestFactory, boot_timeout: float = 120) -> None:
+    def __init__(
+        self,
+        create_guest: GuestFactory,
+        boot_timeout: float = 120,
+        destination_qemu: str | None = None,
+    ) -> None:
         self._create_guest = create_guest
         self.boot_timeout = boot_timeout
+        self.destination_qemu = destination_qemu  # None: migrations stay on the source's QEMU
         self.socket_dir = Path(tempfile.mkdtemp(prefix="hil-ports-"))
         self.guest: Guest | None = None
         self.agent: AgentClient | None = None
@@ -402,15 +409,24 @@ class QemuSystem:
             if self._names_reach_guest(port.controller):
                 self.agent.wait_port(name)
 
-    def migrate(self, destination: MachineDecl | None, mode: str = "live") -> MigrationStats:
+    def migrate(
+        self, destination: MachineDecl | None, mode: str = "live", qemu: str | None = None
+    ) -> MigrationStats:
         """Move the guest to a new QEMU (same configuration, or `destination`'s), carrying the
         host ends over: connected ones connect to the destination before it loads, and bytes
-        the source never read are re-sent exactly (see HostEndpoint.switch_to_successor)."""
+        the source never read are re-sent exactly (see HostEndpoint.switch_to_successor).
+        `qemu` (else the run's destination QEMU, else the source's) runs the destination,
+        with the source's versioned machine type."""
         guest, _, ports = self._need_guest()
         if mode not in MODES:
             raise RealFailure(f"unknown migration mode {mode!r}")
         planned = self._destination_ports(destination, ports)
-        target = self._start_destination(guest, destination, planned, ports)
+        qemu = qemu or self.destination_qemu or guest.machine.spec.qemu
+        slots = {c.addr: c.id for c in ports.qtree()[0].values()}
+        try:
+            target = self._start_destination(guest, destination, planned, ports, qemu)
+        except MachineError as error:  # e.g. the older QEMU lacks the source's machine type
+            raise RealFailure(str(error)) from None
         endpoints = self._connect_successors(planned)
         try:
             stats = run_migration(
@@ -427,8 +443,16 @@ class QemuSystem:
             target.shutdown()
             raise RealFailure(error.text) from None
         self._hand_over(guest, target, planned, endpoints)
+        if stats.stream is not None:
+            stats = replace(stats, wire=self._wire_state(stats.stream, slots))
         self.migrations.append(stats)
         return stats
+
+    @staticmethod
+    def _wire_state(stream: Path, slots: dict[str | None, str]) -> dict[str, DeviceState]:
+        """The stream's virtio-serial state per controller id (sections are named by PCI
+        slot; the source's qtree maps slots to ids)."""
+        return {slots.get(s.pci_addr, s.idstr): s.state for s in read_stream_file(stream)}
 
     def _destination_ports(
         self, destination: MachineDecl | None, ports: PortManager
@@ -469,6 +493,7 @@ class QemuSystem:
         destination: MachineDecl | None,
         planned: dict[str, _Port],
         ports: PortManager,
+        qemu: str,
     ) -> Guest:
         qtree_controllers, _ = ports.qtree()
         if destination is None:
@@ -489,6 +514,8 @@ class QemuSystem:
             controllers=controllers,
             ports=specs,
             memory_mib=guest.machine.spec.memory_mib,
+            qemu=qemu,
+            machine_type=guest.machine.machine_type,
         )
         target.machine.start()
         return target

@@ -13,6 +13,7 @@ already paused but device state is not yet saved, so the host side can quiesce i
 from __future__ import annotations
 
 import logging
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Literal
 from harness.machine.errors import MachineError
 from harness.machine.qemu import Machine
 from harness.machine.qmp import QmpSession
+from harness.machine.wire import DeviceState
 
 log = logging.getLogger("hil.machine")
 
@@ -44,12 +46,14 @@ class MigrationStats:
     downtime_ms: int | None
     transferred_bytes: int | None
     wall_seconds: float
+    stream: Path | None = None  # the migration stream as a file (mode file), for the wire check
+    wire: dict[str, DeviceState] | None = None  # its virtio-serial state by controller id
 
 
 def migration_uri(mode: Mode, workdir: Path) -> tuple[str, str]:
     """(source uri, destination uri) for a mode."""
     if mode == "file":
-        image = workdir / "migration.state"
+        image = workdir / "migration.state"  # MigrationStats.stream names it
         return f"exec:cat > {image}", f"exec:cat {image}"
     sock = workdir / "migration.sock"
     return f"unix:{sock}", f"unix:{sock}"
@@ -114,6 +118,7 @@ def migrate(
         info.get("downtime"),
         (info.get("ram") or {}).get("transferred"),
         time.monotonic() - started,
+        workdir / "migration.state" if mode == "file" else None,
     )
     log.info("%s -> %s: migration done: %s", source.name, destination.name, stats)
     return stats
@@ -163,8 +168,21 @@ def _await_destination(destination: Machine, timeout: float) -> None:
         time.sleep(0.05)  # no event marks the end of an incoming load on every version
 
 
+#: How long a destination that refused the stream may take to print its reasons and exit.
+DESTINATION_EXIT_TIMEOUT = 10.0
+
+
 def _failure_text(info: dict[str, object], destination: Machine) -> str:
+    """The source's reason and the destination's own words. Why wait for the destination to
+    exit first: with return-path, 10.0's source reports the failure ("Sibling indicated
+    error 1") before the destination has printed its last line ("load of migration failed:
+    Invalid argument"), which a read right away would miss."""
     reason = str(info.get("error-desc") or "")
+    if destination.process is not None:
+        try:
+            destination.process.wait(timeout=DESTINATION_EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            log.info("destination still running %.0f s after the failure", DESTINATION_EXIT_TIMEOUT)
     stderr = _destination_error(destination, "")
     return "; ".join(part for part in (reason, stderr) if part) or "migration failed"
 

@@ -30,7 +30,10 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def spawn(
-    argv: Sequence[str], stderr_path: Path, pass_fds: Sequence[int]
+    argv: Sequence[str],
+    stderr_path: Path,
+    pass_fds: Sequence[int],
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start `argv` tied to this process's life.
 
@@ -46,6 +49,7 @@ def spawn(
             stderr=stderr,
             pass_fds=tuple(pass_fds),
             start_new_session=True,
+            env=env,
             preexec_fn=lambda: _die_with_parent(parent),
         )
     return process

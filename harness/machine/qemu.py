@@ -11,7 +11,6 @@ import hashlib
 import logging
 import re
 import shlex
-import shutil
 import socket
 import subprocess
 import time
@@ -22,6 +21,7 @@ from typing import Any, Literal
 from harness.machine.console import Console
 from harness.machine.errors import MachineError, QmpError, WaitTimeout
 from harness.machine.process import kill_on_collect, spawn, terminate
+from harness.machine.qemu_spec import default_machine_type, qemu_command
 from harness.machine.qmp import QmpSession, Transcript
 
 log = logging.getLogger("hil.machine")
@@ -92,7 +92,8 @@ class MachineSpec:
     initrd: Path
     cmdline: str
     accel: Accel = "tcg"
-    qemu: str = "qemu-system-x86_64"
+    qemu: str = "qemu-system-x86_64"  # a QEMU spec (qemu_pkg.QEMU_SPEC_FORMS)
+    machine_type: str | None = None  # None: the versioned type `pc` is on this QEMU
     memory_mib: int = 512
     cpus: int = 1
     controllers: list[ControllerSpec] = field(default_factory=list)
@@ -139,14 +140,14 @@ class Machine:
     def argv(self, qmp_fd: int, console_fd: int) -> list[str]:
         spec = self.spec
         argv = [
-            self._binary(),
+            *qemu_command(spec.qemu).argv,
             "-S",
             "-nodefaults",
             "-no-user-config",
             "-display",
             "none",
             "-machine",
-            "pc",
+            self.machine_type,
             "-accel",
             spec.accel,
             "-m",
@@ -198,7 +199,10 @@ class Machine:
         log.info("%s: starting QEMU: %s", self.name, shlex.join(argv))
         try:
             self.process = spawn(
-                argv, self.stderr_log, [qmp_theirs.fileno(), console_theirs.fileno()]
+                argv,
+                self.stderr_log,
+                [qmp_theirs.fileno(), console_theirs.fileno()],
+                qemu_command(self.spec.qemu).environment(),
             )
         except OSError as error:
             raise MachineError(f"could not execute {argv[0]}: {error}") from error
@@ -253,14 +257,10 @@ class Machine:
                 raise self._startup_failure(f"QEMU exited while waiting for {what}") from None
             raise
 
-    def _binary(self) -> str:
-        found = shutil.which(self.spec.qemu)
-        if found is None:
-            raise MachineError(
-                f"QEMU binary {self.spec.qemu!r} not found: install it (apt-get install "
-                "qemu-system-x86, or run sh .ci/bootstrap) or name it with --hil-qemu"
-            )
-        return found
+    @property
+    def machine_type(self) -> str:
+        """The versioned machine type this guest runs (a migration destination takes it)."""
+        return self.spec.machine_type or default_machine_type(self.spec.qemu)
 
     def _check_files(self) -> None:
         for what, path in (("kernel", self.spec.kernel), ("initrd", self.spec.initrd)):

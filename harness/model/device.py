@@ -284,7 +284,8 @@ class VirtioSerialModel:
         ctrl.ports.append(name)
         self.ports[name] = port
         earlier = self.removed.pop(name, None)
-        if earlier is not None:
+        if earlier is not None:  # the old instance's unread host data can no longer be read
+            self._discard(earlier, G2H, "host socket", len(earlier.to_host), "port plugged again")
             self.stale.append(earlier)
         self._guest_add(port, ctrl.multiport)
         self._settle()

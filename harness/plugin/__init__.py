@@ -11,13 +11,14 @@ import pytest
 
 from harness.plugin import logs
 from harness.plugin.explore_options import add_explore_options
-from harness.plugin.options import add_options, check_kernel_specs
+from harness.plugin.options import add_options, check_kernel_specs, check_qemu_specs
 
 #: Marks the plugin gives items (qemu) or documents for scenarios (slow): registered here so
 #: they neither warn nor break --strict-markers in a project that does not list them.
 MARKERS = (
     "qemu: boots a real QEMU guest",
     "slow: long-running case (large payloads, many loops)",
+    "cross_qemu: migrates to another QEMU; runs only with --hil-qemu-destination",
 )
 _LAYERS = (
     "harness.plugin.fixtures",
@@ -34,6 +35,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     check_kernel_specs(config)
+    check_qemu_specs(config)
     for line in MARKERS:
         config.addinivalue_line("markers", line)
     logs.configure(config)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -19,11 +18,15 @@ from harness.guest.guest import Credentials, Guest
 from harness.images.builder import GuestImage, build_image, kernel_release
 from harness.images.errors import ImageBuildError
 from harness.machine.accel import AccelChoice, choose_accel
+from harness.machine.errors import MachineError
 from harness.machine.qemu import ControllerSpec, Machine, MachineSpec
+from harness.machine.qemu_spec import default_machine_type
+from harness.machine.qemu_spec import qemu_version as _qemu_version
 from harness.model import Behaviour, MachineDecl
 from harness.plugin.kernels import behaviour_for, kernel_id
 from harness.plugin.options import HilSettings
 from harness.plugin.qemu_versions import behaviour_for_qemu
+from harness.plugin.variants import qemu_id
 from harness.scenario.steps import Step
 from harness.scenario.system import RealSystem
 from harness.scenario.vm import VM, RunnerOptions
@@ -75,6 +78,15 @@ def hil_kernel(request: pytest.FixtureRequest, hil_settings: HilSettings) -> str
 
 
 @pytest.fixture
+def hil_qemu(request: pytest.FixtureRequest, hil_settings: HilSettings) -> str:
+    """The QEMU spec this test runs on: its parameter when several --hil-qemu values were
+    given (tests are parametrized per QEMU), else the only one (or the default binary)."""
+    if hasattr(request, "param"):
+        return request.param  # type: ignore[no-any-return]
+    return getattr(request.node, "hil_qemu", None) or hil_settings.qemu
+
+
+@pytest.fixture
 def hil_image(hil_images: ImageSet, hil_kernel: str | None) -> GuestImage:
     """The guest image for this test's kernel, built once (cached across runs and workers)."""
     return hil_images.get(hil_kernel)
@@ -112,35 +124,53 @@ def announced_accel(config: pytest.Config) -> AccelChoice | None:
 
 
 def record_run_properties(
-    node: pytest.Item, settings: HilSettings, image: GuestImage, accel: AccelChoice
+    node: pytest.Item,
+    settings: HilSettings,
+    image: GuestImage,
+    accel: AccelChoice,
+    qemu: str | None = None,
 ) -> None:
-    """Kernel, QEMU, accel and recipe as junit properties (xdist carries them to the report)."""
-    properties = run_properties(settings, image, accel)
+    """Kernel, QEMU, machine type, accel and recipe as junit properties (xdist carries them
+    to the report)."""
+    properties = run_properties(settings, image, accel, qemu)
     known = {name for name, _ in node.user_properties}
     node.user_properties.extend((k, v) for k, v in properties.items() if k not in known)
 
 
-def run_properties(settings: HilSettings, image: GuestImage, accel: AccelChoice) -> dict[str, str]:
-    return {
+def run_properties(
+    settings: HilSettings, image: GuestImage, accel: AccelChoice, qemu: str | None = None
+) -> dict[str, str]:
+    spec = qemu or settings.qemu
+    properties = {
         "hil_kernel": image.kernel_version,
         "hil_kernel_origin": image.kernel_origin,
-        "hil_qemu": qemu_version(settings.qemu),
+        "hil_qemu": qemu_version(spec),
+        "hil_machine_type": settings.machine_type or machine_type(spec),
         "hil_accel": accel.accel,
         "hil_image": f"{image.recipe} ({image.directory.name})",
     }
+    if settings.qemu_destination:
+        properties["hil_qemu_destination"] = qemu_version(settings.qemu_destination)
+    return properties
 
 
 @functools.cache
-def qemu_version(binary: str) -> str:
-    """`QEMU emulator version X` -> "X (binary)"; asked once per process."""
+def qemu_version(spec: str) -> str:
+    """`QEMU emulator version X` -> "X"; asked once per process (a package spec is fetched
+    and unpacked the first time). "unknown (why)" when it cannot be run."""
     try:
-        result = subprocess.run(
-            [binary, "--version"], capture_output=True, text=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return f"unknown ({binary}: {error})"
-    first = (result.stdout.splitlines() or ["unknown"])[0]
-    return first.removeprefix("QEMU emulator version ").strip()
+        return _qemu_version(spec)
+    except MachineError as error:
+        return f"unknown ({error})"
+
+
+@functools.cache
+def machine_type(spec: str) -> str:
+    """The default (versioned) machine type of a QEMU spec, "unknown (why)" if not runnable."""
+    try:
+        return default_machine_type(spec)
+    except MachineError as error:
+        return f"unknown ({error})"
 
 
 @functools.cache
@@ -149,14 +179,14 @@ def model_mode_release(kernel: str, recipe: str) -> str:
     return kernel_release(kernel, recipe)
 
 
-def run_behaviour(config: pytest.Config, release: str | None) -> Behaviour:
-    """The model switches for a kernel release and the QEMU named by --hil-qemu (its
-    `--version`, also in model mode; defaults if it cannot be run), or the defaults with
-    --hil-behaviour=default. Scenarios and the Python API both ask here."""
+def run_behaviour(config: pytest.Config, release: str | None, qemu: str | None = None) -> Behaviour:
+    """The model switches for a kernel release and a QEMU spec (the item's; None: the first
+    --hil-qemu) by its `--version`, also in model mode (defaults if it cannot be run), or the
+    defaults with --hil-behaviour=default. Scenarios and the Python API both ask here."""
     if config.getoption("--hil-behaviour", "auto") == "default":
         return Behaviour()
-    qemu = qemu_version(config.getoption("--hil-qemu", "qemu-system-x86_64"))
-    return behaviour_for(release, behaviour_for_qemu(qemu))
+    version = qemu_version(qemu or HilSettings.from_config(config).qemu)
+    return behaviour_for(release, behaviour_for_qemu(version))
 
 
 @pytest.fixture(scope="session")
@@ -172,12 +202,18 @@ class GuestPool:
     """Creates guests for one scope and guarantees their shutdown at its end."""
 
     def __init__(
-        self, settings: HilSettings, image: GuestImage, accel: AccelChoice, workdir: Path
+        self,
+        settings: HilSettings,
+        image: GuestImage,
+        accel: AccelChoice,
+        workdir: Path,
+        qemu: str | None = None,
     ) -> None:
         self.settings = settings
         self.image = image
         self.accel = accel
         self.workdir = workdir
+        self.qemu = qemu or settings.qemu
         self.guests: list[Guest] = []
 
     def spec(self, **overrides: Any) -> MachineSpec:
@@ -186,7 +222,8 @@ class GuestPool:
             "initrd": self.image.initramfs,
             "cmdline": self.image.cmdline,
             "accel": self.accel.accel,
-            "qemu": self.settings.qemu,
+            "qemu": self.qemu,
+            "machine_type": self.settings.machine_type,
             "controllers": [ControllerSpec("vser0")],
         }
         fields.update(overrides)
@@ -211,12 +248,13 @@ def hil_guest_factory(
     hil_settings: HilSettings,
     hil_image: GuestImage,
     hil_accel: AccelChoice,
+    hil_qemu: str,
     tmp_path: Path,
 ) -> Iterator[GuestPool]:
     """`hil_guest_factory.create(name, **MachineSpec overrides)` -> booted Guest (shut down
     at teardown). Records kernel, QEMU, accel and recipe as the test's junit properties."""
-    record_run_properties(request.node, hil_settings, hil_image, hil_accel)
-    pool = GuestPool(hil_settings, hil_image, hil_accel, tmp_path)
+    record_run_properties(request.node, hil_settings, hil_image, hil_accel, hil_qemu)
+    pool = GuestPool(hil_settings, hil_image, hil_accel, tmp_path, hil_qemu)
     yield pool
     pool.shutdown_all()
 
@@ -251,7 +289,11 @@ def hil_system_factory(
     systems: list[QemuSystem] = []
 
     def create() -> QemuSystem:
-        system = QemuSystem(hil_guest_factory.create, hil_settings.boot_timeout)
+        system = QemuSystem(
+            hil_guest_factory.create,
+            hil_settings.boot_timeout,
+            destination_qemu=hil_settings.qemu_destination,
+        )
         systems.append(system)
         return system
 
@@ -313,14 +355,15 @@ class VMFactory:
         """The model switches for this test's kernel, as scenarios get them: the booted
         image's release, or in model mode the named kernel's (resolved without a build)."""
         config = self.request.config
+        qemu: str = self.request.getfixturevalue("hil_qemu")
         if real:
             image: GuestImage = self.request.getfixturevalue("hil_image")
-            return run_behaviour(config, image.kernel_version)
+            return run_behaviour(config, image.kernel_version, qemu)
         kernel: str | None = self.request.getfixturevalue("hil_kernel")
         if kernel is None:
-            return run_behaviour(config, None)
+            return run_behaviour(config, None, qemu)
         try:
-            return run_behaviour(config, model_mode_release(kernel, self.settings.image))
+            return run_behaviour(config, model_mode_release(kernel, self.settings.image), qemu)
         except ImageBuildError as error:
             pytest.fail(f"kernel {kernel}: {error}", pytrace=False)
 
@@ -369,13 +412,23 @@ def hil_vm(hil_vm_factory: VMFactory) -> VM:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Several --hil-kernel values: every test that boots a guest runs once per kernel."""
+    """Several --hil-kernel (--hil-qemu) values: every test that boots a guest runs once per
+    kernel (and QEMU)."""
     kernels = metafunc.config.getoption("--hil-kernel")
     if len(kernels) > 1 and "hil_kernel" in metafunc.fixturenames:
         metafunc.parametrize("hil_kernel", kernels, indirect=True, ids=kernel_id)
+    qemus = metafunc.config.getoption("--hil-qemu")
+    if len(qemus) > 1 and "hil_qemu" in metafunc.fixturenames:
+        metafunc.parametrize("hil_qemu", qemus, indirect=True, ids=qemu_id)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     choice = announced_accel(terminalreporter.config)
     if choice is not None:
         terminalreporter.write_sep("-", f"hil: {choice.describe()}")
+        settings = HilSettings.from_config(terminalreporter.config)
+        for spec in settings.qemus or (settings.qemu,):
+            machine = settings.machine_type or machine_type(spec)
+            terminalreporter.write_line(
+                f"hil: QEMU {spec}: {qemu_version(spec)}, machine type {machine}"
+            )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any
 
 from harness.model import Behaviour, Snapshot
 
@@ -154,6 +155,36 @@ class Comparison:
         if result.release:
             self.releases[kernel] = result.release
         self.results.setdefault(test, {})[kernel] = result
+
+    def to_json(self) -> dict[str, object]:
+        """What a shard writes next to its allure results (see `merged`)."""
+        return {
+            "kernels": self.kernels,
+            "releases": self.releases,
+            "results": {
+                test: {
+                    label: [r.outcome, r.release, [[o.step, o.values] for o in r.observations]]
+                    for label, r in by_label.items()
+                }
+                for test, by_label in self.results.items()
+            },
+        }
+
+    @classmethod
+    def merged(cls, shards: Iterable[Mapping[str, Any]]) -> Comparison:
+        """One comparison from several shards' `to_json` (columns in first-seen order)."""
+        out = cls()
+        for shard in shards:
+            for label in shard["kernels"]:
+                if label not in out.kernels:
+                    out.kernels.append(label)
+            for test, by_label in shard["results"].items():
+                for label, (outcome, release, observations) in by_label.items():
+                    found = [Observation(step, values) for step, values in observations]
+                    out.add(test, label, KernelResult(outcome, release, found))
+            out.releases.update(shard["releases"])
+        out.results = {test: out.results[test] for test in sorted(out.results)}
+        return out
 
     def rows(self) -> list[list[str]]:
         header = ["test", *(self._label(k) for k in self.kernels), "differs"]

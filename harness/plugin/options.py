@@ -8,6 +8,7 @@ import pytest
 
 from harness.images.errors import ImageBuildError
 from harness.images.kernel import KERNEL_SPEC_FORMS, parse_kernel_spec
+from harness.images.qemu_pkg import DEFAULT_QEMU, QEMU_SPEC_FORMS, parse_qemu_spec
 from harness.images.recipe import DEFAULT_RECIPE
 
 ACCEL_CHOICES = ("auto", "kvm", "tcg")
@@ -48,9 +49,26 @@ def add_options(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--hil-qemu",
-        default="qemu-system-x86_64",
-        metavar="BINARY",
-        help="QEMU system emulator binary (name on PATH or path)",
+        action="append",
+        default=[],
+        metavar="QEMU",
+        help=f"QEMU under test: {QEMU_SPEC_FORMS}; repeat it to run every scenario (and guest "
+        f"test) once per QEMU with a comparison table at the end (default: {DEFAULT_QEMU})",
+    )
+    group.addoption(
+        "--hil-qemu-destination",
+        default=None,
+        metavar="QEMU",
+        help="the QEMU every migration moves the guest to (same forms as --hil-qemu; a "
+        "migrate step's destination: {qemu: ...} overrides it); scenarios marked "
+        "cross_qemu run only when it is given (default: the source's QEMU)",
+    )
+    group.addoption(
+        "--hil-machine-type",
+        default=None,
+        metavar="TYPE",
+        help="QEMU machine type, e.g. pc-i440fx-7.2 (default: the versioned type `pc` stands "
+        "for on the source QEMU; a migration destination always takes the source's type)",
     )
     group.addoption(
         "--hil-settle-timeout",
@@ -75,6 +93,21 @@ def add_options(parser: pytest.Parser) -> None:
     )
 
 
+def check_qemu_specs(config: pytest.Config) -> None:
+    """Refuse a --hil-qemu / --hil-qemu-destination of the wrong shape (or a missing path)
+    once, at start, as a usage error (a package is fetched when first used)."""
+    given = [("--hil-qemu", s) for s in config.getoption("--hil-qemu", None) or []]
+    destination = config.getoption("--hil-qemu-destination", None)
+    given += [("--hil-qemu-destination", destination)] if destination else []
+    for option, spec in given:
+        try:
+            parse_qemu_spec(spec)
+        except ImageBuildError as error:
+            raise pytest.UsageError(
+                f"{option}={spec}: {error}\n  {option} takes {QEMU_SPEC_FORMS}"
+            ) from None
+
+
 def check_kernel_specs(config: pytest.Config) -> None:
     """Refuse a --hil-kernel that names no kernel once, at start, as a usage error.
 
@@ -95,8 +128,10 @@ class HilSettings:
     accel: str
     kernels: tuple[str, ...]
     image: str
-    qemu: str
+    qemus: tuple[str, ...]
     boot_timeout: float
+    qemu_destination: str | None = None
+    machine_type: str | None = None
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> HilSettings:
@@ -104,10 +139,17 @@ class HilSettings:
             accel=config.getoption("--hil-accel"),
             kernels=tuple(config.getoption("--hil-kernel")),
             image=config.getoption("--hil-image"),
-            qemu=config.getoption("--hil-qemu"),
+            qemus=tuple(config.getoption("--hil-qemu")),
             boot_timeout=config.getoption("--hil-boot-timeout"),
+            qemu_destination=config.getoption("--hil-qemu-destination"),
+            machine_type=config.getoption("--hil-machine-type"),
         )
 
     @property
     def kernel(self) -> str | None:
         return self.kernels[0] if self.kernels else None
+
+    @property
+    def qemu(self) -> str:
+        """The first QEMU under test (the default binary when none is named)."""
+        return self.qemus[0] if self.qemus else DEFAULT_QEMU

@@ -27,7 +27,8 @@ import yaml
 from harness.errors import HarnessError, NotApplicable
 from harness.images.errors import ImageBuildError
 from harness.model import Behaviour
-from harness.plugin.kernels import Observation, flatten, kernel_id
+from harness.plugin.kernels import Observation, flatten
+from harness.plugin.variants import NO_VARIANT, Variant, variants
 from harness.scenario.runner import RunnerOptions, ScenarioFailure, ScenarioRunner
 from harness.scenario.schema import Scenario, ScenarioError, Step, load_scenario
 from harness.scenario.system import RealSystem
@@ -194,11 +195,10 @@ class ScenarioFile(pytest.File):
         except ScenarioError as error:
             return [InvalidScenario.from_parent(self, name=self.path.stem, error=error)]
         kernels: list[str] = self.config.getoption("--hil-kernel", [])
-        if len(kernels) <= 1:
-            return [ScenarioItem.build(self, scenario, marks, kernels[0] if kernels else None)]
+        qemus: list[str] = self.config.getoption("--hil-qemu", [])
         return [
-            ScenarioItem.build(self, scenario, marks, kernel, kernel_id(kernel))
-            for kernel in kernels
+            ScenarioItem.build(self, scenario, marks, variant)
+            for variant in variants(kernels, qemus)
         ]
 
     def _marks(self, scenario: Scenario) -> list[pytest.MarkDecorator]:
@@ -311,6 +311,7 @@ class ScenarioItem(pytest.Function):
     scenario: Scenario
     backend: str
     hil_kernel: str | None
+    hil_qemu: str | None
     hil_kernel_id: str | None
     hil_release: str | None
     hil_observations: list[Observation]
@@ -321,9 +322,9 @@ class ScenarioItem(pytest.Function):
         parent: ScenarioFile,
         scenario: Scenario,
         marks: list[pytest.MarkDecorator],
-        kernel: str | None = None,
-        kernel_label: str | None = None,
+        variant: Variant = NO_VARIANT,
     ) -> ScenarioItem:
+        kernel, kernel_label = variant.kernel, variant.label
         backend = parent.config.getoption("--hil-backend", "qemu")
         available = _factory_available(parent)
         carrier = _needs_factory if backend == "qemu" and available else _needs_nothing
@@ -333,6 +334,7 @@ class ScenarioItem(pytest.Function):
         )
         item.scenario, item.backend = scenario, backend
         item.hil_kernel, item.hil_kernel_id = kernel, kernel_label
+        item.hil_qemu = variant.qemu
         item.hil_release, item.hil_observations = None, []
         for mark in marks:
             item.add_marker(mark)
@@ -368,7 +370,7 @@ class ScenarioItem(pytest.Function):
                 real.stop()
 
     def _behaviour(self) -> Behaviour:
-        """The switches for this item's kernel and for the QEMU named by --hil-qemu (its
+        """The switches for this item's kernel and for its QEMU (its
         `--version`, also in model mode; defaults if it cannot be run), or the defaults
         with --hil-behaviour=default."""
         self.hil_release = self._release()
@@ -376,7 +378,7 @@ class ScenarioItem(pytest.Function):
             self.user_properties.append(("hil_kernel", self.hil_release))  # model mode
         from harness.plugin.fixtures import run_behaviour
 
-        return run_behaviour(self.config, self.hil_release)
+        return run_behaviour(self.config, self.hil_release, self.hil_qemu)
 
     def _release(self) -> str | None:
         """The kernel release: from the booted image, or (model mode, kernel named) resolved
@@ -415,6 +417,20 @@ class ScenarioItem(pytest.Function):
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, 0, f"scenario {self.name}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A cross_qemu item needs a second QEMU: without --hil-qemu-destination it is skipped
+    with the reason (a skip, never a pass); scenarios in model mode still run (no QEMU)."""
+    if config.getoption("--hil-qemu-destination", None):
+        return
+    skip = pytest.mark.skip(
+        reason="cross_qemu: migrates between two QEMUs; give the destination with "
+        "--hil-qemu-destination=QEMU (e.g. debian:trixie/qemu-system-x86)"
+    )
+    for item in items:
+        if item.get_closest_marker("cross_qemu") and getattr(item, "backend", "qemu") == "qemu":
+            item.add_marker(skip)
 
 
 def _factory_available(node: pytest.Collector) -> bool:

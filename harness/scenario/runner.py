@@ -36,6 +36,7 @@ from harness.scenario.schema import Scenario
 from harness.scenario.steps import STEPS, Step, StepCall
 from harness.scenario.streams import StreamBook
 from harness.scenario.system import RealSystem
+from harness.scenario.wire_check import SavedState
 
 log = logging.getLogger("hil.scenario")
 StepContext = Callable[[Step], AbstractContextManager[Any]]
@@ -268,6 +269,15 @@ class ScenarioRunner:
     def _judge_value(self, step: Step, prediction: Prediction, actual: _Outcome) -> None:
         if isinstance(prediction.value, ReadResult):
             self._judge_read(step, step, prediction.value, actual.value)
+        elif isinstance(prediction.value, SavedState) and isinstance(actual.value, SavedState):
+            differences = prediction.value.differences(actual.value)
+            if differences:
+                raise ScenarioFailure(
+                    step,
+                    "the migration stream's virtio-serial state differs from the model's "
+                    "saved state (expected: model, actual: QEMU's stream)",
+                    format_diff(differences),
+                )
         elif (
             STEPS[step.kind].compares_count
             and self.real is not None

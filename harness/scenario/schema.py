@@ -31,6 +31,7 @@ from harness.scenario.steps import (
     NR,
     STEPS,
     Arg,
+    Destination,
     Step,
     payload_seed,
 )
@@ -193,6 +194,8 @@ def _value(ctx: _Ctx, node: yaml.Node, arg: Arg, what: str) -> Any:
         return _sigio(ctx, node, what)
     if arg.type == "machine":
         return _machine(ctx, node)[0]
+    if arg.type == "destination":
+        return _destination(ctx, node)
     if arg.type == "int":
         return _int(ctx, node, arg, what)
     value = _scalar(ctx, node, arg.type, what)
@@ -210,6 +213,26 @@ _CONTROLLER_KEYS = ("id", "max_ports")
 _PORT_KEYS = ("name", "nr", "console", "controller", "backend")
 _MACHINE_KEYS = ("memory", "controllers", "ports")
 _BACKEND = Arg("str", choices=BACKENDS, why="backend is socket or none")
+
+
+def _destination(ctx: _Ctx, node: yaml.Node) -> Destination:
+    """A machine mapping plus `qemu:` (a QEMU spec); no machine keys: the same machine."""
+    from harness.images.errors import ImageBuildError
+    from harness.images.qemu_pkg import QEMU_SPEC_FORMS, parse_qemu_spec
+
+    keys = _mapping(ctx, node, "destination", (*_MACHINE_KEYS, "qemu"))
+    qemu = None
+    if "qemu" in keys:
+        qemu = _scalar(ctx, keys["qemu"][1], "str", "qemu")
+        try:
+            parse_qemu_spec(qemu)
+        except ImageBuildError as error:
+            raise ctx.error(keys["qemu"][1], str(error), f"qemu takes {QEMU_SPEC_FORMS}") from None
+    rest = [(k, v) for k, v in node.value if k.value != "qemu"]
+    if not rest:
+        return Destination(None, qemu)
+    machine_node = yaml.MappingNode(node.tag, rest, node.start_mark, node.end_mark)
+    return Destination(_machine(ctx, machine_node)[0], qemu)
 
 
 def _controller(ctx: _Ctx, node: yaml.Node) -> ControllerDecl:

@@ -25,6 +25,7 @@ from harness.model import (
 )
 from harness.model.errors import UINT32_MAX
 from harness.model.migration import clone_configuration
+from harness.scenario.wire_check import SavedState, model_saved_state
 
 if TYPE_CHECKING:
     from harness.scenario.system import RealSystem
@@ -33,6 +34,15 @@ if TYPE_CHECKING:
 #: what the seeded generator and the agent's 64-bit counters could overflow on.
 MAX_PAYLOAD = 1 << 30
 MIGRATION_MODES = ("live", "paused", "file")
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A migration's destination: `machine` None is the source's configuration, `qemu` None
+    the run's destination QEMU (--hil-qemu-destination), else the source's QEMU."""
+
+    machine: MachineDecl | None = None
+    qemu: str | None = None
 
 
 # ------------------------------------------------------------------ the step itself
@@ -101,7 +111,7 @@ class StepCall:
 
 
 # ------------------------------------------------------------------ argument types
-ArgType = Literal["str", "int", "bool", "mask", "sigio", "machine"]
+ArgType = Literal["str", "int", "bool", "mask", "sigio", "machine", "destination"]
 
 
 @dataclass(frozen=True)
@@ -238,7 +248,8 @@ def _one_payload(args: Mapping[str, Any]) -> Problem | None:
 def _model_migrate(call: StepCall) -> Outcome:
     """Build the destination as the harness would start it, then load into it."""
     source = call.model
-    decl: MachineDecl | None = call.args.get("destination")
+    decl = _destination(call.args).machine
+    saved = model_saved_state(source)  # what the wire must carry (checked on file migrations)
     if decl is None:
         dest = clone_configuration(source)
     else:
@@ -249,7 +260,7 @@ def _model_migrate(call: StepCall) -> Outcome:
                 dest.host_open(name)
     migrate(source, dest)
     call.model = dest
-    return Outcome()
+    return Outcome(saved)
 
 
 def _model_hotplug(call: StepCall) -> Outcome:
@@ -269,8 +280,29 @@ def _first_controller(args: Mapping[str, Any], machine: MachineDecl) -> dict[str
     return {"controller": machine.controllers[0].id, **args}
 
 
+def _destination(args: Mapping[str, Any]) -> Destination:
+    found = args.get("destination")
+    if isinstance(found, MachineDecl):  # the Python API may pass a bare machine
+        return Destination(found)
+    return found if isinstance(found, Destination) else Destination()
+
+
+def _real_migrate(real: RealSystem, call: StepCall) -> SavedState | None:
+    """The real migration; `qemu=` only when the step names one (other RealSystems need not
+    know about QEMUs). Returns the virtio-serial state the stream carried, when the system
+    read it (a file migration on QEMU), for the runner to compare with the model's."""
+    target = _destination(call.args)
+    mode = call.args.get("mode", "live")
+    if target.qemu is None:
+        stats = real.migrate(target.machine, mode)
+    else:
+        stats = real.migrate(target.machine, mode, qemu=target.qemu)
+    wire = getattr(stats, "wire", None)  # MigrationStats of a QemuSystem; fakes return None
+    return SavedState(wire) if wire is not None else None
+
+
 def _migrated(args: Mapping[str, Any]) -> tuple[Iterable[str], Iterable[str]]:
-    dest: MachineDecl | None = args.get("destination")
+    dest = _destination(args).machine
     if dest is None:
         return (), ()
     return (p.name for p in dest.ports), (c.id for c in dest.controllers)
@@ -440,14 +472,15 @@ for _kind in (
     StepKind(
         "migrate",
         {
-            "destination": Arg("machine"),
+            "destination": Arg("destination"),
             "mode": Arg(
                 "str", choices=MIGRATION_MODES, why="mode is live (default), paused or file"
             ),
         },
         _model_migrate,
-        lambda r, c: r.migrate(c.args.get("destination"), c.args.get("mode", "live")),
-        "`destination:` (a machine mapping; omitted = same configuration), "
+        _real_migrate,
+        "`destination:` (a machine mapping, and/or `qemu:` a QEMU spec; omitted = same "
+        "configuration on the run's destination QEMU), "
         "`mode:` live (default), paused or file",
         "migration to a new QEMU (see below)",
         provides=_migrated,

@@ -25,6 +25,7 @@ class FailureContext(Protocol):
     @property
     def console_tail(self) -> str: ...
 
+
 #: Names ``artifacts()`` should use; the plugin attaches whatever is returned.
 ARTIFACT_NAMES = ("serial log", "QMP transcript", "kernel messages", "agent log")
 
@@ -101,8 +102,13 @@ class RealSystem(Protocol):
     def hotplug_controller(self, id: str, max_ports: int) -> None: ...
     def unplug_controller(self, id: str) -> None: ...
 
-    def migrate(self, destination: MachineDecl | None, mode: str = "live") -> None:
-        """Migrate to a new QEMU started with ``destination`` (None: the same configuration)."""
+    def migrate(
+        self, destination: MachineDecl | None, mode: str = "live", qemu: str | None = None
+    ) -> object:
+        """Migrate to a new QEMU started with ``destination`` (None: the same configuration),
+        run by ``qemu`` (a QEMU spec; None: the system's default destination QEMU). May
+        return statistics; a ``wire`` attribute (controller id -> DeviceState) is the state
+        the migration stream carried, compared with the model's."""
 
     def reboot(self) -> None: ...
 

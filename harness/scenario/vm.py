@@ -63,6 +63,7 @@ from harness.scenario.steps import (
     MIGRATION_MODES,
     STEPS,
     Arg,
+    Destination,
     Step,
     StepCall,
 )
@@ -279,8 +280,11 @@ class VM:
         *,
         mode: MigrationMode = "live",
         expect_error: str | None = None,
+        qemu: str | None = None,
     ) -> None:
         """Migrate to a new QEMU (the same configuration, or ``destination``); handles follow.
+        ``qemu`` (a QEMU spec) runs the destination; default: --hil-qemu-destination, else
+        the source's QEMU.
 
         A destination QEMU refuses raises OperationError (the model predicts the refusal and
         QEMU's text must contain the model's), or is asserted with ``expect_error=``.
@@ -288,8 +292,9 @@ class VM:
         if mode not in MIGRATION_MODES:
             raise ValueError(f"unknown migration mode {mode!r}: use one of {MIGRATION_MODES}")
         args: dict[str, Any] = {"mode": mode}
+        if destination is not None or qemu is not None:
+            args["destination"] = Destination(destination, qemu)
         if destination is not None:
-            args["destination"] = destination
             self.known_ports.update(p.name for p in destination.ports)
         self.step("migrate", args, expect_error)
 

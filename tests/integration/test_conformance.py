@@ -106,7 +106,7 @@ def test_open_after_unplug_fails_enoent_in_the_kernel(hil_system: QemuSystem) ->
     twin.hotplug(NAME)
     assert hil_system.agent is not None and hil_system.guest is not None
     dev = hil_system.agent.port_info(NAME)["dev"]
-    twin.both("remove_port", NAME, model_args=(NAME,))
+    twin.both("unplug", NAME)
     script = (
         f"import os\ntry:\n os.open('/dev/{dev}', os.O_RDWR)\n print('opened')\n"
         "except OSError as e:\n print('errno', e.errno)"

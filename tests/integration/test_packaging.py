@@ -163,7 +163,7 @@ def _user_pytest(
         f"--junitxml={junit}",
         f"--basetemp={project / 'tmp'}",
         f"--hil-accel={pytestconfig.getoption('--hil-accel')}",
-        f"--hil-qemu={pytestconfig.getoption('--hil-qemu')}",
+        *(f"--hil-qemu={qemu}" for qemu in pytestconfig.getoption("--hil-qemu")),
         f"--hil-boot-timeout={pytestconfig.getoption('--hil-boot-timeout')}",
     ]
     _run(

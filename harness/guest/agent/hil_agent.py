@@ -1058,8 +1058,13 @@ class Agent:
                 break
             state["bytes"] += n
         state["done"] = True
-        return {"bytes": state["bytes"], "sha256": digest.hexdigest(), "eof": eof,
-                "error": error, "stopped": state["stop"]}
+        return {
+            "bytes": state["bytes"],
+            "sha256": digest.hexdigest(),
+            "eof": eof,
+            "error": error,
+            "stopped": state["stop"],
+        }
 
     def op_flow_stop(self, args: dict[str, Any]) -> dict[str, Any]:
         """Ask a running flow to end at its next poll (0.2 s at most)."""

@@ -189,3 +189,55 @@ def test_ports_map_spans_words():
     m.hotplug_controller("c", max_ports=40)
     assert m.hotplug("a", controller="c", nr=33) == 33
     assert m.controllers["c"].ports_map == [1, 1 << 1]
+
+
+# ------------------------------------------- ids past the first 32-bit map word
+def test_64_ports_fill_both_words_in_order_then_report_the_limit():
+    m = VirtioSerialModel()
+    m.hotplug_controller("c", max_ports=64)
+    got = [m.hotplug(f"p{i}", controller="c") for i in range(1, 64)]
+    assert got == list(range(1, 64))  # 31, 32, 33 and 63 included, each exactly once
+    assert m.controllers["c"].ports_map == [0xFFFFFFFF, 0xFFFFFFFF]
+    with pytest.raises(ModelError) as err:
+        m.hotplug("extra", controller="c")
+    assert err.value.text == "virtio-serial-bus: Maximum port limit for this device reached"
+
+
+def test_ids_freed_in_the_second_word_are_reused_lowest_first():
+    m = VirtioSerialModel()
+    m.hotplug_controller("c", max_ports=64)
+    for i in range(1, 64):
+        m.hotplug(f"p{i}", controller="c")
+    for nr in (63, 33, 32):
+        m.unplug(f"p{nr}")
+    assert m.controllers["c"].ports_map == [0xFFFFFFFF, 0x7FFFFFFC]
+    assert [m.hotplug(f"q{i}", controller="c") for i in range(3)] == [32, 33, 63]
+    m.unplug("p31")
+    m.unplug("q1")  # id 33
+    assert m.hotplug("r", controller="c") == 31  # the first word is scanned first
+    assert m.hotplug("s", controller="c") == 33
+
+
+def test_33_ports_allocate_id_32_and_then_run_out_of_range():
+    m = VirtioSerialModel()
+    m.hotplug_controller("c", max_ports=33)
+    got = [m.hotplug(f"p{i}", controller="c") for i in range(1, 33)]
+    assert got[-2:] == [31, 32]
+    assert m.controllers["c"].ports_map == [0xFFFFFFFF, 0x1]
+    # the second word still has free bits above max_ports: QEMU finds 33, then the range check
+    with pytest.raises(ModelError) as err:
+        m.hotplug("extra", controller="c")
+    assert err.value.text == "virtio-serial-bus: Out-of-range port id specified, max. allowed: 32"
+    m.unplug("p32")
+    assert m.hotplug("again", controller="c") == 32
+
+
+def test_explicit_id_in_the_second_word_sets_only_its_bit():
+    m = VirtioSerialModel()
+    m.hotplug_controller("c", max_ports=64)
+    assert m.hotplug("hi", controller="c", nr=63) == 63
+    assert m.controllers["c"].ports_map == [1, 1 << 31]
+    assert m.hotplug("next", controller="c") == 1
+    with pytest.raises(ModelError) as err:
+        m.hotplug("dup", controller="c", nr=63)
+    assert err.value.text == "virtio-serial-bus: A port already exists at id 63"

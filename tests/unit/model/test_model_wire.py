@@ -1,6 +1,7 @@
 """Byte-exact control codec, handshake, save format and load failures.
 
-Vectors in fixtures/vectors/ were written by hand from the seed's structs and put calls.
+Vectors in fixtures/vectors/ were written by hand from the seed's structs and put calls, except
+qemu_migration.json: captured from QEMU 7.2 (fixtures/vectors/capture_qemu_migration.py).
 """
 
 from __future__ import annotations
@@ -250,3 +251,85 @@ def test_migrate_reproduces_state():
     dest = clone_configuration(source)
     migrate(source, dest)
     assert dest.snapshot() == source.snapshot()
+
+
+# ------------------------------------------- guest_connected != host_connected
+def one_port(guest: bool, host: bool) -> VirtioSerialModel:
+    m = VirtioSerialModel()
+    m.hotplug_controller("c", max_ports=31)
+    m.hotplug("a", controller="c")
+    if host:
+        m.host_open("a")
+    if guest:
+        m.guest_open("a")
+    return m
+
+
+@pytest.mark.parametrize(
+    ("vector", "guest", "host"),
+    [("guest_open_host_closed", True, False), ("host_open_guest_closed", False, True)],
+)
+def test_connected_bytes_in_save_order_guest_then_host(vector, guest, host):
+    # seed 518-519: qemu_put_byte(guest_connected) then qemu_put_byte(host_connected)
+    data = hexbytes(MIGRATION[vector]["hex"])
+    assert save(one_port(guest, host)) == data
+    dest = one_port(False, host)  # same host connections; the guest's open state travels
+    events = load(dest, data)
+    assert dest.ports["a"].guest_connected is guest
+    assert dest.ports["a"].host_connected is host
+    assert [(e.kind, e.value) for e in events] == [("VSERPORT_CHANGE", int(guest))]
+
+
+# ------------------------------------------------------ captured from real QEMU
+QEMU = json.loads((VECTORS / "qemu_migration.json").read_text())
+
+
+def qemu_source() -> VirtioSerialModel:
+    """The model of the machine the capture booted, with its ports opened as it did."""
+    m = VirtioSerialModel()
+    m.hotplug_controller("vser0", max_ports=40)
+    for port in QEMU["ports"]:
+        m.hotplug(port["name"], controller="vser0", nr=port["nr"])
+        if port["host_open"]:
+            m.host_open(port["name"])
+        if port["guest_open"]:
+            m.guest_open(port["name"])
+    return m
+
+
+def test_qemu_7_2_vector_has_both_mismatches_and_a_second_map_word():
+    states = {(p["guest_open"], p["host_open"]) for p in QEMU["ports"]}
+    assert {(True, False), (False, True)} <= states
+    assert max(p["nr"] for p in QEMU["ports"]) >= 32
+    assert QEMU["qemu_version"]["qemu"]["major"] == 7
+
+
+def test_save_reproduces_the_device_part_qemu_7_2_wrote():
+    assert save(qemu_source()).hex() == QEMU["device_hex"]
+
+
+def test_load_of_the_device_part_qemu_7_2_wrote():
+    source = qemu_source()
+    dest = clone_configuration(source)  # same ports, same host connections, guest closed
+    events = load(dest, bytes.fromhex(QEMU["device_hex"]))
+    for port in QEMU["ports"]:
+        got = dest.ports[port["name"]]
+        assert (got.guest_connected, got.host_connected) == (port["guest_open"], port["host_open"])
+    assert [(e.kind, e.port, e.value) for e in events] == [
+        ("VSERPORT_CHANGE", p["name"], int(p["guest_open"])) for p in QEMU["ports"]
+    ]
+    assert save(dest).hex() == QEMU["device_hex"]
+
+
+def test_load_of_qemu_7_2_bytes_into_other_host_states_resends_port_open():
+    # seed 600-607: the destination tells the guest its own host state where it differs
+    dest = clone_configuration(qemu_source())
+    dest.host_close("org.v.host")
+    dest.host_open("org.v.guest")
+    events = load(dest, bytes.fromhex(QEMU["device_hex"]))
+    assert [(e.port, e.value) for e in events if e.kind == "PORT_OPEN"] == [
+        ("org.v.host", 0),
+        ("org.v.guest", 1),
+    ]
+    assert dest.ports["org.v.guest"].guest_connected
+    assert not dest.ports["org.v.host"].guest_connected

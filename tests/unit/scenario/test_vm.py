@@ -193,3 +193,21 @@ def test_the_fixtures_run_a_user_test_file_in_model_mode(pytester: pytest.Pytest
             "*org.u.q*host_connected*True*False*",
         ]
     )
+
+
+def test_migrate_to_another_machine_and_qemu_reaches_the_model_and_the_real_system() -> None:
+    """A destination machine given to the API is the one migrated to (with or without qemu=),
+    and the real system is asked for the destination's QEMU."""
+    vm = model_vm(MachineDecl(ports=(PortDecl("org.t.a", nr=1),)))
+    extra = MachineDecl(ports=(PortDecl("org.t.a", nr=1), PortDecl("org.t.new", nr=2)))
+    vm.migrate(extra, expect_error="load of migration failed")  # ports_map differs: refused
+
+    class Recording(FakeSystem):
+        def migrate(self, destination, mode="live", qemu=None):  # type: ignore[no-untyped-def]
+            self.asked = (destination, mode, qemu)
+            return self.replay("migrate").value
+
+    fake = Recording()
+    vm = fake_vm(fake, MachineDecl(ports=(PortDecl("org.t.a", nr=1),)))
+    vm.migrate(mode="file", qemu="debian:trixie/qemu-system-x86")
+    assert fake.asked == (None, "file", "debian:trixie/qemu-system-x86")

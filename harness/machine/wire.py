@@ -1,0 +1,169 @@
+"""The virtio-serial part of a real QEMU migration stream, read field by field.
+
+A migration stream (a `file` migration's state file) holds one section per device. Each
+virtio-serial-pci controller's is a full section (type 0x04) named `<pci addr>/virtio-console`:
+
+    u8 0x04, be32 section_id, u8 len, idstr, be32 instance_id, be32 version_id, then
+    virtio_save(): [MSI-X table + PBA, be16 config_vector]   (virtio-pci save_config)
+                   u8 status, u8 isr, be16 queue_sel, be32 features_lo,
+                   be32 config_len, config (guest-endian: le16 cols, le16 rows,
+                   le32 max_nr_ports[, le32 emerg_wr]),
+                   be32 nr_queues, per queue: be32 num, be64 desc, be16 last_avail_idx
+                   [, be16 vector with MSI-X],
+                   then virtio_serial_save_device() (the layout harness.model.migration
+                   writes: be16 cols, be16 rows, be32 max_nr_ports, ports_map words,
+                   be32 nr_active_ports, per port be32 id, u8 guest_connected,
+                   u8 host_connected, be32 elem_popped, ...).
+
+The MSI-X part's length depends on the vector count, so the device part is found
+structurally: the config_len/config/nr_queues triple that is self-consistent
+(nr_queues = 2 * (max_nr_ports + 1)), then the queue entries (14 or 16 bytes each), then a
+device part whose own max_nr_ports equals the config's. Nothing is taken from the model.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.machine.errors import MachineError
+
+SECTION_SUFFIX = b"/virtio-console"
+_SECTION_FULL = 0x04
+_QUEUE_ENTRY_SIZES = (16, 14)  # with an MSI-X vector (virtio-pci's default), without
+
+
+class WireError(MachineError):
+    """The stream has no readable virtio-serial section where one was expected."""
+
+
+@dataclass(frozen=True)
+class WirePort:
+    id: int
+    guest_connected: int
+    host_connected: int
+    elem_popped: int
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    """virtio_serial_save_device's fields; `ports` stops after the first port with a popped
+    element (what follows it is an element in QEMU's own encoding, not compared)."""
+
+    cols: int
+    rows: int
+    max_nr_ports: int
+    ports_map: tuple[int, ...]
+    nr_active_ports: int
+    ports: tuple[WirePort, ...]
+    truncated: bool = False  # ports after a popped element were not read
+
+
+def parse_device_state(data: bytes, offset: int = 0) -> DeviceState:
+    """The device part at `offset` (also how the model's own saved state is read)."""
+    return _parse_at(data, offset)[0]
+
+
+def _parse_at(data: bytes, offset: int) -> tuple[DeviceState, int]:
+    """The device state at `offset` and the offset just after what was read."""
+    try:
+        cols, rows, max_nr_ports = struct.unpack_from(">HHI", data, offset)
+        offset += 8
+        words = (max_nr_ports + 31) // 32
+        ports_map = struct.unpack_from(f">{words}I", data, offset)
+        offset += 4 * words
+        (nr_active,) = struct.unpack_from(">I", data, offset)
+        offset += 4
+        ports = []
+        for _ in range(nr_active):
+            port = WirePort(*struct.unpack_from(">IBBI", data, offset))
+            offset += 10
+            ports.append(port)
+            if port.elem_popped:
+                state = DeviceState(
+                    cols, rows, max_nr_ports, ports_map, nr_active, tuple(ports), True
+                )
+                return state, offset
+    except struct.error:
+        raise WireError("the virtio-serial device state ends early") from None
+    return DeviceState(cols, rows, max_nr_ports, ports_map, nr_active, tuple(ports)), offset
+
+
+@dataclass(frozen=True)
+class Section:
+    idstr: str  # e.g. "0000:00:04.0/virtio-console"
+    version: int
+    state: DeviceState
+
+    start: int = 0  # offsets of the section header and of the device part's end
+    end: int = 0
+
+    @property
+    def pci_addr(self) -> str:
+        """The controller's PCI slot and function as `info qtree` shows it ("04.0")."""
+        return self.idstr.split("/")[0].rsplit(":", 1)[-1]
+
+
+def read_sections(stream: bytes) -> list[Section]:
+    """Every virtio-serial section of a migration stream, in stream order."""
+    found = []
+    for match in re.finditer(re.escape(SECTION_SUFFIX), stream):
+        header = _header_before(stream, match.start(), match.end())
+        if header is None:
+            continue
+        idstr, body = header
+        (version,) = struct.unpack_from(">I", stream, body - 4)
+        try:
+            state, end = _parse_at(stream, _device_part(stream, body))
+        except WireError:
+            continue  # the name inside guest RAM or the stream's JSON description, not a section
+        start = body - 8 - len(idstr) - 6
+        found.append(Section(idstr, version, state, start, end))
+    return found
+
+
+def excerpt(stream: bytes) -> bytes:
+    """Only the virtio-serial sections of a stream (header to device part), concatenated:
+    what `read_sections` needs, small enough for a test fixture."""
+    return b"".join(stream[s.start : s.end] for s in read_sections(stream))
+
+
+def read_stream_file(path: Path) -> list[Section]:
+    sections = read_sections(path.read_bytes())
+    if not sections:
+        raise WireError(f"{path}: no virtio-console section in the migration stream")
+    return sections
+
+
+def _header_before(stream: bytes, start: int, end: int) -> tuple[str, int] | None:
+    """(idstr, body offset) when the match is a full section's idstr, else None."""
+    for length in range(len(SECTION_SUFFIX), min(start + len(SECTION_SUFFIX), 255) + 1):
+        at = end - length - 1  # the length byte
+        if at < 5 or stream[at] != length or stream[at - 5] != _SECTION_FULL:
+            continue
+        idstr = stream[at + 1 : end].decode("ascii", "replace")
+        return idstr, end + 8  # instance_id, version_id
+    return None
+
+
+def _device_part(stream: bytes, body: int) -> int:
+    """The offset of virtio_serial_save_device's data inside a section body."""
+    limit = min(len(stream) - 16, body + 64 * 1024)
+    for at in range(body, limit):
+        (config_len,) = struct.unpack_from(">I", stream, at)
+        if config_len not in (8, 12):
+            continue
+        (max_nr_ports,) = struct.unpack_from("<I", stream, at + 8)
+        (nr_queues,) = struct.unpack_from(">I", stream, at + 4 + config_len)
+        if max_nr_ports == 0 or nr_queues != 2 * (max_nr_ports + 1):
+            continue
+        queues = at + 8 + config_len
+        for size in _QUEUE_ENTRY_SIZES:
+            device = queues + nr_queues * size
+            if device + 8 <= len(stream):
+                (own_max,) = struct.unpack_from(">I", stream, device + 4)
+                if own_max == max_nr_ports:
+                    return int(device)
+    raise WireError("no virtio-serial device state found in its section")

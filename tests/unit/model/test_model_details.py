@@ -1,0 +1,446 @@
+"""Details that mutation testing (tox -e mutation) found unpinned: messages, codecs, copies.
+
+Each test names what it pins; tests/unit/model/mutation_survivors.md lists the mutants that
+remain and why they are equivalent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import pytest
+
+from harness.model import (
+    Behaviour,
+    ModelError,
+    Payload,
+    Slice,
+    VirtioSerialModel,
+    diff,
+    encode,
+    format_diff,
+    handshake,
+    parse_vport,
+    sha256_of,
+    slices_sha256,
+)
+from harness.model import control as C
+from harness.model.migration import clone_configuration, load, migrate, save
+from harness.model.payload import SliceQueue, iter_chunks, payload_bytes
+
+
+# ------------------------------------------------------------------- errors
+def test_model_error_keeps_text_and_detail():
+    error = ModelError("EBUSY", "port open")
+    assert (error.text, error.detail, str(error)) == ("EBUSY", "port open", "EBUSY (port open)")
+    assert str(ModelError("EBUSY")) == "EBUSY"
+
+
+# ------------------------------------------------------------------ control
+def test_driver_re_add_keeps_the_port_it_has():
+    driver = C.DriverControl(max_nr_ports=4)
+    driver.receive(encode(C.ControlMessage(1, C.PORT_ADD, 1)))
+    driver.receive(encode(C.ControlMessage(1, C.PORT_NAME, 1, b"kept\0")))
+    driver.receive(encode(C.ControlMessage(1, C.PORT_ADD, 1)))
+    assert driver.ports[1].name == "kept"
+
+
+def test_driver_console_port_is_guest_connected():
+    driver = C.DriverControl(max_nr_ports=4)
+    driver.receive(encode(C.ControlMessage(0, C.PORT_ADD, 1)))
+    driver.receive(encode(C.ControlMessage(0, C.CONSOLE_PORT, 1)))
+    assert driver.ports[0].guest_connected is True
+
+
+@pytest.mark.parametrize(
+    ("payload", "name"),
+    [(b"first\0second\0", "first"), (b"bad\xff\0", "bad\ufffd")],
+)
+def test_driver_port_name_is_up_to_the_first_nul_with_bad_bytes_replaced(payload, name):
+    driver = C.DriverControl(max_nr_ports=4)
+    driver.receive(encode(C.ControlMessage(1, C.PORT_ADD, 1)))
+    driver.receive(encode(C.ControlMessage(1, C.PORT_NAME, 1, payload)))
+    assert driver.ports[1].name == name
+
+
+def test_handshake_uses_the_behaviour_it_is_given():
+    log, _ = handshake([C.DevicePort(1, "a")], 4, Behaviour(port_name_trailing_nul=False))
+    names = [w.message.payload for w in log if w.message.event == C.PORT_NAME]
+    assert names == [b"a"]
+
+
+# ------------------------------------------------------------------ payload
+def test_payload_errors_say_what_is_wrong():
+    with pytest.raises(ValueError) as err:
+        Payload()
+    assert str(err.value) == "a Payload needs data or a seed"
+    with pytest.raises(ValueError) as err:
+        payload_bytes(Payload.literal(b"abc"), 2, 5)
+    assert str(err.value) == "range 2:5 outside payload of 3 bytes"
+
+
+def test_payload_helpers_default_to_the_whole_payload():
+    data = Payload.literal(b"abc")
+    assert list(iter_chunks(data)) == [b"abc"]
+    assert list(iter_chunks(data, 1, 1)) == []
+    assert sha256_of(data) == hashlib.sha256(b"abc").hexdigest()
+    assert slices_sha256([Slice(data, 0, 2)]) == hashlib.sha256(b"ab").hexdigest()
+
+
+def test_slice_queue_merges_only_adjacent_slices_of_one_payload():
+    one, two = Payload.literal(b"abcd"), Payload.literal(b"wxyz")
+    queue = SliceQueue([Slice(one, 0, 2), Slice(two, 2, 4)])
+    assert queue.slices() == [Slice(one, 0, 2), Slice(two, 2, 4)]
+    assert queue.take(2) == [Slice(one, 0, 2)]
+    assert queue.slices() == [Slice(two, 2, 4)]  # nothing empty left behind
+    assert queue.take(2) == [Slice(two, 2, 4)] and queue.slices() == []
+
+
+# ----------------------------------------------------------------- snapshot
+def test_parse_vport_error_names_the_input():
+    with pytest.raises(ValueError) as err:
+        parse_vport("hvc0")
+    assert str(err.value) == "not a virtio-serial port device name: 'hvc0'"
+
+
+def test_snapshot_shows_ids_names_and_presence():
+    m = VirtioSerialModel()
+    m.hotplug_controller("c")
+    m.hotplug("a", controller="c")
+    snap = m.snapshot()
+    assert snap.controllers["c"].id == "c"
+    assert snap.ports["a"].guest.present is True
+    assert snap.ports["a"].guest.name == "a"
+
+
+def test_diff_goes_on_past_a_missing_port_and_formats_a_table():
+    left, right = VirtioSerialModel(), VirtioSerialModel()
+    for m in (left, right):
+        m.hotplug_controller("c")
+        m.hotplug("b", controller="c")
+    left.hotplug("a", controller="c")
+    right.host_open("b")
+    differences = diff(left.snapshot(), right.snapshot())
+    assert [(d.port, d.field) for d in differences] == [
+        ("a", "present"),
+        ("b", "qemu.host_connected"),
+        ("b", "guest.host_connected"),
+    ]
+    assert format_diff(differences[:1]).splitlines() == [
+        "port  field    expected  actual",
+        "----  -------  --------  ------",
+        "a     present  True      False",
+    ]
+
+
+# ---------------------------------------------------------------- migration
+def migrated_error(data: bytes, dest: VirtioSerialModel) -> str:
+    with pytest.raises(ModelError) as err:
+        load(dest, data)
+    return str(err.value)
+
+
+def port_model(max_ports: int = 31, behaviour: Behaviour | None = None) -> VirtioSerialModel:
+    m = VirtioSerialModel(behaviour)
+    m.hotplug_controller("c", max_ports=max_ports)
+    m.hotplug("a", controller="c")
+    return m
+
+
+def held_model(payload: Payload) -> VirtioSerialModel:
+    m = VirtioSerialModel(Behaviour(host_socket_buffer=2))
+    m.hotplug_controller("c")
+    m.hotplug("a", controller="c")
+    m.host_open("a")
+    m.guest_open("a")
+    m.set_host_backpressure("a", True)
+    m.guest_write("a", payload)
+    return m
+
+
+def test_migration_errors_say_where():
+    data = save(port_model())
+    truncated = "load of migration failed: Input/output error (section ends early)"
+    assert migrated_error(data[:-3], port_model()) == truncated
+    held = save(held_model(Payload.literal(b"hello")))
+    magic = held.index(b"VQE1")
+    assert migrated_error(held[: magic + 2], port_model()) == truncated  # inside the magic
+    assert migrated_error(held[: magic + 30], port_model()) == truncated  # inside the data
+    bad = held.replace(b"VQE1", b"XXXX")
+    assert migrated_error(bad, port_model()) == (
+        "load of migration failed: Invalid argument (bad element blob)"
+    )
+    other = VirtioSerialModel()
+    other.hotplug_controller("c")
+    other.hotplug("a", controller="c", nr=2)
+    assert migrated_error(data, other) == (
+        "load of migration failed: Invalid argument (ports_map word 0 differs)"
+    )
+    wrong_id = data[:-10] + struct.pack(">I", 7) + data[-6:]
+    assert migrated_error(wrong_id, port_model()) == (
+        "load of migration failed: Invalid argument (no port with id 7)"
+    )
+    strict = port_model(20, Behaviour(load_checks_max_nr_ports=True))
+    assert migrated_error(data, strict) == (
+        "load of migration failed: Invalid argument (source had more ports than us)"
+    )
+
+
+def test_strict_load_accepts_the_same_max_ports():
+    strict = port_model(31, Behaviour(load_checks_max_nr_ports=True))
+    events = load(strict, save(port_model()))
+    assert [(e.kind, e.port, e.value) for e in events] == [("VSERPORT_CHANGE", "a", 0)]
+
+
+@pytest.mark.parametrize("max_ports", [1, 32, 64, 100])
+def test_save_and_load_every_map_size(max_ports):
+    source = VirtioSerialModel()
+    source.hotplug_controller("c", max_ports=max_ports)
+    for i in range(1, max_ports):
+        source.hotplug(f"p{i}", controller="c")
+    data = save(source)
+    words = (max_ports + 31) // 32
+    assert len(data) == 8 + 4 * words + 4 + 10 * (max_ports - 1)
+    dest = clone_configuration(source)
+    load(dest, data)
+    assert dest.controllers["c"].ports_map == source.controllers["c"].ports_map
+    strict = clone_configuration(source)
+    strict.behaviour = Behaviour(load_checks_max_nr_ports=True)
+    load(strict, data)
+
+
+def test_element_of_a_generated_payload_with_a_negative_seed():
+    source = held_model(Payload.generated(-5, 5))
+    data = save(source)
+    # u8 1 (generated), be64 seed two's complement, be64 length
+    assert struct.pack(">Bqq", 1, -5, 5) in data
+    dest = port_model()
+    dest.host_open("a")
+    load(dest, data)
+    (piece,) = dest.host_read("a").value.slices  # unthrottled on load, flushed
+    assert (piece.payload, piece.start, piece.end) == (Payload.generated(-5, 5), 2, 5)
+
+
+def test_destination_carries_on_on_its_own_after_migration():
+    source = held_model(Payload.literal(b"hello"))
+    source.hotplug("con", controller="c", console=True)
+    source.host_write("a", b"to guest")
+    dest = clone_configuration(source)
+    migrate(source, dest)
+    assert dest.behaviour == source.behaviour
+    assert dest.discarded("guest->host") == source.discarded("guest->host")
+    source.guest_read("a")  # the source's queues are not the destination's
+    source.host_close("a")
+    assert dest.guest_read("a").value.slices[0].data() == b"to guest"
+    assert dest.snapshot().ports["a"].guest.host_connected
+    dest.hotplug("con2", controller="c", console=True)
+    assert dest.snapshot().ports["con2"].guest.console_vtermno == 2
+    dest.set_host_backpressure("a", False)
+    assert dest.guest_read("a").pending.ticket >= 1
+
+
+def test_clone_keeps_backends_and_migrate_loads_every_controller():
+    source = VirtioSerialModel(Behaviour(guest_rx_buffer=7))
+    source.hotplug_controller("c1")
+    source.hotplug_controller("c2")
+    source.hotplug("a", controller="c1", backend="none")
+    source.hotplug("b", controller="c2")
+    source.guest_open("a")
+    source.guest_open("b")
+    dest = clone_configuration(source)
+    assert dest.behaviour == source.behaviour
+    assert dest.ports["a"].backend == "none"
+    events = migrate(source, dest)
+    assert [(e.port, e.value) for e in events] == [("a", 1), ("b", 1)]
+
+
+def test_load_tells_the_guest_the_destination_host_state():
+    source = port_model()
+    source.host_open("a")
+    dest = port_model()
+    load(dest, save(source))
+    assert dest.snapshot().ports["a"].guest.host_connected is False
+
+
+# ----------------------------------------------------- device: texts and records
+def error_of(call, *args, **kw) -> str:
+    with pytest.raises(ModelError) as err:
+        call(*args, **kw)
+    return str(err.value)
+
+
+def test_device_errors_name_the_port_and_the_reason():
+    m = VirtioSerialModel()
+    m.hotplug_controller("c")
+    m.hotplug("a", controller="c")
+    m.hotplug("con", controller="c", console=True)
+    m.hotplug("quiet", controller="c", backend="none")
+    assert error_of(m.host_open, "nope") == "ENOENT (nope)"
+    assert error_of(m.guest_close, "nope") == "ENOENT (nope)"
+    assert error_of(m.guest_close, "a") == "EBADF (no open guest fd for a)"
+    assert error_of(m.guest_open, "con") == "ENXIO (console ports are opened through hvc)"
+    assert error_of(m.host_open, "quiet") == "ECONNREFUSED (port has no chardev)"
+    m.unplug("a")
+    assert error_of(m.host_open, "a") == "ENODEV (a)"
+
+
+@pytest.mark.parametrize(
+    ("end", "text"),
+    [
+        (lambda m: m.guest_close("a"), "EBADF (fd closed)"),
+        (lambda m: m.unplug("a"), "ENODEV (port unplugged)"),
+        (lambda m: m.guest_reset(), "KILLED (guest reset)"),
+    ],
+)
+def test_blocked_operations_end_with_the_reason(end, text):
+    m = VirtioSerialModel()
+    m.hotplug_controller("c")
+    m.hotplug("a", controller="c")
+    m.host_open("a")
+    m.guest_open("a")
+    read = m.guest_read("a").pending
+    m.set_host_backpressure("a", True)
+    m.hotplug("b", controller="c")
+    m.guest_open("b")
+    write = m.guest_write("b", b"x").pending  # host not connected: blocks
+    assert (read.op, read.port, write.op, write.port) == ("guest_read", "a", "guest_write", "b")
+    assert read.ticket != write.ticket
+    done = next(c for c in end(m).completed if c.ticket == read.ticket)
+    assert (done.op, done.port, done.result, str(done.error)) == ("guest_read", "a", None, text)
+
+
+def test_every_discard_is_recorded_with_where_and_why():
+    m = VirtioSerialModel(Behaviour(host_socket_buffer=2, guest_rx_capacity=4))
+    m.hotplug_controller("c")
+    # unplug with bytes everywhere, then the same name plugged again
+    m.hotplug("a", controller="c")
+    m.host_open("a")
+    m.guest_open("a")
+    m.host_write("a", b"123456")  # 4 into the guest, 2 left in the host socket
+    m.set_host_backpressure("a", True)
+    m.guest_write("a", b"hello")  # "he" to the host socket, 3 held by QEMU
+    m.unplug("a")
+    m.hotplug("a", controller="c")  # the old "he" can no longer be read
+    # host close with bytes both ways
+    m.hotplug("b", controller="c")
+    m.host_open("b")
+    m.guest_open("b")
+    m.set_host_backpressure("b", True)
+    m.guest_write("b", b"abcdef")  # "ab" out, 4 held
+    m.host_write("b", b"xy")
+    m.guest_close("b")  # "xy" unread
+    assert m.snapshot().ports["b"].guest.bytes_discarded == 2
+    m.host_write("b", b"zz")  # waits in the socket: the guest has it closed
+    m.host_close("b")
+    # reset, and console output
+    m.hotplug("r", controller="c")
+    m.host_open("r")
+    m.guest_open("r")
+    m.set_host_backpressure("r", True)
+    m.guest_write("r", b"abcdef")
+    m.host_write("r", b"xy")
+    m.hotplug("con", controller="c", console=True)
+    m.host_open("con")
+    m.host_write("con", b"abc")
+    m.guest_reset()
+    got = [(d.port, d.direction, d.where, d.nbytes, d.reason) for d in m.discards]
+    g2h, h2g = "guest->host", "host->guest"
+    assert got == [
+        ("a", g2h, "QEMU", 3, "QEMU remove_port discards queued guest data"),
+        ("a", h2g, "host socket", 2, "port unplugged"),
+        ("a", h2g, "guest", 4, "port unplugged"),
+        ("a", g2h, "host socket", 2, "port plugged again"),
+        ("b", h2g, "guest", 2, "guest closed with unread input"),
+        ("b", g2h, "host socket", 2, "host closed unread"),
+        ("b", h2g, "host socket", 2, "host closed unsent"),
+        ("b", g2h, "QEMU", 4, "host closed"),
+        ("con", h2g, "hvc", 3, "delivered to the hvc console"),
+        ("r", g2h, "QEMU", 4, "guest reset"),
+        ("r", h2g, "guest", 2, "guest reset"),
+    ]
+
+
+def test_reused_vtermnos_fill_the_lowest_gap():
+    m = VirtioSerialModel(Behaviour(console_vtermno_reuse=True))
+    m.hotplug_controller("c")
+    for name in ("c1", "c2", "c3"):
+        m.hotplug(name, controller="c", console=True)
+    m.unplug("c2")
+    m.hotplug("c4", controller="c", console=True)
+    m.hotplug("c5", controller="c", console=True)
+    got = {n: v.guest.console_vtermno for n, v in m.snapshot().ports.items()}
+    assert got == {"c1": 1, "c3": 3, "c4": 2, "c5": 4}
+
+
+def test_save_of_a_model_with_several_controllers_needs_a_name():
+    m = VirtioSerialModel()
+    m.hotplug_controller("a")
+    m.hotplug_controller("b")
+    with pytest.raises(ValueError) as err:
+        save(m)
+    assert str(err.value) == "name the controller: the model has more than one"
+
+
+def queues_everywhere() -> VirtioSerialModel:
+    """Bytes in the guest, in both host sockets, in QEMU's held element, a blocked write."""
+    m = VirtioSerialModel(Behaviour(host_socket_buffer=2, guest_rx_capacity=2))
+    m.hotplug_controller("c")
+    m.hotplug("a", controller="c")
+    m.host_open("a")
+    m.guest_open("a")
+    m.host_write("a", b"123456")
+    m.set_host_backpressure("a", True)
+    m.guest_write("a", b"hello")
+    m.hotplug("b", controller="c")
+    m.guest_open("b")
+    assert m.guest_write("b", b"xyz").pending is not None
+    return m
+
+
+def test_source_going_on_after_migration_does_not_touch_the_destination():
+    first, second = queues_everywhere(), queues_everywhere()
+    moved, untouched = clone_configuration(first), clone_configuration(second)
+    migrate(first, moved)
+    migrate(second, untouched)
+    first.host_read("a")  # the source goes on using the queues it had
+    first.guest_read("a")
+    first.host_open("b")
+
+    def drive(m: VirtioSerialModel) -> list[object]:
+        return [
+            m.host_read("a"),
+            m.set_host_backpressure("a", False),
+            m.host_read("a"),
+            m.guest_read("a"),
+            m.host_open("b"),
+            m.host_read("b"),
+        ]
+
+    assert drive(moved) == drive(untouched)
+
+
+def test_host_read_errors_and_unthrottle_flags():
+    m = VirtioSerialModel(Behaviour(host_socket_buffer=2))
+    m.hotplug_controller("c")
+    m.hotplug("a", controller="c")
+    assert error_of(m.host_read, "nope") == "ENOENT (nope)"
+    m.host_open("a")
+    m.guest_open("a")
+    m.set_host_backpressure("a", True)
+    m.guest_write("a", b"abc")  # "ab" in the socket, 1 byte held: throttled
+    assert m.snapshot().ports["a"].qemu.throttled is True
+    m.host_read("a")  # room again: the last byte goes out and the port is not throttled
+    assert m.snapshot().ports["a"].qemu.throttled is False
+
+
+def test_bytes_discarded_adds_up_over_closes():
+    m = VirtioSerialModel()
+    m.hotplug_controller("c")
+    m.hotplug("a", controller="c")
+    m.host_open("a")
+    for data in (b"12", b"345"):
+        m.guest_open("a")
+        m.host_write("a", data)
+        m.guest_close("a")
+    assert m.snapshot().ports["a"].guest.bytes_discarded == 5
