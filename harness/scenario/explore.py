@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
+from hypothesis.errors import Flaky, FlakyStrategyDefinition
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
@@ -71,8 +72,12 @@ NEW_PORTS = ("ex3", "ex4")
 NEW_CONTROLLERS = ("vser1", "vser2")
 #: Step kinds that are not drawn as plain rules: ``check`` is drawn by ``rule_check``;
 #: qemu_kill and guest_panic end a scenario by design; vm_stop freezes the guest until a
-#: vm_cont (drawn apart, every later guest step would wait out its timeout).
-NOT_DRAWN = frozenset({"check", "qemu_kill", "guest_panic", "vm_stop", "vm_cont"})
+#: vm_cont (drawn apart, every later guest step would wait out its timeout); streams have a
+#: rule of their own (no data step on a streamed port before its stream_end) not drawn yet.
+NOT_DRAWN = frozenset(
+    {"check", "qemu_kill", "guest_panic", "vm_stop", "vm_cont"}
+    | {"host_stream", "guest_stream", "stream_end"}
+)
 #: Keys that state an expectation: the runner compares against the model's prediction anyway.
 EXPECTATION_KEYS = frozenset({"expect", "eof", "data"})
 SIZES = (0, 1, 7, 100, 4096, 40000, 300000)
@@ -162,6 +167,17 @@ def drawer(kind: StepKind, key: str) -> Drawer | None:
     return _by_type(kind.keys[key])
 
 
+def _in_range(arg: Arg, value: Any) -> Any:
+    """A policy's value inside the kind's own range (the schema would refuse it otherwise)."""
+    if arg.type != "int" or not isinstance(value, int):
+        return value
+    if arg.low is not None and value < arg.low:
+        return arg.low
+    if arg.high is not None and value > arg.high:
+        return arg.high
+    return value
+
+
 def draw_args(data: st.DataObject, kind: StepKind, pools: Pools) -> dict[str, Any] | None:
     """Arguments for ``kind``; None when a required key cannot be drawn."""
     args: dict[str, Any] = {}
@@ -173,7 +189,7 @@ def draw_args(data: st.DataObject, kind: StepKind, pools: Pools) -> dict[str, An
                 return None
             continue
         if required or data.draw(st.booleans()):
-            args[key] = draw(data, pools)
+            args[key] = _in_range(kind.keys[key], draw(data, pools))
     if kind.validate is not None and kind.validate(args) is not None:
         return None
     return args
@@ -462,6 +478,10 @@ class Exploration:
         except (ScenarioFailure, InvariantBroken) as failure:
             self._record_finding(failure)
             return False
+        except (Flaky, FlakyStrategyDefinition):
+            if self.time_left() > 0:
+                raise
+            return False  # hypothesis noticed the idle examples after the time bound: done
         return True
 
     def _record_finding(self, failure: BaseException) -> None:
