@@ -286,6 +286,7 @@ class VirtioSerialModel:
         earlier = self.removed.pop(name, None)
         if earlier is not None:  # the old instance's unread host data can no longer be read
             self._discard(earlier, G2H, "host socket", len(earlier.to_host), "port plugged again")
+            earlier.to_host = SliceQueue()  # discarded, not in flight (found by exploration)
             self.stale.append(earlier)
         self._guest_add(port, ctrl.multiport)
         self._settle()

@@ -133,3 +133,16 @@ def test_example_database_replays_a_finding_first(tmp_path: Path) -> None:
         paths.append(stats.findings[0].path)
     assert stats.examples <= 2  # the stored example, and its replay after shrinking
     assert paths[0] == paths[1]
+
+
+def test_replug_discards_the_old_host_socket_data_once() -> None:
+    """Found by model-only exploration: the conservation invariant counted the old port's
+    unread host-socket bytes as in flight and as discarded after a re-plug of its name."""
+    model = build_model(EXPLORE_MACHINE)
+    model.host_open("ex1")
+    model.guest_open("ex1")
+    model.guest_write("ex1", b"x")
+    model.unplug("ex1")
+    model.hotplug("ex1", controller="vser0")
+    check_invariants(model)
+    assert model.discarded(G2H) == 1
