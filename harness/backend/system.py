@@ -110,7 +110,7 @@ class QemuSystem:
             "scenario", memory_mib=machine.memory, controllers=controllers, ports=boot_ports
         )
         self.ports = PortManager(self.guest.machine)
-        self.agent = AgentClient(self.guest).start()
+        self.agent = AgentClient(self.guest, transport="tcp").start()
         for port in boot_ports:
             self.agent.wait_port(port.name)
 

@@ -24,9 +24,17 @@ from harness.machine.qmp import QmpSession, Transcript
 
 Accel = Literal["kvm", "tcg"]
 KVM_CPU = "host,-arch-capabilities"  # plain `host` fails on some nested hypervisors (MSR 0x10a)
-_USERNET_PORT = re.compile(
-    r"TCP\[HOST_FORWARD\]\s+\d+\s+127\.0\.0\.1\s+(\d+)\s+10\.0\.2\.15\s+22\b"
-)
+GUEST_AGENT_PORT = 7011  # the guest agent's TCP listener (hil_agent.TCP_ADDRESS)
+
+
+def _usernet_forward(guest_port: int) -> re.Pattern[str]:
+    return re.compile(
+        rf"TCP\[HOST_FORWARD\]\s+\d+\s+127\.0\.0\.1\s+(\d+)\s+10\.0\.2\.15\s+{guest_port}\b"
+    )
+
+
+_USERNET_PORT = _usernet_forward(22)
+_USERNET_AGENT_PORT = _usernet_forward(GUEST_AGENT_PORT)
 
 
 @dataclass(frozen=True)
@@ -121,8 +129,10 @@ class Machine:
         self.qmp: QmpSession | None = None
         self.console: Console | None = None
         self.ssh_port: int | None = None
+        self.agent_port: int | None = None  # host end of the guest agent's TCP forward
         self.qemu_version: dict[str, Any] = {}
         self.started_at: float | None = None
+        self.spawned_at: float | None = None  # monotonic time QEMU was executed
         workdir.mkdir(parents=True, exist_ok=True)
         self.qmp_log = workdir / f"{name}.qmp.jsonl"
         self.console_log = workdir / f"{name}.console.log"
@@ -171,7 +181,8 @@ class Machine:
         if spec.ssh:
             argv += [
                 "-netdev",
-                "user,id=net0,hostfwd=tcp:127.0.0.1:0-:22",
+                "user,id=net0,hostfwd=tcp:127.0.0.1:0-:22,"
+                f"hostfwd=tcp:127.0.0.1:0-10.0.2.15:{GUEST_AGENT_PORT}",
                 "-device",
                 "virtio-net-pci,netdev=net0,romfile=",
             ]
@@ -191,6 +202,7 @@ class Machine:
         console_ours, console_theirs = socket.socketpair()
         argv = self.argv(qmp_theirs.fileno(), console_theirs.fileno())
         (self.workdir / f"{self.name}.cmdline").write_text(" ".join(argv) + "\n")
+        self.spawned_at = time.monotonic()
         try:
             self.process = spawn(
                 argv, self.stderr_log, [qmp_theirs.fileno(), console_theirs.fileno()]
@@ -208,7 +220,7 @@ class Machine:
         except MachineError as error:
             raise self._startup_failure(str(error)) from None
         if self.spec.ssh:
-            self.ssh_port = self._forwarded_ssh_port()
+            self.ssh_port, self.agent_port = self._forwarded_ports()
         if not self.spec.incoming:
             self.resume()
 
@@ -277,13 +289,15 @@ class Machine:
             f"stderr: {stderr or '(empty)'}"
         )
 
-    def _forwarded_ssh_port(self) -> int:
+    def _forwarded_ports(self) -> tuple[int, int | None]:
+        """(SSH, guest agent) host ports of the user-net forwards (ephemeral, per QEMU)."""
         assert self.qmp is not None
         usernet = self.qmp.hmp("info usernet")
         match = _USERNET_PORT.search(usernet)
         if match is None:
             raise MachineError(f"{self.name}: no SSH host forward in `info usernet`:\n{usernet}")
-        return int(match.group(1))
+        agent = _USERNET_AGENT_PORT.search(usernet)
+        return int(match.group(1)), int(agent.group(1)) if agent else None
 
     # -- stop ----------------------------------------------------------------------------
 

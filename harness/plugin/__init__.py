@@ -17,7 +17,12 @@ MARKERS = (
     "qemu: boots a real QEMU guest",
     "slow: long-running case (large payloads, many loops)",
 )
-_LAYERS = ("harness.plugin.fixtures", "harness.plugin.scenarios", "harness.plugin.report")
+_LAYERS = (
+    "harness.plugin.fixtures",
+    "harness.plugin.scenarios",
+    "harness.plugin.report",
+    "harness.plugin.faststart",
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

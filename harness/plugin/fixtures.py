@@ -21,6 +21,7 @@ from harness.images.builder import GuestImage, build_image
 from harness.images.errors import ImageBuildError
 from harness.machine.accel import AccelChoice, choose_accel
 from harness.machine.qemu import ControllerSpec, Machine, MachineSpec
+from harness.plugin.faststart import start as start_guest
 from harness.plugin.kernels import kernel_id
 from harness.plugin.options import HilSettings
 
@@ -174,7 +175,7 @@ class GuestPool:
         guest = Guest(machine, Credentials(str(self.image.client_key), self.image.host_public_key))
         self.guests.append(guest)
         if boot:
-            guest.boot(self.settings.boot_timeout)
+            start_guest(guest, self.settings, self.image)  # --hil-start: boot or restore
         return guest
 
     def shutdown_all(self) -> None:

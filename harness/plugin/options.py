@@ -12,6 +12,8 @@ from harness.images.kernel import KERNEL_SPEC_FORMS, parse_kernel_spec
 ACCEL_CHOICES = ("auto", "kvm", "tcg")
 BACKEND_CHOICES = ("model", "qemu")
 BEHAVIOUR_CHOICES = ("auto", "default")
+START_CHOICES = ("snapshot", "boot")
+DEFAULT_STATE_CACHE_MIB = 2048
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -71,6 +73,26 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="SECONDS",
         help="how long a guest may take from start to SSH-ready",
     )
+    group.addoption(
+        "--hil-start",
+        choices=START_CHOICES,
+        default="snapshot",
+        help="snapshot: the first guest of a kind boots and its ready state is saved; later "
+        "ones start from it (cached across runs); boot: every guest boots",
+    )
+    group.addoption(
+        "--hil-state-cache-mib",
+        type=int,
+        default=DEFAULT_STATE_CACHE_MIB,
+        metavar="MIB",
+        help="size cap of the saved guest states (least recently used go first)",
+    )
+    group.addoption(
+        "--hil-state-dir",
+        default=None,
+        metavar="DIR",
+        help="where saved guest states live (default: states/ in the image cache)",
+    )
 
 
 def check_kernel_specs(config: pytest.Config) -> None:
@@ -95,6 +117,9 @@ class HilSettings:
     image: str
     qemu: str
     boot_timeout: float
+    start: str = "snapshot"
+    state_cache_mib: int = DEFAULT_STATE_CACHE_MIB
+    state_dir: str | None = None
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> HilSettings:
@@ -104,6 +129,9 @@ class HilSettings:
             image=config.getoption("--hil-image"),
             qemu=config.getoption("--hil-qemu"),
             boot_timeout=config.getoption("--hil-boot-timeout"),
+            start=config.getoption("--hil-start"),
+            state_cache_mib=config.getoption("--hil-state-cache-mib"),
+            state_dir=config.getoption("--hil-state-dir"),
         )
 
     @property
