@@ -158,7 +158,7 @@ class AgentClient:
     def start(self) -> AgentClient:
         """Ensure the daemon runs, then open the persistent bridge channel (with transport
         "tcp": connect to a running daemon directly; only if none answers, start it over SSH)."""
-        if self.transport == "tcp" and self.open_direct():
+        if self.transport == "tcp" and self.open_direct() is not None:
             return self
         if self._transport() is None:
             self._note("ssh transport down: reconnecting")
@@ -171,7 +171,7 @@ class AgentClient:
                 f"{result.output}{result.stderr}"
             )
         if self.transport == "tcp":
-            if not self.open_direct():
+            if self.open_direct() is None:
                 raise AgentConnectionError(
                     "the guest agent runs but does not answer on its TCP forward "
                     f"(host port {self.guest.machine.agent_port})"
@@ -186,28 +186,30 @@ class AgentClient:
         self._note("bridge channel open")
         return self
 
-    def open_direct(self, timeout: float = 5.0) -> bool:
-        """Connect to the daemon's TCP listener and check that it answers a ping (the forward
-        accepts even when nothing listens in the guest, then closes: that is False)."""
+    def open_direct(
+        self, timeout: float = 5.0, op: str = "ping", args: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """Connect to the daemon's TCP listener and send `op` as the probe (the forward
+        accepts even when nothing listens in the guest, then closes): the reply, or None."""
         port = self.guest.machine.agent_port
         if port is None:
-            return False
+            return None
         self._drop_channel()
         try:
             sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         except OSError:
-            return False
+            return None
         sock.settimeout(None)
         self._channel = _SocketChannel(sock)
         ident = next(self._ids)
         try:
-            self._request_ssh(ident, "ping", {}, timeout)
+            reply = self._request_ssh(ident, op, args or {}, timeout)
         except (OSError, AgentConnectionError, AgentTimeout) as error:
             self._note(f"tcp transport not answering: {error!r}")
             self._drop_channel()
-            return False
+            return None
         self._note(f"tcp channel open (host port {port})")
-        return True
+        return reply
 
     def _link_down(self) -> bool:
         """The bridge's carrier is gone: the SSH transport (the TCP channel notices EOF)."""
@@ -290,7 +292,9 @@ class AgentClient:
             self._note(f"<- {_short(reply)}")
             return reply
 
-    def _readline(self, channel: paramiko.Channel | _SocketChannel, deadline: float, op: str, ident: int) -> bytes:
+    def _readline(
+        self, channel: paramiko.Channel | _SocketChannel, deadline: float, op: str, ident: int
+    ) -> bytes:
         while b"\n" not in self._buffer:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

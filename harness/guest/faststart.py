@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from harness.guest.agent_client import AgentClient, AgentError
+from harness.guest.agent_client import AgentClient, AgentError, reply_result
 from harness.guest.guest import Guest
 from harness.machine.errors import MachineError
 from harness.machine.qemu import Machine
@@ -164,23 +164,23 @@ def _restore(
 
 
 def _resumed(guest: Guest) -> None:
-    """Ready = the agent answers over TCP; it also gets the host's clock and fresh entropy."""
+    """Ready = the agent answers over TCP; the probe is the `resumed` op, which gives the
+    guest the host's clock and fresh entropy (one round trip)."""
     agent = AgentClient(guest, start_timeout=AGENT_READY_TIMEOUT, transport="tcp")
     deadline = time.monotonic() + AGENT_READY_TIMEOUT
-    while not agent.open_direct():
+    while True:
+        args = {"time": time.time(), "entropy": base64.b64encode(os.urandom(64)).decode()}
+        reply = agent.open_direct(AGENT_READY_TIMEOUT, "resumed", args)
+        if reply is not None:
+            break
         if time.monotonic() > deadline:
             raise MachineError(
                 f"the guest agent did not answer on its TCP forward within "
                 f"{AGENT_READY_TIMEOUT:.0f} s of the restore"
             )
-        time.sleep(0.01)
-    try:
-        agent.call(
-            "resumed",
-            args={"time": time.time(), "entropy": base64.b64encode(os.urandom(64)).decode()},
-        )
-    finally:
-        agent.disconnect()
+        time.sleep(0.01)  # the forward refused: the guest has not run far enough yet
+    agent.disconnect()
+    reply_result(reply, "resumed")
 
 
 def _keep_logs(machine: Machine, suffix: str) -> None:

@@ -110,5 +110,7 @@ def _qemu_reason(machine: Machine, fallback: str) -> str:
     """QEMU's last stderr lines (`load of migration failed: ...`), without the binary name."""
     log = machine.stderr_log
     text = log.read_text(errors="replace").strip() if log.exists() else ""
-    lines = [ln.split(": ", 1)[-1] if ln.startswith("qemu-system") else ln for ln in text.splitlines()]
+    lines = [
+        ln.split(": ", 1)[-1] if ln.startswith("qemu-system") else ln for ln in text.splitlines()
+    ]
     return " / ".join(ln for ln in lines[-3:] if ln.strip()) or fallback
