@@ -49,7 +49,7 @@ def describe(label: str, wall: float, code: int, guests: list[tuple]) -> None:
         times = [seconds for m, seconds in guests if m == mode]
         if times:
             median, p95 = statistics.median(times), percentile(times, 0.95)
-            print(f"    {mode} x{len(times)}: start-to-ready median {median:.2f} s, p95 {p95:.2f} s")
+            print(f"  {mode} x{len(times)}: start-to-ready median {median:.2f} s, p95 {p95:.2f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
