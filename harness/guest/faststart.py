@@ -32,7 +32,13 @@ from harness.guest.agent_client import AgentClient, AgentError, reply_result
 from harness.guest.guest import Guest
 from harness.machine.errors import MachineError
 from harness.machine.qemu import Machine
-from harness.machine.savestate import StateRefused, finish_restore, restore_spec, save_state
+from harness.machine.savestate import (
+    StateRefused,
+    finish_restore,
+    restore_spec,
+    save_state,
+    with_ram_file,
+)
 from harness.machine.snapshot_cache import CachedState, StateCache, StateKey, state_key
 
 StartMode = Literal["snapshot", "boot"]
@@ -111,23 +117,34 @@ def _boot(guest: Guest, timeout: float) -> StartReport:
 
 
 def _boot_and_save(guest: Guest, cache: StateCache, key: StateKey, timeout: float) -> StartReport:
-    report = _boot(guest, timeout)
-    report.key = key.short
-    agent = AgentClient(guest, transport="tcp").start()  # starts the daemon over SSH
-    agent.disconnect()
-    assert guest.ssh is not None
-    guest.ssh.close()
-    guest.ssh = None
-    guest.run(_SETTLE_CONNECTIONS, timeout=15, channel="serial")
-    meta = {"kernel_release": guest.kernel_release, "created": time.time()}
-    saved = cache.publish(key, lambda tmp: _save(guest.machine, tmp, report), meta)
+    planned = guest.machine  # never started: dropped unused, as its files get reused
+    ram = cache.scratch(key, "running")  # this guest's RAM, copied into the template at save
+    guest.machine = Machine(
+        with_ram_file(planned.spec, ram, share=True),
+        planned.workdir,
+        planned.name,
+        planned.timeouts,
+    )
+    try:
+        report = _boot(guest, timeout)
+        report.key = key.short
+        agent = AgentClient(guest, transport="tcp").start()  # starts the daemon over SSH
+        agent.disconnect()
+        assert guest.ssh is not None
+        guest.ssh.close()
+        guest.ssh = None
+        guest.run(_SETTLE_CONNECTIONS, timeout=15, channel="serial")
+        meta = {"kernel_release": guest.kernel_release, "created": time.time()}
+        saved = cache.publish(key, lambda tmps: _save(guest.machine, tmps, ram, report), meta)
+    finally:
+        ram.unlink(missing_ok=True)  # QEMU keeps its mapping; the name must not outlive us
     _resumed(guest)  # its clock stood still during the save, too
     LOG.info("hil: saved state %s (%d bytes)", key.short, saved.meta["bytes"])
     return report
 
 
-def _save(machine: Machine, tmp: Path, report: StartReport) -> None:
-    stats = save_state(machine, tmp)
+def _save(machine: Machine, tmps: dict[str, Path], ram: Path, report: StartReport) -> None:
+    stats = save_state(machine, tmps["state"], ram, tmps["ram"])
     report.save_seconds, report.save_bytes = stats.seconds, stats.bytes
 
 
@@ -138,12 +155,15 @@ def _restore(
     `guest.machine` a fresh unstarted machine of the same name, the failed one's logs kept)."""
     planned = guest.machine  # never started: dropped unused, as its files get reused
     machine = Machine(
-        restore_spec(planned.spec, found.path), planned.workdir, planned.name, planned.timeouts
+        restore_spec(planned.spec, found.paths["ram"]),
+        planned.workdir,
+        planned.name,
+        planned.timeouts,
     )
     guest.machine = machine
     try:
         machine.start()
-        finish_restore(machine, LOAD_TIMEOUT)
+        finish_restore(machine, found.paths["state"], LOAD_TIMEOUT)
         _resumed(guest)
     except (MachineError, AgentError) as error:
         reason = error.reason if isinstance(error, StateRefused) else str(error)

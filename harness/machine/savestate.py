@@ -1,15 +1,20 @@
-"""Saving a running guest's whole state to a file, and starting a QEMU from such a file.
+"""Saving a running guest's state to files, and starting a QEMU from them.
 
-The base of fast start (see harness/guest/faststart.py): the save is a file migration to a
-`cat` that QEMU spawns (`exec:`, which QEMU 7.2 and 10.0 both have; `file:` URIs need 8.2+), and
-the restore starts QEMU with `-incoming exec:cat FILE` on its command line, so the load begins
-while we are still reading QMP's greeting. A stream that QEMU cannot load (truncated, another
-device set, another QEMU) makes QEMU exit with its reason on stderr: StateRefused carries it.
+The base of fast start (see harness/guest/faststart.py). Guest RAM is not streamed: a guest
+that will be saved runs with its RAM in a file (memory-backend-file, share=on), the save
+migrates only device state (`x-ignore-shared`) to a `cat` that QEMU spawns (`exec:`, in QEMU
+7.2 and 10.0; `file:` URIs need 8.2+) and copies the RAM file (sparse) into a *template* while
+the guest is stopped. A restore maps the template privately (share=off: MAP_PRIVATE, so the
+template is never written), loads the device state (~0.4 MB) and runs: pages are read from the
+page cache when first touched instead of ~120 MB being parsed from a stream up front
+(measured on QEMU 7.2 TCG: load ~0.05 s instead of ~0.15-0.5 s). A device state that QEMU
+cannot load makes it exit with its reason on stderr: StateRefused carries it.
 """
 
 from __future__ import annotations
 
 import shlex
+import subprocess
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +25,7 @@ from harness.machine.qemu import Machine, MachineSpec
 #: query-status states of a QEMU that is still loading its incoming stream.
 _LOADING = ("inmigrate", "prelaunch")
 _POLL = 0.005  # no event marks the end of an incoming load on every version; loads take ~0.1 s
+RAM_BACKEND_ID = "hil-ram"
 
 
 class StateRefused(MachineError):
@@ -36,21 +42,36 @@ class SaveStats:
     bytes: int
 
 
-def save_state(machine: Machine, path: Path, timeout: float = 120) -> SaveStats:
-    """Write the guest's state to `path` (stop, migrate to a file, cont): the guest runs on.
+def with_ram_file(spec: MachineSpec, mem_path: Path, share: bool) -> MachineSpec:
+    """`spec` with guest RAM in `mem_path`: share=on for a guest to be saved (the file is its
+    RAM), share=off to start from a template (private copy-on-write mapping of the file)."""
+    args = [
+        "-object",
+        f"memory-backend-file,id={RAM_BACKEND_ID},size={spec.memory_mib}M,"
+        f"mem-path={mem_path},share={'on' if share else 'off'}",
+        "-machine",
+        f"memory-backend={RAM_BACKEND_ID}",
+    ]
+    return replace(spec, extra_args=[*spec.extra_args, *args])
 
-    The caller owns atomicity: `path` should be a temporary name that it renames once this
+
+def save_state(
+    machine: Machine, device_state: Path, ram: Path, template: Path, timeout: float = 120
+) -> SaveStats:
+    """Stop the guest (running with_ram_file(share=True) on `ram`), write its device state to
+    `device_state` and a sparse copy of its RAM to `template`, and let it run on.
+
+    The caller owns atomicity: both paths should be temporary names that it renames once this
     returned (see StateCache.publish)."""
     assert machine.qmp is not None
     started = time.monotonic()
     qmp = machine.qmp
-    qmp.execute(
-        "migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}]}
-    )
+    capabilities = [{"capability": c, "state": True} for c in ("events", "x-ignore-shared")]
+    qmp.execute("migrate-set-capabilities", {"capabilities": capabilities})
     qmp.execute("stop")
     try:
         mark = len(qmp.events)
-        qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(path))}"})
+        qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(device_state))}"})
         status = str(qmp.execute("query-migrate").get("status", ""))
         if status not in ("completed", "failed", "cancelled"):
             qmp.wait_event(
@@ -58,32 +79,57 @@ def save_state(machine: Machine, path: Path, timeout: float = 120) -> SaveStats:
                 timeout,
                 where=lambda e: e.data.get("status") in ("completed", "failed", "cancelled"),
                 after=mark,
-                what=f"the state save of {machine.name} to {path}",
+                what=f"the state save of {machine.name} to {device_state}",
             )
         info = qmp.execute("query-migrate")
         if info.get("status") != "completed":
             raise MachineError(
-                f"{machine.name}: saving the state to {path} failed: "
+                f"{machine.name}: saving the state to {device_state} failed: "
                 f"{info.get('error-desc') or info.get('status')}"
             )
+        _sparse_copy(ram, template, timeout)
     finally:
         if machine.running and qmp.execute("query-status").get("status") != "running":
             qmp.execute("cont")
-    return SaveStats(time.monotonic() - started, path.stat().st_size)
+    size = device_state.stat().st_size + template.stat().st_blocks * 512
+    return SaveStats(time.monotonic() - started, size)
 
 
-def restore_spec(spec: MachineSpec, state: Path) -> MachineSpec:
-    """`spec` started from `state` instead of booting (everything else identical)."""
-    return replace(spec, incoming=f"exec:cat {shlex.quote(str(state))}")
+def _sparse_copy(source: Path, target: Path, timeout: float) -> None:
+    """Only the guest pages ever written take space (an idle 512 MiB guest: ~115 MiB)."""
+    result = subprocess.run(
+        ["cp", "--sparse=always", str(source), str(target)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise MachineError(f"copying guest RAM {source} to {target} failed: {result.stderr}")
 
 
-def finish_restore(machine: Machine, timeout: float = 30) -> float:
-    """Wait until `machine` (started with restore_spec) has loaded its state, then run it.
+def restore_spec(spec: MachineSpec, template: Path) -> MachineSpec:
+    """`spec` started from a template (everything else identical); see finish_restore."""
+    return replace(with_ram_file(spec, template, share=False), incoming="defer")
+
+
+def finish_restore(machine: Machine, device_state: Path, timeout: float = 30) -> float:
+    """Load `device_state` into `machine` (started with restore_spec) and run it.
 
     Returns the seconds from QEMU's start to running. StateRefused if QEMU refused the state
     or exited; MachineError if it is still loading after `timeout`."""
     assert machine.qmp is not None
     deadline = time.monotonic() + timeout
+    try:
+        machine.qmp.execute(
+            "migrate-set-capabilities",
+            {"capabilities": [{"capability": "x-ignore-shared", "state": True}]},
+        )
+        machine.qmp.execute(
+            "migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(device_state))}"}
+        )
+    except MachineError as error:
+        raise StateRefused(_qemu_reason(machine, str(error))) from None
     while True:
         if not machine.running:
             raise StateRefused(_qemu_reason(machine, "QEMU exited while loading the state"))

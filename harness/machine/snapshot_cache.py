@@ -1,16 +1,19 @@
 """Saved guest states on disk, keyed by everything that makes a state loadable and equivalent.
 
 Layout under the root (default `<image cache>/states`):
-    <key>.state   the QEMU migration stream of a booted, ready guest
+    <key>.ram     the guest RAM template of a booted, ready guest (sparse)
+    <key>.state   its device state (a QEMU migration stream without RAM); written last, so
+                  its presence marks a complete entry
     <key>.json    what the key was made of, and facts the restore needs (kernel release)
     <key>.lock    flock: one process builds a state, concurrent ones wait and then reuse it
-    .<key>.<pid>.<n>.tmp   a save in progress; renamed to <key>.state only once complete
+    .<key>.<part>.<pid>.<n>.tmp   a save in progress (or the RAM of the guest being saved)
     builds.log    one line per state built (which key, which process): proves "built once"
 
-A state file exists under its final name only complete and fsync'ed (write to a temporary
-name, fsync, rename, fsync the directory), so an interrupted save (Ctrl-C, SIGKILL, a full
-disk) leaves at most a temporary file that nothing loads and the next build removes. The
-states' total size is capped; the least recently used (mtime, touched on every use) go first.
+Files exist under their final names only complete and fsync'ed (written to a temporary name,
+fsync, rename, fsync the directory), so an interrupted save (Ctrl-C, SIGKILL, a full disk)
+leaves at most temporaries that nothing loads and the next build removes. The entries' total
+size (allocated blocks) is capped; the least recently used (the state file's mtime, touched on
+every use) go first.
 """
 
 from __future__ import annotations
@@ -63,7 +66,8 @@ def _normalized_argv(argv: list[str]) -> list[str]:
             skip = True
             continue
         arg = re.sub(r"\bfd=\d+", "fd=?", arg)
-        arg = re.sub(r"\bpath=[^,]*", "path=?", arg)
+        arg = re.sub(r"\b(mem-)?path=[^,]*", r"\1path=?", arg)
+        arg = re.sub(r"\bshare=(on|off)", "share=?", arg)  # on to save, off to restore
         out.append(arg)
     return out
 
@@ -122,10 +126,18 @@ def _is_file(arg: str) -> bool:
     return arg.startswith("/") and Path(arg).is_file()
 
 
+#: The files of an entry, in publishing order: the last one marks a complete entry.
+PARTS = ("ram", "state")
+
+
 @dataclass(frozen=True)
 class CachedState:
-    path: Path
+    paths: dict[str, Path]
     meta: dict[str, Any]
+
+    @property
+    def path(self) -> Path:
+        return self.paths["state"]
 
 
 class StateCache:
@@ -133,24 +145,32 @@ class StateCache:
         self.root = root
         self.cap_bytes = cap_bytes
 
-    def state_path(self, key: StateKey) -> Path:
-        return self.root / f"{key.digest}.state"
+    def state_path(self, key: StateKey, part: str = "state") -> Path:
+        return self.root / f"{key.digest}.{part}"
+
+    def scratch(self, key: StateKey, part: str) -> Path:
+        """A temporary name in the cache (same file system as the entries: renames are
+        atomic); removed by `building` once its process is gone."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self.root / f".{key.digest}.{part}.{os.getpid()}.{next(_tmp_counter)}.tmp"
 
     def _meta_path(self, key: StateKey) -> Path:
         return self.root / f"{key.digest}.json"
 
     def lookup(self, key: StateKey) -> CachedState | None:
         """The complete state of `key` (its use time touched for LRU), or None."""
-        path = self.state_path(key)
+        paths = {part: self.state_path(key, part) for part in PARTS}
         try:
             meta = json.loads(self._meta_path(key).read_text())
-            os.utime(path)
+            if not all(path.is_file() for path in paths.values()):
+                return None
+            os.utime(paths["state"])
         except (OSError, ValueError):
             return None
-        return CachedState(path, meta)
+        return CachedState(paths, meta)
 
     def discard(self, key: StateKey) -> None:
-        for path in (self.state_path(key), self._meta_path(key)):
+        for path in (self._meta_path(key), *(self.state_path(key, p) for p in PARTS)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
@@ -180,40 +200,43 @@ class StateCache:
             os.close(fd)  # closing releases the lock
 
     def publish(
-        self, key: StateKey, write: Callable[[Path], None], meta: dict[str, Any]
+        self, key: StateKey, write: Callable[[dict[str, Path]], None], meta: dict[str, Any]
     ) -> CachedState:
-        """Run `write(temporary path)`, then make its file the state of `key` atomically.
+        """Run `write({part: temporary path})`, then make the files the entry of `key`.
 
-        Whatever interrupts `write` (an exception, KeyboardInterrupt) removes the temporary;
-        a killed process leaves one that `building` removes later; neither is ever loaded."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{key.digest}.{os.getpid()}.{next(_tmp_counter)}.tmp"
+        Whatever interrupts `write` (an exception, KeyboardInterrupt) removes the temporaries;
+        a killed process leaves some that `building` removes later; neither is ever loaded."""
+        tmps = {part: self.scratch(key, part) for part in PARTS}
         try:
-            write(tmp)
-            _fsync(tmp)
-            meta = {**meta, "key": key.inputs, "bytes": tmp.stat().st_size, "pid": os.getpid()}
+            write(tmps)
+            for tmp in tmps.values():
+                _fsync(tmp)
+            size = sum(_allocated(tmp) for tmp in tmps.values())
+            meta = {**meta, "key": key.inputs, "bytes": size, "pid": os.getpid()}
             _write_atomically(self._meta_path(key), json.dumps(meta, indent=1).encode())
-            os.replace(tmp, self.state_path(key))
+            for part in PARTS:
+                os.replace(tmps[part], self.state_path(key, part))
             _fsync_dir(self.root)
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+            for tmp in tmps.values():
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
             raise
         with (self.root / "builds.log").open("a") as log:
             log.write(f"{key.digest} pid={os.getpid()} bytes={meta['bytes']}\n")
         self.evict(keep=key)
-        return CachedState(self.state_path(key), meta)
+        return CachedState({part: self.state_path(key, part) for part in PARTS}, meta)
 
     def states(self) -> list[Path]:
         return sorted(self.root.glob("*.state")) if self.root.is_dir() else []
 
     def evict(self, keep: StateKey | None = None) -> list[Path]:
-        """Delete least recently used states until the total is within the cap."""
+        """Delete least recently used entries until their total is within the cap."""
         entries = []
         for path in self.states():
             with contextlib.suppress(FileNotFoundError):
-                stat = path.stat()
-                entries.append((stat.st_mtime, stat.st_size, path))
+                size = sum(_allocated(path.with_suffix(f".{part}")) for part in PARTS)
+                entries.append((path.stat().st_mtime, size, path))
         total = sum(size for _, size, _ in entries)
         removed = []
         for _, size, path in sorted(entries):
@@ -221,9 +244,8 @@ class StateCache:
                 break
             if keep is not None and path == self.state_path(keep):
                 continue
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                path.with_suffix(".json").unlink(missing_ok=True)
+            for suffix in (".state", ".json", *(f".{part}" for part in PARTS)):
+                path.with_suffix(suffix).unlink(missing_ok=True)
             total -= size
             removed.append(path)
         return removed
@@ -231,7 +253,7 @@ class StateCache:
     def _remove_stale_temporaries(self) -> None:
         """Temporaries of dead processes (or very old ones) are interrupted saves."""
         for tmp in self.root.glob(".*.tmp"):
-            parts = tmp.name.split(".")  # .<name>.<pid>.<n>.tmp
+            parts = tmp.name.split(".")  # .<name>[.<part>].<pid>.<n>.tmp
             pid = int(parts[-3]) if len(parts) > 3 and parts[-3].isdigit() else 0
             with contextlib.suppress(FileNotFoundError):
                 old = time.time() - tmp.stat().st_mtime > _STALE_TMP_SECONDS
@@ -249,6 +271,14 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _allocated(path: Path) -> int:
+    """Bytes on disk (a RAM template is sparse), 0 for a missing file."""
+    try:
+        return path.stat().st_blocks * 512
+    except FileNotFoundError:
+        return 0
 
 
 def _fsync(path: Path) -> None:

@@ -58,6 +58,8 @@ def announce(line: str, warning: str | None = None) -> None:
     capture = plugins.get_plugin("capturemanager")
     # Written past output capturing, as pytest's live logging does, so it shows as it happens.
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        if not reporter.currentfspath:  # a captured write_line reset it: still mid-line here
+            reporter.write("\n")
         if warning is not None:
             reporter.write_line(f"WARNING {warning}", yellow=True)
         reporter.write_line(line)

@@ -7,6 +7,7 @@ from a cold cache; the image cache is the real one.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import signal
 import subprocess
@@ -66,6 +67,8 @@ def test_second_guest_restores_and_is_ready_like_a_booted_one(snapshot_pool):
     first, booted = _start(snapshot_pool)
     assert booted.mode == "boot" and booted.save_bytes
     assert first.run("echo still running").output.strip() == "still running"
+    (template,) = Path(str(snapshot_pool.settings.state_dir)).glob("*.ram")
+    template_digest = hashlib.sha256(template.read_bytes()).hexdigest()
     second, restored = _start(snapshot_pool)
     assert restored.mode == "restore" and restored.key == booted.key
     assert second.kernel_release == first.kernel_release
@@ -81,14 +84,16 @@ def test_second_guest_restores_and_is_ready_like_a_booted_one(snapshot_pool):
     assert agent.ping()["open"] == []
     assert second.machine.console is not None
     assert "HIL-READY" not in second.machine.console.text()  # its log starts at the resume
+    # the guest wrote to its RAM (commands, agent); the template it maps privately did not change
+    second.run("head -c 50000000 /dev/urandom > /tmp/fill")
+    assert hashlib.sha256(template.read_bytes()).hexdigest() == template_digest
 
 
 def test_a_corrupted_state_is_deleted_and_the_guest_boots_with_a_warning(snapshot_pool):
     _, booted = _start(snapshot_pool)
-    (state,) = Path(str(snapshot_pool.settings.state_dir)).glob("*.state")
-    size = state.stat().st_size
+    (state,) = Path(str(snapshot_pool.settings.state_dir)).glob("*.state")  # device state
     with state.open("r+b") as handle:
-        handle.truncate(size // 2)
+        handle.truncate(state.stat().st_size // 2)
     guest, report = _start(snapshot_pool)
     assert report.mode == "boot"
     assert report.warning is not None
@@ -148,6 +153,13 @@ def test_boot_mode_runs_a_scenario_without_saved_states(pytester, tmp_path, monk
     assert not states.exists()
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 SLOW_TEST = """\
 def test_guest(hil_guest):
     assert hil_guest.run("true").exit_code == 0
@@ -169,7 +181,7 @@ def test_ctrl_c_during_a_save_leaves_no_state_that_a_later_run_loads(tmp_path):
     deadline = time.monotonic() + 300
     interrupted = False
     while time.monotonic() < deadline and process.poll() is None:
-        if any(p.stat().st_size > 0 for p in states.glob(".*.tmp") if p.exists()):
+        if any(_size(p) > 0 for p in states.glob(".*.state.*.tmp")):  # the device state
             process.send_signal(signal.SIGINT)
             interrupted = True
             break

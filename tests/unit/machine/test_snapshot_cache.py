@@ -108,15 +108,32 @@ def _state_key(name: str) -> StateKey:
     return StateKey(name.ljust(32, "0"), {"name": name})
 
 
-def test_publish_makes_a_complete_state_and_logs_the_build(tmp_path):
+def _write(size: int = 4096):
+    def write(tmps: dict[str, Path]) -> None:
+        for part, tmp in tmps.items():
+            tmp.write_bytes(part.encode()[:1] * size)
+
+    return write
+
+
+def test_publish_makes_a_complete_entry_and_logs_the_build(tmp_path):
     cache = StateCache(tmp_path)
     key = _state_key("a")
     assert cache.lookup(key) is None
-    cache.publish(key, lambda tmp: tmp.write_bytes(b"x" * 100), {"kernel_release": "6.1"})
+    cache.publish(key, _write(), {"kernel_release": "6.1"})
     found = cache.lookup(key)
-    assert found is not None and found.path.read_bytes() == b"x" * 100
-    assert found.meta["kernel_release"] == "6.1" and found.meta["bytes"] == 100
+    assert found is not None and found.path.read_bytes() == b"s" * 4096
+    assert found.paths["ram"].read_bytes() == b"r" * 4096
+    assert found.meta["kernel_release"] == "6.1" and found.meta["bytes"] >= 2 * 4096
     assert (tmp_path / "builds.log").read_text().split()[0] == key.digest
+
+
+def test_an_entry_missing_a_part_is_not_found(tmp_path):
+    cache = StateCache(tmp_path)
+    key = _state_key("i")
+    cache.publish(key, _write(), {})
+    cache.state_path(key, "ram").unlink()
+    assert cache.lookup(key) is None
 
 
 @pytest.mark.parametrize("error", [KeyboardInterrupt, MachineError])
@@ -124,8 +141,8 @@ def test_an_interrupted_save_leaves_nothing_that_loads(tmp_path, error):
     cache = StateCache(tmp_path)
     key = _state_key("b")
 
-    def half_written(tmp: Path) -> None:
-        tmp.write_bytes(b"half")
+    def half_written(tmps: dict[str, Path]) -> None:
+        tmps["state"].write_bytes(b"half")
         raise error("interrupted")
 
     with pytest.raises(error):
@@ -137,9 +154,9 @@ def test_an_interrupted_save_leaves_nothing_that_loads(tmp_path, error):
 def test_a_killed_savers_temporary_is_removed_by_the_next_build(tmp_path):
     cache = StateCache(tmp_path)
     key = _state_key("c")
-    dead = tmp_path / f".{key.digest}.999999999.0.tmp"  # no such pid
+    dead = tmp_path / f".{key.digest}.state.999999999.0.tmp"  # no such pid
     dead.write_bytes(b"half")
-    mine = tmp_path / f".{key.digest}.{os.getpid()}.99.tmp"  # a live process's save
+    mine = cache.scratch(key, "running")  # a live process's file
     mine.write_bytes(b"busy")
     with cache.building(key, timeout=1):
         pass
@@ -161,21 +178,24 @@ def test_the_build_lock_is_exclusive_and_bounded(tmp_path):
 
 
 def test_least_recently_used_states_go_first(tmp_path):
-    cache = StateCache(tmp_path, cap_bytes=250)
+    probe = StateCache(tmp_path / "probe")
+    found = probe.publish(_state_key("z"), _write(), {})
+    size = sum(path.stat().st_blocks * 512 for path in found.paths.values())  # one entry
+    cache = StateCache(tmp_path / "lru", cap_bytes=int(size * 2.5))
     keys = [_state_key(name) for name in "efg"]
     for index, key in enumerate(keys[:2]):
-        cache.publish(key, lambda tmp: tmp.write_bytes(b"x" * 100), {})
+        cache.publish(key, _write(), {})
         os.utime(cache.state_path(key), (1000 + index, 1000 + index))
     assert cache.lookup(keys[0]) is not None  # used now: the most recent
-    cache.publish(keys[2], lambda tmp: tmp.write_bytes(b"x" * 100), {})
+    cache.publish(keys[2], _write(), {})
     assert cache.lookup(keys[1]) is None  # least recently used: evicted
     assert cache.lookup(keys[0]) is not None and cache.lookup(keys[2]) is not None
-    assert not (tmp_path / f"{keys[1].digest}.json").exists()
+    assert not list((tmp_path / "lru").glob(f"{keys[1].digest}.*"))
 
 
 def test_discard_deletes_a_state(tmp_path):
     cache = StateCache(tmp_path)
     key = _state_key("h")
-    cache.publish(key, lambda tmp: tmp.write_bytes(b"x"), {})
+    cache.publish(key, _write(), {})
     cache.discard(key)
     assert cache.lookup(key) is None and cache.states() == []
