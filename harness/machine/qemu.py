@@ -24,6 +24,7 @@ from harness.machine.qmp import QmpSession, Transcript
 
 Accel = Literal["kvm", "tcg"]
 KVM_CPU = "host,-arch-capabilities"  # plain `host` fails on some nested hypervisors (MSR 0x10a)
+RAM_BACKEND_ID = "hil-ram"  # one RAM block name for every guest, so any two can migrate
 GUEST_AGENT_PORT = 7011  # the guest agent's TCP listener (hil_agent.TCP_ADDRESS)
 
 
@@ -74,6 +75,15 @@ def port_device_id(name: str) -> str:
     return f"port-{cleaned}"
 
 
+def ram_backend(spec: MachineSpec) -> str:
+    """The guest RAM's memory backend: anonymous, or a file (see MachineSpec.ram_file)."""
+    size = f"id={RAM_BACKEND_ID},size={spec.memory_mib}M"
+    if spec.ram_file is None:
+        return f"memory-backend-ram,{size}"
+    share = "on" if spec.ram_file_shared else "off"
+    return f"memory-backend-file,{size},mem-path={spec.ram_file},share={share}"
+
+
 def port_chardev_args(port: PortSpec) -> list[str]:
     """-chardev/-device arguments for a boot-time port (same properties as hotplug uses)."""
     args: list[str] = []
@@ -103,6 +113,8 @@ class MachineSpec:
     ports: list[PortSpec] = field(default_factory=list)
     ssh: bool = True
     incoming: str | None = None  # e.g. "unix:/path" or "defer": start waiting for a migration
+    ram_file: Path | None = None  # guest RAM in this file (fast start); None: anonymous memory
+    ram_file_shared: bool = False  # share=on: the file is the RAM; off: a private COW template
     extra_args: list[str] = field(default_factory=list)
 
 
@@ -152,7 +164,9 @@ class Machine:
             "-display",
             "none",
             "-machine",
-            "pc",
+            f"pc,memory-backend={RAM_BACKEND_ID}",
+            "-object",
+            ram_backend(spec),
             "-accel",
             spec.accel,
             "-m",

@@ -25,7 +25,6 @@ from harness.machine.qemu import Machine, MachineSpec
 #: query-status states of a QEMU that is still loading its incoming stream.
 _LOADING = ("inmigrate", "prelaunch")
 _POLL = 0.005  # no event marks the end of an incoming load on every version; loads take ~0.1 s
-RAM_BACKEND_ID = "hil-ram"
 
 
 class StateRefused(MachineError):
@@ -45,14 +44,7 @@ class SaveStats:
 def with_ram_file(spec: MachineSpec, mem_path: Path, share: bool) -> MachineSpec:
     """`spec` with guest RAM in `mem_path`: share=on for a guest to be saved (the file is its
     RAM), share=off to start from a template (private copy-on-write mapping of the file)."""
-    args = [
-        "-object",
-        f"memory-backend-file,id={RAM_BACKEND_ID},size={spec.memory_mib}M,"
-        f"mem-path={mem_path},share={'on' if share else 'off'}",
-        "-machine",
-        f"memory-backend={RAM_BACKEND_ID}",
-    ]
-    return replace(spec, extra_args=[*spec.extra_args, *args])
+    return replace(spec, ram_file=mem_path, ram_file_shared=share)
 
 
 def save_state(
@@ -89,8 +81,10 @@ def save_state(
             )
         _sparse_copy(ram, template, timeout)
     finally:
-        if machine.running and qmp.execute("query-status").get("status") != "running":
-            qmp.execute("cont")
+        if machine.running:
+            _ignore_shared(machine, False)  # a later migration of this guest sends its RAM
+            if qmp.execute("query-status").get("status") != "running":
+                qmp.execute("cont")
     size = device_state.stat().st_size + template.stat().st_blocks * 512
     return SaveStats(time.monotonic() - started, size)
 
@@ -121,10 +115,7 @@ def finish_restore(machine: Machine, device_state: Path, timeout: float = 30) ->
     assert machine.qmp is not None
     deadline = time.monotonic() + timeout
     try:
-        machine.qmp.execute(
-            "migrate-set-capabilities",
-            {"capabilities": [{"capability": "x-ignore-shared", "state": True}]},
-        )
+        _ignore_shared(machine, True)
         machine.qmp.execute(
             "migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(device_state))}"}
         )
@@ -148,8 +139,17 @@ def finish_restore(machine: Machine, device_state: Path, timeout: float = 30) ->
         time.sleep(_POLL)
     if status != "paused":
         raise StateRefused(_qemu_reason(machine, f"QEMU is {status} after loading the state"))
+    _ignore_shared(machine, False)  # a later migration of this guest sends its RAM
     machine.resume()
     return time.monotonic() - (machine.spawned_at or time.monotonic())
+
+
+def _ignore_shared(machine: Machine, state: bool) -> None:
+    assert machine.qmp is not None
+    machine.qmp.execute(
+        "migrate-set-capabilities",
+        {"capabilities": [{"capability": "x-ignore-shared", "state": state}]},
+    )
 
 
 def _qemu_reason(machine: Machine, fallback: str) -> str:

@@ -176,7 +176,13 @@ def test_ctrl_c_during_a_save_leaves_no_state_that_a_later_run_loads(tmp_path):
     argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--hil-accel=tcg"]
     argv += [f"--hil-state-dir={states}", "-q", "test_guest.py"]
     process = subprocess.Popen(
-        argv, cwd=project, env=_pytest_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        argv,
+        cwd=project,
+        env=_pytest_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        # a run started in the background inherits SIGINT ignored; Python then keeps it so
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 300
     interrupted = False
