@@ -33,8 +33,6 @@ def run_scenarios(pytest_args: list[str]) -> int:
     # A target is an existing path (or path::test); option values such as `-p no:x` are not.
     targets = [a for a in pytest_args if not a.startswith("-") and Path(a.split("::")[0]).exists()]
     args = pytest_args if targets else [str(REPO_SCENARIOS), *pytest_args]
-    # `python -m harness` imported the package before pytest could install its rewriter.
-    args = ["-W", "ignore::pytest.PytestAssertRewriteWarning", *args]
     has_scenarios = any(REPO_SCENARIOS.rglob("*.yaml")) if REPO_SCENARIOS.is_dir() else False
     if not targets and not has_scenarios:
         print("no shipped scenarios yet: running the smoke check instead", file=sys.stderr)
@@ -45,9 +43,11 @@ def run_scenarios(pytest_args: list[str]) -> int:
 def smoke() -> int:
     from harness.guest.guest import Credentials, Guest
     from harness.images.builder import build_image
+    from harness.logs import print_progress
     from harness.machine.accel import choose_accel
     from harness.machine.qemu import ControllerSpec, Machine, MachineSpec
 
+    print_progress()  # image build, QEMU and guest progress
     started = time.monotonic()
     image = build_image()
     print(f"image: {image.directory} ({time.monotonic() - started:.1f} s)")

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.machine.errors import MachineError, WaitTimeout
+from harness.machine.errors import MachineError, ReadTimeout, WaitTimeout
 from harness.model.payload import Payload, iter_chunks
 
 RECEIVE_LIMIT = 4 * 1024 * 1024
@@ -287,9 +287,11 @@ class HostEndpoint:
                 if remaining <= 0:
                     if length is None:
                         break
-                    raise WaitTimeout(
+                    raise ReadTimeout(
                         f"host end of {self.name}: read {count} of {length} bytes within "
-                        f"{timeout:.0f} s"
+                        f"{timeout:.0f} s",
+                        received=count,
+                        wanted=length,
                     )
                 self._lock.wait(remaining)
             eof = self._eof and not self._inbox

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import re
 import shutil
 import tempfile
@@ -16,16 +17,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from harness.backend.endpoint import HostEndpoint, Received, unread_by_peer
+from harness.errors import OperationFailed
 from harness.guest.agent_client import AgentClient, AgentError
 from harness.guest.guest import READY_MARKER, Guest
-from harness.machine.errors import MachineError, QmpError, WaitTimeout
+from harness.machine.errors import MachineError, QmpError, ReadTimeout
 from harness.machine.migration import MODES, MigrationRefused, MigrationStats
 from harness.machine.migration import migrate as run_migration
 from harness.machine.ports import PortManager
 from harness.machine.qemu import ControllerSpec, PortSpec
+from harness.model.declarations import Backend, MachineDecl, PortDecl
 from harness.model.payload import Payload
 from harness.model.snapshot import (
     ABSENT,
@@ -40,33 +43,11 @@ KERNEL_PROBLEMS = re.compile(
     r"^.*(BUG:|WARNING:|Oops|Kernel panic|general protection).*$", re.MULTILINE
 )
 STREAM_THRESHOLD = 256 * 1024  # larger guest transfers go as agent streams (hash only)
+log = logging.getLogger("hil.backend")
 
 
-class RealFailure(Exception):
+class RealFailure(OperationFailed):
     """A real operation failed; `text` is QEMU's message or the guest errno name."""
-
-    def __init__(self, text: str, detail: str = "") -> None:
-        super().__init__(f"{text}{': ' + detail if detail and detail != text else ''}")
-        self.text = text
-
-
-class ControllerDecl(Protocol):
-    id: str
-    max_ports: int
-
-
-class PortDecl(Protocol):
-    name: str
-    nr: int | None
-    console: bool
-    controller: str
-    backend: str
-
-
-class MachineDecl(Protocol):
-    memory: int
-    controllers: list[Any]
-    ports: list[Any]
 
 
 GuestFactory = Callable[..., Guest]
@@ -75,7 +56,7 @@ GuestFactory = Callable[..., Guest]
 @dataclass
 class _Port:
     spec: PortSpec
-    backend: str
+    backend: Backend
     endpoint: HostEndpoint | None
 
     @property
@@ -113,6 +94,11 @@ class QemuSystem:
         self.agent = AgentClient(self.guest, transport="tcp").start()
         for port in boot_ports:
             self.agent.wait_port(port.name)
+        log.info(
+            "real system ready: controllers %s, ports %s",
+            [c.id for c in controllers],
+            [p.name for p in boot_ports],
+        )
 
     def stop(self) -> None:
         for port in self._ports.values():
@@ -170,8 +156,8 @@ class QemuSystem:
             raise RealFailure("ENOTCONN", f"host end of {port} is not connected")
         try:
             return endpoint.read(length, timeout)
-        except WaitTimeout as error:
-            if endpoint.buffered_in == 0 and "read 0 of" in str(error):
+        except ReadTimeout as error:
+            if error.received == 0 and endpoint.buffered_in == 0:
                 raise RealFailure("EAGAIN", str(error)) from None
             raise
 
@@ -278,10 +264,10 @@ class QemuSystem:
             raise RealFailure(error.desc) from None
 
     def hotplug(
-        self, name: str, nr: int | None, console: bool, controller: str, backend: str
+        self, name: str, nr: int | None, console: bool, controller: str, backend: Backend
     ) -> None:
         _, agent, ports = self._need_guest()
-        port = self._declare(_Decl(name, nr, console, controller, backend))
+        port = self._declare(PortDecl(name, controller, nr, console, backend))
         self._qmp(ports.add_port, port.spec)
         self._register(port)
         agent.wait_port(name)
@@ -360,11 +346,11 @@ class QemuSystem:
         _, qtree_ports = ports.qtree()
         wanted = (
             [
-                _Decl(
+                PortDecl(
                     q.name,
+                    q.controller,
                     q.nr,
                     q.driver == "virtconsole",
-                    q.controller,
                     self._ports[q.name].backend if q.name in self._ports else "none",
                 )
                 for q in qtree_ports.values()
@@ -375,7 +361,7 @@ class QemuSystem:
         planned: dict[str, _Port] = {}
         for decl in wanted:
             nr = decl.nr if decl.nr is not None else getattr(qtree_ports.get(decl.name), "nr", None)
-            port = self._declare(_Decl(decl.name, nr, decl.console, decl.controller, decl.backend))
+            port = self._declare(replace(decl, nr=nr))
             source = self._ports.get(decl.name)
             if source is not None:  # same QEMU id: VSERPORT_CHANGE keeps naming the same port
                 port = _Port(
@@ -524,15 +510,6 @@ def _op_result(result: Any) -> Any:
             return Received(int(result["bytes"]), result["sha256"], None, bool(result["eof"]))
         return int(result["bytes"])
     return None
-
-
-@dataclass(frozen=True)
-class _Decl:
-    name: str
-    nr: int | None
-    console: bool
-    controller: str
-    backend: str
 
 
 def _guest_view(entry: dict[str, Any]) -> GuestPortView:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import paramiko
 
+from harness.errors import HarnessError
 from harness.guest.guest import Guest
 from harness.machine.errors import MachineError, WaitTimeout
 
@@ -40,7 +41,7 @@ AgentChannel = Literal["ssh", "serial"]
 AgentTransport = Literal["ssh", "tcp"]
 
 
-class AgentError(Exception):
+class AgentError(HarnessError):
     """The agent answered ``ok: false``; `errno` is a name such as "EBUSY"."""
 
     def __init__(

@@ -43,7 +43,7 @@ from harness.machine.snapshot_cache import CachedState, StateCache, StateKey, st
 
 StartMode = Literal["snapshot", "boot"]
 START_MODES: tuple[StartMode, ...] = ("snapshot", "boot")
-LOG = logging.getLogger("harness.start")
+LOG = logging.getLogger("hil.guest")
 AGENT_READY_TIMEOUT = 15.0  # a restored guest answers in milliseconds; TCG under load: seconds
 LOAD_TIMEOUT = 60.0
 #: Busy-waits (bounded) in the guest until no TCP connection is established: the closed SSH

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -11,6 +12,7 @@ from harness.machine.console import CommandResult, Console
 from harness.machine.qemu import Machine
 
 Channel = Literal["ssh", "serial"]
+log = logging.getLogger("hil.guest")
 READY_MARKER = r"HIL-READY kernel=(\S+)\r?\n"  # whole line: a half-arrived line must not match
 
 
@@ -55,6 +57,13 @@ class Guest:
         self.boot_times.to_ready_marker = time.monotonic() - started
         self.connect_ssh(max(5.0, timeout - (time.monotonic() - started)))
         self.boot_times.to_ssh = time.monotonic() - started
+        log.info(
+            "%s: guest ready: kernel %s, ready marker after %.1f s, SSH after %.1f s",
+            self.machine.name,
+            self.kernel_release,
+            self.boot_times.to_ready_marker,
+            self.boot_times.to_ssh,
+        )
 
     def connect_ssh(self, timeout: float) -> None:
         assert self.machine.ssh_port is not None, "machine started without SSH forwarding"

@@ -9,6 +9,7 @@ import time
 from harness.images.builder import build_image, default_cache_dir
 from harness.images.errors import ImageBuildError
 from harness.images.kernel import KERNEL_SPEC_FORMS
+from harness.logs import print_progress
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,7 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="build the guest image (cached)")
     build.add_argument(
-        "recipe", nargs="?", help="recipe name in images/ or a path (default: default)"
+        "recipe",
+        nargs="?",
+        help="path of a recipe YAML, else a shipped recipe name (default: default)",
     )
     build.add_argument(
         "--kernel",
@@ -25,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
     args = parser.parse_args(argv)
+    print_progress("[image]")  # downloads, unpacking
     started = time.monotonic()
     try:
         image = build_image(args.recipe, args.kernel, default_cache_dir(), force=args.force)

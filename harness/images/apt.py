@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,7 +21,11 @@ from pathlib import Path
 
 from harness.images.errors import ImageBuildError
 
+log = logging.getLogger("hil.images")
+
 _INST = re.compile(r"^Inst (\S+) \((\S+) ")
+#: apt's machine-readable progress (APT::Status-Fd): "dlstatus:<item>:<percent>:<text>".
+_DLSTATUS = re.compile(r"^dlstatus:\d+:([\d.]+):")
 _KERNEL_PACKAGE = re.compile(r"^linux-image-\d")
 _SUITE = re.compile(r"[a-z][a-z0-9-]*")
 SYSTEM_LISTS = Path("/var/lib/apt/lists")
@@ -41,10 +45,6 @@ class Package:
         """The downloaded file, whatever its architecture suffix (amd64 or all)."""
         stem = f"{self.name}_{self.version.replace(':', '%3a')}_"
         return next(iter(sorted(directory.glob(f"{glob_escape(stem)}*.deb"))), None)
-
-
-def progress(message: str) -> None:
-    print(f"[image] {message}", file=sys.stderr, flush=True)
 
 
 def require_tool(tool: str, package: str) -> str:
@@ -92,7 +92,7 @@ class Apt:
         memo = self.cache_dir / "resolved" / f"{key}.json"
         if memo.exists():
             return [Package(*item) for item in json.loads(memo.read_text())]
-        progress(f"resolving {', '.join(wanted)} with apt")
+        log.info("resolving %s with apt", ", ".join(wanted))
         packages = self._simulate(wanted)
         memo.parent.mkdir(parents=True, exist_ok=True)
         memo.write_text(json.dumps([[p.name, p.version] for p in packages]))
@@ -112,9 +112,10 @@ class Apt:
         packages = sorted(set(packages))
         missing = [p for p in packages if p.deb_in(self.debs) is None]
         if missing:
-            progress(f"downloading {len(missing)} of {len(packages)} packages")
-            specs = [f"{p.name}={p.version}" for p in missing]
-            self._run(["apt-get", *self._option_args(), "download", *specs], cwd=self.debs)
+            log.info(
+                "downloading %d of %d packages from %s", len(missing), len(packages), self.sources
+            )
+            self._download([f"{p.name}={p.version}" for p in missing])
         found = {p: p.deb_in(self.debs) for p in packages}
         absent = [f"{p.name}={p.version}" for p, path in found.items() if path is None]
         if absent:
@@ -143,21 +144,57 @@ class Apt:
     def _option_args(self) -> list[str]:
         return [arg for option in self.options for arg in ("-o", option)]
 
-    def _run(self, argv: list[str], cwd: Path | None = None) -> str:
+    def _run(self, argv: list[str]) -> str:
         require_tool("apt-get", "apt")
-        result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            unknown = re.findall(r"Unable to locate package (\S+)", result.stderr)
-            if unknown:
-                raise ImageBuildError(
-                    f"package(s) not found in {self.sources}: {', '.join(unknown)}"
-                    "; check the name (apt-cache search) or run apt-get update"
-                )
-            raise ImageBuildError(
-                f"{' '.join(argv[:3])} ... failed (exit {result.returncode}):\n"
-                f"{result.stderr.strip()[-2000:]}"
-            )
+            raise self._failure(argv, result.returncode, result.stderr)
         return result.stdout
+
+    def _download(self, specs: list[str]) -> None:
+        """`apt-get download` into the deb cache, logging each package as apt fetches it and
+        every 10 % of the bytes: a kernel package is tens of MB, and a silent minute looks
+        like a hang."""
+        require_tool("apt-get", "apt")
+        argv = ["apt-get", *self._option_args(), "-o", "APT::Status-Fd=1", "download", *specs]
+        output: list[str] = []
+        with subprocess.Popen(
+            argv, cwd=self.debs, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as process:
+            assert process.stdout is not None
+            reported = 0
+            for line in process.stdout:
+                output.append(line)
+                reported = _report_download(line.rstrip("\n"), len(specs), reported)
+        if process.returncode != 0:
+            raise self._failure(argv, process.returncode, "".join(output))
+
+    def _failure(self, argv: list[str], code: int, output: str) -> ImageBuildError:
+        unknown = re.findall(r"Unable to locate package (\S+)", output)
+        if unknown:
+            return ImageBuildError(
+                f"package(s) not found in {self.sources}: {', '.join(unknown)}"
+                "; check the name (apt-cache search) or run apt-get update"
+            )
+        return ImageBuildError(
+            f"{' '.join(argv[:3])} ... failed (exit {code}):\n{output.strip()[-2000:]}"
+        )
+
+
+def _report_download(line: str, total: int, reported: int) -> int:
+    """Log one line of `apt-get download` worth showing; returns the last percent logged."""
+    status = _DLSTATUS.match(line)
+    if status:
+        percent = int(float(status[1])) // 10 * 10
+        if percent > reported:
+            log.info("download %d %% done", percent)
+            return percent
+    elif line.startswith("Get:"):
+        number, _, rest = line.removeprefix("Get:").partition(" ")
+        log.info("downloading [%s/%d] %s", number, total, rest.split(" ", 1)[-1])
+    elif line.startswith("Fetched "):
+        log.info("%s", line)
+    return reported
 
 
 def suite_apt(suite: str, cache_dir: Path, mirror: str = DEBIAN_MIRROR) -> Apt:
@@ -173,7 +210,7 @@ def suite_apt(suite: str, cache_dir: Path, mirror: str = DEBIAN_MIRROR) -> Apt:
     _write_sources(root, suite, mirror)
     stamp = root / "updated"
     if not stamp.exists() or time.time() - stamp.stat().st_mtime > SUITE_MAX_AGE:
-        progress(f"apt-get update for Debian {suite} (private state in {root})")
+        log.info("apt-get update for Debian %s (private state in %s)", suite, root)
         apt = Apt(cache_dir, options, root / "state" / "lists", f"Debian {suite} ({mirror})")
         apt._run(["apt-get", *apt._option_args(), "update"])
         stamp.touch()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -21,9 +22,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from harness.images import elf
-from harness.images.apt import Apt, Package, extract_deb, progress
+from harness.images.apt import Apt, Package, extract_deb
 from harness.images.cpio import S_IFDIR, S_IFLNK, S_IFREG, CpioWriter, Entry, parents
 from harness.images.errors import ImageBuildError
 from harness.images.kernel import (
@@ -37,6 +39,8 @@ from harness.images.kernel import (
     uncompressed_name,
 )
 from harness.images.recipe import Recipe, find_recipe, load_recipe
+
+log = logging.getLogger("hil.images")
 
 BUILDER_VERSION = "1"
 _HARNESS_DIR = Path(__file__).resolve().parents[1]
@@ -156,17 +160,23 @@ class _Builder:
             repr(userland_packages),
             _file_identity(kernel.vmlinuz),
             kernel.version,
+            _tree_digest(INIT_DIR),
             _tree_digest(AGENT_DIR),
         )
         directory = self.cache / "images" / f"{self.recipe.name}-{kernel.version}-{key}"
         if (directory / "manifest.json").exists() and not self.force:
+            log.info(
+                "image %r for kernel %s: cached in %s", self.recipe.name, kernel.version, directory
+            )
             return GuestImage.load(directory)
-        progress(f"building image {self.recipe.name!r} for kernel {kernel.version} -> {directory}")
+        log.info(
+            "building image %r for kernel %s -> %s", self.recipe.name, kernel.version, directory
+        )
         userland = self._userland(userland_packages)
         modules = self._modules_segment(kernel)
         agent = self._agent_segment()
         image = self._assemble(directory, kernel, userland, modules, agent, userland_packages)
-        progress(f"image ready in {time.monotonic() - started:.1f} s: {directory}")
+        log.info("image ready in %.1f s: %s", time.monotonic() - started, directory)
         return image
 
     # -- userland -------------------------------------------------------------------------
@@ -181,8 +191,8 @@ class _Builder:
         debs = self.apt.download(packages)
         with tempfile.TemporaryDirectory(prefix="hil-staging-") as scratch:
             staging = _Staging(Path(scratch))
-            for deb in debs:
-                progress(f"unpacking {deb.name}")
+            for number, deb in enumerate(debs, 1):
+                log.info("unpacking [%d/%d] %s", number, len(debs), deb.name)
                 staging.add_package(deb)
             partial = Path(tempfile.mkdtemp(prefix="userland-", dir=self.cache))
             try:
@@ -213,9 +223,9 @@ class _Builder:
         client.write_private_key_file(str(out / "client_key"))
         (out / "client_key.pub").write_text(f"{client.get_name()} {client.get_base64()} hil\n")
 
-    def _write_userland(self, staging: _Staging, keys: Path, out: object) -> None:
-        progress("writing userland initramfs segment")
-        archive = _Archive(out)  # type: ignore[arg-type]
+    def _write_userland(self, staging: _Staging, keys: Path, out: BinaryIO) -> None:
+        log.info("writing the userland initramfs segment")
+        archive = _Archive(out)
         for top in _MERGED_TOPS:
             archive.symlink(top, f"usr/{top}")
         for directory in (
@@ -273,9 +283,11 @@ class _Builder:
     def _modules_segment(self, kernel: PreparedKernel) -> Path | None:
         """The modules cpio, or None for a kernel given without modules (drivers built in)."""
         if kernel.modules_root is None:
-            progress(
-                f"kernel {kernel.version} comes without modules: no modules segment, the "
-                f"guest relies on built-in {', '.join(self.recipe.modules)}"
+            log.info(
+                "kernel %s comes without modules: no modules segment, the guest relies on "
+                "built-in %s",
+                kernel.version,
+                ", ".join(self.recipe.modules),
             )
             return None
         order = module_load_order(kernel, list(self.recipe.modules))
@@ -283,9 +295,11 @@ class _Builder:
         path = self.cache / "modules" / f"{kernel.version}-{key}.cpio.gz"
         if path.exists() and not self.force:
             return path
-        progress(
-            f"copying {len(order)} kernel modules of {kernel.version}: "
-            + ", ".join(uncompressed_name(p) for p in order)
+        log.info(
+            "copying %d kernel modules of %s: %s",
+            len(order),
+            kernel.version,
+            ", ".join(uncompressed_name(p) for p in order),
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
@@ -460,8 +474,8 @@ class _Staging:
 class _Archive:
     """CpioWriter that creates parent directories once and remembers what it holds."""
 
-    def __init__(self, out: object) -> None:
-        self._writer = CpioWriter(out)  # type: ignore[arg-type]
+    def __init__(self, out: BinaryIO) -> None:
+        self._writer = CpioWriter(out)
         self._paths: set[str] = set()
 
     def has(self, path: str) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from harness.errors import HarnessError
 
-class ImageBuildError(RuntimeError):
+
+class ImageBuildError(HarnessError):
     """A guest image could not be built; the message names the cause and the remedy."""

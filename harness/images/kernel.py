@@ -10,6 +10,7 @@ decompressed, because busybox insmod cannot read .ko.xz/.ko.zst.
 from __future__ import annotations
 
 import gzip
+import logging
 import lzma
 import re
 import struct
@@ -18,8 +19,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.images.apt import Apt, extract_deb, progress, require_tool, suite_apt
+from harness.images.apt import Apt, extract_deb, require_tool, suite_apt
 from harness.images.errors import ImageBuildError
+
+log = logging.getLogger("hil.images")
 
 _COMPRESSED_SUFFIXES = (".xz", ".zst", ".gz")
 _DEBIAN_PREFIX = "debian:"
@@ -184,7 +187,7 @@ def bzimage_release(vmlinuz: Path) -> str | None:
 
 def _unpack_kernel_deb(deb: Path, target: Path, origin: str) -> PreparedKernel:
     if not target.exists():
-        progress(f"unpacking {deb.name}")
+        log.info("unpacking %s", deb.name)
         partial = target.with_name(target.name + ".partial")
         extract_deb(deb, partial)
         partial.rename(target)

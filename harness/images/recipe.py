@@ -1,4 +1,11 @@
-"""Image recipes: YAML files in images/ describing what goes into a guest."""
+"""Image recipes: YAML files describing what goes into a guest.
+
+A recipe is named on the command line (`--hil-image`, `python -m harness.images build RECIPE`)
+either by path or by name. Resolution order: an existing file at that path (relative to the
+current directory) is the user's own recipe; anything else is a name among the recipes shipped
+with the harness (`RECIPES_DIR`). A user project keeps its recipes wherever it likes and passes
+their paths.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,11 @@ import yaml
 
 from harness.images.errors import ImageBuildError
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "images"
+#: The shipped recipes. In the repository this is a symlink to the top-level `images/`; the
+#: wheel and sdist carry the files themselves (pyproject.toml's package-data), so the same path
+#: works from a checkout and from an installed package.
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+DEFAULT_RECIPE = "default"
 
 
 @dataclass(frozen=True)
@@ -31,20 +42,35 @@ _REQUIRED = ("name", "kernel", "modules", "packages", "binaries", "kernel_cmdlin
 
 
 def find_recipe(name_or_path: str | None) -> Path:
-    """A recipe by path, or by name in images/ (default: images/default.yaml)."""
+    """The user's recipe file at `name_or_path`, else the shipped recipe of that name."""
     if name_or_path is None:
-        name_or_path = "default"
-    candidate = Path(name_or_path)
+        name_or_path = DEFAULT_RECIPE
+    candidate = Path(name_or_path).expanduser()
     if candidate.is_file():
         return candidate.resolve()
     by_name = RECIPES_DIR / f"{name_or_path}.yaml"
     if by_name.is_file():
         return by_name
-    known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))) or "none"
+    if _looks_like_path(name_or_path):
+        raise ImageBuildError(
+            f"image recipe file {candidate} does not exist (relative paths are taken from "
+            f"{Path.cwd()}); give an existing recipe YAML or a shipped recipe name "
+            f"({_shipped_names()})"
+        )
     raise ImageBuildError(
-        f"image recipe {name_or_path!r} not found (neither a file nor a name in {RECIPES_DIR}; "
-        f"known recipes: {known})"
+        f"image recipe {name_or_path!r} not found: not a file, and not one of the recipes "
+        f"shipped in {RECIPES_DIR} ({_shipped_names()}); give a shipped name or the path of "
+        "your own recipe YAML"
     )
+
+
+def _looks_like_path(text: str) -> bool:
+    return "/" in text or text.endswith((".yaml", ".yml"))
+
+
+def _shipped_names() -> str:
+    names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    return "shipped: " + (", ".join(names) if names else "none, the installation is incomplete")
 
 
 def load_recipe(path: Path) -> Recipe:

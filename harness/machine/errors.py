@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from harness.errors import HarnessError
 
-class MachineError(RuntimeError):
+
+class MachineError(HarnessError):
     """QEMU could not be started, reached or stopped as asked."""
 
 
@@ -19,3 +21,12 @@ class QmpError(MachineError):
 
 class WaitTimeout(MachineError):
     """A bounded wait ran out; the message names what was awaited."""
+
+
+class ReadTimeout(WaitTimeout):
+    """A read of `wanted` bytes got only `received` of them in time (0: nothing arrived)."""
+
+    def __init__(self, message: str, received: int, wanted: int) -> None:
+        super().__init__(message)
+        self.received = received
+        self.wanted = wanted

@@ -12,6 +12,7 @@ already paused but device state is not yet saved, so the host side can quiesce i
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from typing import Literal
 from harness.machine.errors import MachineError
 from harness.machine.qemu import Machine
 from harness.machine.qmp import QmpSession
+
+log = logging.getLogger("hil.machine")
 
 Mode = Literal["live", "paused", "file"]
 MODES: tuple[Mode, ...] = ("live", "paused", "file")
@@ -105,13 +108,15 @@ def migrate(
         _keep_source_running(source)  # file mode: the source finished; the load failed later
         raise
     destination.qmp.execute("cont")
-    return MigrationStats(
+    stats = MigrationStats(
         mode,
         info.get("total-time"),
         info.get("downtime"),
         (info.get("ram") or {}).get("transferred"),
         time.monotonic() - started,
     )
+    log.info("%s -> %s: migration done: %s", source.name, destination.name, stats)
+    return stats
 
 
 def _keep_source_running(source: Machine) -> None:

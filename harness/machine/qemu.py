@@ -8,7 +8,9 @@ outlive the sockets' owner unnoticed.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -21,6 +23,8 @@ from harness.machine.console import Console
 from harness.machine.errors import MachineError, QmpError, WaitTimeout
 from harness.machine.process import kill_on_collect, spawn, terminate
 from harness.machine.qmp import QmpSession, Transcript
+
+log = logging.getLogger("hil.machine")
 
 Accel = Literal["kvm", "tcg"]
 KVM_CPU = "host,-arch-capabilities"  # plain `host` fails on some nested hypervisors (MSR 0x10a)
@@ -216,6 +220,7 @@ class Machine:
         console_ours, console_theirs = socket.socketpair()
         argv = self.argv(qmp_theirs.fileno(), console_theirs.fileno())
         (self.workdir / f"{self.name}.cmdline").write_text(" ".join(argv) + "\n")
+        log.info("%s: starting QEMU: %s", self.name, shlex.join(argv))
         self.spawned_at = time.monotonic()
         try:
             self.process = spawn(
@@ -331,6 +336,7 @@ class Machine:
         if self.console is not None:
             self.console.close()
         self._transcript.record("shutdown", how)
+        log.info("%s: QEMU stopped (%s)", self.name, how)
         self._transcript.close()
         self._shutdown_result = how
         return how

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import threading
 import time
@@ -25,6 +26,7 @@ from qemu.qmp.qmp_client import ExecuteError
 from harness.machine.errors import MachineError, QmpError, WaitTimeout
 
 T = TypeVar("T")
+log = logging.getLogger("hil.machine")
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class QmpSession:
         self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 30
     ) -> Any:
         self.transcript.record("command", {"execute": command, "arguments": arguments or {}})
+        log.debug("%s: QMP %s %s", self.name, command, arguments or {})
         try:
             reply = self._call(
                 self._client.execute(command, arguments), timeout, f"the reply to QMP {command}"

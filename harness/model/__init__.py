@@ -3,9 +3,9 @@
 Public API (everything is re-exported here; no imports from other harness layers):
 
 Machine - ``VirtioSerialModel(behaviour=Behaviour())``
-    add_controller(id, max_ports=31) / remove_controller(id)            -> Outcome
-    add_port(name, *, controller, nr=None, console=False, backend="socket") -> int (port id)
-    remove_port(name)                                                    -> Outcome
+    hotplug_controller(id, max_ports=31) / unplug_controller(id)        -> Outcome
+    hotplug(name, *, controller, nr=None, console=False, backend="socket") -> int (port id)
+    unplug(name)                                                         -> Outcome
     host_open(name) / host_close(name)                                   -> Outcome
     host_write(name, payload) -> Outcome(value=int)    (never blocks)
     host_read(name, max_bytes=None) -> Outcome(value=ReadResult)  (EAGAIN when empty)
@@ -18,6 +18,9 @@ Machine - ``VirtioSerialModel(behaviour=Behaviour())``
     blocked() -> list[Pending];  snapshot() -> Snapshot
     discards: list[Discard];  written / read: bytes per direction (G2H, H2G);
     in_flight(direction), discarded(direction): written == read + in_flight + discarded
+Declarations - ``MachineDecl(memory, controllers, ports)``, ``ControllerDecl(id, max_ports)``,
+    ``PortDecl(name, controller, nr, console, backend)`` and their defaults (DEFAULT_MEMORY,
+    DEFAULT_CONTROLLER, DEFAULT_MAX_PORTS); ``build_model(machine)`` boots one.
 Results - ``Outcome(value, pending, completed)``, ``Pending(ticket, op, port)``,
     ``Completion(ticket, op, port, result, error)``, ``ReadResult(slices, eof)`` with
     ``.length`` and ``.sha256()``; ``EOF_RESULT``.
@@ -40,7 +43,18 @@ Switches - ``Behaviour`` (frozen): port_name_trailing_nul, load_checks_max_nr_po
 from __future__ import annotations
 
 from harness.model.behaviour import Behaviour
+from harness.model.boot import build_model
 from harness.model.control import ControlMessage, decode, encode, handshake
+from harness.model.declarations import (
+    BACKENDS,
+    DEFAULT_CONTROLLER,
+    DEFAULT_MAX_PORTS,
+    DEFAULT_MEMORY,
+    Backend,
+    ControllerDecl,
+    MachineDecl,
+    PortDecl,
+)
 from harness.model.device import (
     EOF_RESULT,
     G2H,
@@ -69,27 +83,36 @@ from harness.model.snapshot import (
 )
 
 __all__ = [
+    "BACKENDS",
+    "DEFAULT_CONTROLLER",
+    "DEFAULT_MAX_PORTS",
+    "DEFAULT_MEMORY",
     "EOF_RESULT",
     "G2H",
     "H2G",
+    "Backend",
     "Behaviour",
     "Completion",
     "ControlMessage",
+    "ControllerDecl",
     "ControllerView",
     "Difference",
     "Discard",
     "GuestPortView",
     "LoadEvent",
+    "MachineDecl",
     "ModelError",
     "Outcome",
     "Payload",
     "Pending",
+    "PortDecl",
     "PortView",
     "QemuPortView",
     "ReadResult",
     "Slice",
     "Snapshot",
     "VirtioSerialModel",
+    "build_model",
     "decode",
     "diff",
     "encode",

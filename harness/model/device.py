@@ -20,16 +20,16 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from harness.model import errors as E
 from harness.model.behaviour import Behaviour
+from harness.model.declarations import DEFAULT_MAX_PORTS, Backend
 from harness.model.payload import Payload, Slice, SliceQueue, as_payload, slices_sha256
 
 if TYPE_CHECKING:
     from harness.model.snapshot import Snapshot
 
-Backend = Literal["socket", "none"]
 G2H = "guest->host"
 H2G = "host->guest"
 MAX_SUPPORTED_PORTS = 1024 // 2 - 1  # VIRTIO_QUEUE_MAX / 2 - 1 = 511
@@ -217,10 +217,12 @@ class VirtioSerialModel:
             self.discards.append(Discard(port.name, direction, where, nbytes, why))
 
     # ------------------------------------------------------------- controllers
-    def add_controller(self, id: str, max_ports: int = 31) -> Outcome:
+    def hotplug_controller(self, id: str, max_ports: int = DEFAULT_MAX_PORTS) -> Outcome:
         """virtio_serial_device_realize (seed lines 808-886)."""
         if id in self.controllers:
             raise E.ModelError(E.duplicate_device_id(id))
+        if not 0 <= max_ports <= E.UINT32_MAX:  # a uint32 property: QEMU's parser refuses it
+            raise E.ModelError(E.expects_uint32("max_ports"))
         if max_ports == 0:
             raise E.ModelError(E.MAX_PORTS_NOT_SPECIFIED)
         if max_ports > MAX_SUPPORTED_PORTS:
@@ -230,7 +232,7 @@ class VirtioSerialModel:
         self.controllers[id] = Controller(id, max_ports, words)
         return self._outcome()
 
-    def remove_controller(self, id: str) -> Outcome:
+    def unplug_controller(self, id: str) -> Outcome:
         """device_del of the controller unplugs every port on its bus first."""
         ctrl = self.controllers.get(id)
         if ctrl is None:
@@ -241,7 +243,7 @@ class VirtioSerialModel:
         return self._outcome()
 
     # ------------------------------------------------------------------- ports
-    def add_port(
+    def hotplug(
         self,
         name: str,
         *,
@@ -271,6 +273,10 @@ class VirtioSerialModel:
 
     def _choose_id(self, ctrl: Controller, name: str, nr: int | None, console: bool) -> int:
         """The checks in QEMU's order: id taken, name taken, allocation, range, nr 0."""
+        if nr is not None and not 0 <= nr <= E.UINT32_MAX:  # a uint32 property
+            raise E.ModelError(E.expects_uint32("nr"))
+        if nr == E.UINT32_MAX:  # VIRTIO_CONSOLE_BAD_ID, the property's "not given"
+            nr = None
         plugging_port0 = console and self._port_at(ctrl, 0) is None
         if nr is not None and self._port_at(ctrl, nr) is not None:
             raise E.ModelError(E.port_exists_at_id(nr))
@@ -286,7 +292,7 @@ class VirtioSerialModel:
             raise E.ModelError(E.NR0_RESERVED)
         return nr
 
-    def remove_port(self, name: str) -> Outcome:
+    def unplug(self, name: str) -> Outcome:
         """Hot unplug is immediate: bit cleared (not for 0), data discarded, PORT_REMOVE."""
         port = self.ports.get(name)
         if port is None:

@@ -1,23 +1,21 @@
 """The one error type of the model and the exact texts it carries.
 
-A runner matches ``expect_error`` as a substring of ``str(error)``, so ``text`` is QEMU's
-``error_setg`` message where QEMU reports the failure and the errno name where the guest
-kernel does.  Sources: QEMU hw/char/virtio-serial-bus.c (realize, seed lines 732-753),
-hw/char/virtio-console.c (virtconsole_realize) and Linux drivers/char/virtio_console.c.
+A runner matches ``expect_error`` as a substring of ``text`` (harness.errors.OperationFailed,
+shared with the real system's failures), so ``text`` is QEMU's ``error_setg`` message where
+QEMU reports the failure and the errno name where the guest kernel does.  Sources: QEMU
+hw/char/virtio-serial-bus.c (realize, seed lines 732-753), hw/char/virtio-console.c
+(virtconsole_realize) and Linux drivers/char/virtio_console.c.
 """
 
 from __future__ import annotations
 
+from harness.errors import OperationFailed
+
 BUS = "virtio-serial-bus: "
 
 
-class ModelError(Exception):
+class ModelError(OperationFailed):
     """A predicted failure: ``text`` is QEMU's message or an errno name such as "EBUSY"."""
-
-    def __init__(self, text: str, detail: str = "") -> None:
-        self.text = text
-        self.detail = detail
-        super().__init__(f"{text} ({detail})" if detail else text)
 
 
 def port_exists_at_id(nr: int) -> str:
@@ -44,6 +42,14 @@ MAX_PORTS_NOT_SPECIFIED = "Maximum number of serial ports not specified"
 
 def max_supported(limit: int) -> str:
     return f"maximum ports supported: {limit}"
+
+
+UINT32_MAX = 2**32 - 1
+
+
+def expects_uint32(prop: str) -> str:
+    """QEMU's property parser (observed, QEMU 7.2: -device virtio-serial-pci,max_ports=-1)."""
+    return f"Parameter '{prop}' expects uint32_t"
 
 
 def duplicate_device_id(dev_id: str) -> str:

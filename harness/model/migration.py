@@ -208,11 +208,11 @@ def clone_configuration(source: VirtioSerialModel) -> VirtioSerialModel:
     """A destination started with the same command line and the same host connections."""
     dest = VirtioSerialModel(source.behaviour)
     for ctrl in source.controllers.values():
-        dest.add_controller(ctrl.id, ctrl.max_ports)
+        dest.hotplug_controller(ctrl.id, ctrl.max_ports)
     for ctrl in source.controllers.values():
         for name in ctrl.ports:
             port = source.ports[name]
-            dest.add_port(
+            dest.hotplug(
                 name, controller=ctrl.id, nr=port.nr, console=port.console, backend=port.backend
             )
             if port.host_attached:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from harness.plugin import logs
 from harness.plugin.options import add_options, check_kernel_specs
 
 #: Marks the plugin gives items (qemu) or documents for scenarios (slow): registered here so
@@ -33,6 +34,11 @@ def pytest_configure(config: pytest.Config) -> None:
     check_kernel_specs(config)
     for line in MARKERS:
         config.addinivalue_line("markers", line)
+    logs.configure(config)
     for name in _LAYERS:
         if not config.pluginmanager.has_plugin(name):
             config.pluginmanager.import_plugin(name)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    logs.unconfigure(config)

@@ -18,7 +18,7 @@ from harness.images.builder import GuestImage, default_cache_dir
 from harness.machine.snapshot_cache import StateCache
 from harness.plugin.options import HilSettings
 
-LOG = logging.getLogger("harness.start")
+LOG = logging.getLogger("hil.plugin")
 _config: list[pytest.Config] = []  # the running session's config (for the terminal lines)
 
 

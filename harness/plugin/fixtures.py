@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
+import logging
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,12 @@ from harness.images.builder import GuestImage, build_image
 from harness.images.errors import ImageBuildError
 from harness.machine.accel import AccelChoice, choose_accel
 from harness.machine.qemu import ControllerSpec, Machine, MachineSpec
+from harness.model import MachineDecl
 from harness.plugin.faststart import start as start_guest
 from harness.plugin.kernels import kernel_id
 from harness.plugin.options import HilSettings
+
+log = logging.getLogger("hil.plugin")
 
 GuestFactory = Callable[..., Guest]
 _ACCEL_KEY = pytest.StashKey[AccelChoice]()
@@ -87,6 +91,7 @@ def _session_accel(config: pytest.Config, settings: HilSettings, image: GuestIma
         image.initramfs,
     )
     config.stash[_ACCEL_KEY] = choice
+    log.info("accel: %s", choice.describe())
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(f"hil: {choice.describe()}", yellow=choice.accel == "tcg")
@@ -238,18 +243,11 @@ def hil_system_factory(
         system.stop()
 
 
-@dataclass(frozen=True)
-class DefaultMachine:
-    memory: int = 512
-    controllers: list[ControllerSpec] = field(default_factory=lambda: [ControllerSpec("vser0")])
-    ports: list[Any] = field(default_factory=list)
-
-
 @pytest.fixture
 def hil_system(hil_system_factory: Callable[[], QemuSystem]) -> QemuSystem:
     """A started real system: a booted guest with controller vser0, its agent, no ports."""
     system = hil_system_factory()
-    system.start(DefaultMachine())
+    system.start(MachineDecl())
     return system
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from harness.images.errors import ImageBuildError
 from harness.images.kernel import KERNEL_SPEC_FORMS, parse_kernel_spec
+from harness.images.recipe import DEFAULT_RECIPE
 
 ACCEL_CHOICES = ("auto", "kvm", "tcg")
 BACKEND_CHOICES = ("model", "qemu")
@@ -42,9 +43,10 @@ def add_options(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--hil-image",
-        default="default",
+        default=DEFAULT_RECIPE,
         metavar="RECIPE",
-        help="guest image recipe: a name in images/ or a path to a recipe YAML",
+        help="guest image recipe: the path of your own recipe YAML, else the name of a recipe "
+        "shipped with the harness",
     )
     group.addoption(
         "--hil-qemu",

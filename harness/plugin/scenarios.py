@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
+from harness.errors import HarnessError
 from harness.images.errors import ImageBuildError
 from harness.model import Behaviour, VirtioSerialModel
 from harness.plugin.kernels import Observation, behaviour_for, flatten, kernel_id
@@ -272,7 +273,7 @@ class InvalidScenario(pytest.Item):
         return self.path, self.error.line - 1, f"invalid scenario {self.name}"
 
 
-class FactoryUnavailable(Exception):
+class FactoryUnavailable(HarnessError):
     """qemu mode without the backend's fixture: say how to proceed instead of a traceback."""
 
 

@@ -9,6 +9,7 @@ port | field | expected | actual table, because that is what a reader needs to a
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -16,25 +17,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.backend.settle import settle
+from harness.errors import HarnessError, OperationFailed
 from harness.model import (
     Completion,
     Difference,
     ModelError,
-    Outcome,
-    Payload,
     Pending,
     ReadResult,
     Snapshot,
     VirtioSerialModel,
+    build_model,
     format_diff,
-    migrate,
 )
-from harness.model.migration import clone_configuration
 from harness.model.payload import slices_bytes
 from harness.scenario.observe import check_differences, sigio_events
-from harness.scenario.schema import MachineDecl, Scenario, Step, build_model, payload_seed
-from harness.scenario.system import RealSystem, StepFailure
+from harness.scenario.schema import Scenario
+from harness.scenario.steps import STEPS, Step, StepCall
+from harness.scenario.system import RealSystem
 
+log = logging.getLogger("hil.scenario")
 StepContext = Callable[[Step], AbstractContextManager[Any]]
 BOOT = Step(0, "boot", {}, None, "", 0, 0)
 DEFAULT_READ = 65536
@@ -50,8 +51,11 @@ class RunnerOptions:
     quiet_timeout: float = 0.5  # how long a read that should find nothing may wait
 
 
-class ScenarioFailure(AssertionError):
-    """The first disagreement; ``str()`` starts with ``step N (<kind> <port>): ``."""
+class ScenarioFailure(HarnessError, AssertionError):
+    """The first disagreement; ``str()`` starts with ``step N (<kind> <port>): ``.
+
+    Also an AssertionError: pytest reports it as the test failing, like a failed ``assert``.
+    """
 
     def __init__(
         self, step: Step, message: str, table: str = "", console: list[str] | None = None
@@ -79,7 +83,6 @@ class _Background:
     step: Step
     pending: Pending
     handle: object | None
-    expect: str | None = None
 
 
 @dataclass
@@ -112,8 +115,28 @@ class ScenarioRunner:
                 self._settle(BOOT)
                 self._check_console(BOOT)
         for step in self.scenario.steps:
+            log.info("%s: step %d %s", self.scenario.name, step.index, step.label)
             with self.step_context(step):
                 self.run_step(step)
+        self.finish()
+
+    def finish(self) -> None:
+        """The end of a scenario: an operation still blocked here was never judged.
+
+        Its ``expect``, ``eof`` or ``expect_error`` only applies when it completes, so a
+        scenario that ends first would pass without ever checking them: fail instead.
+        """
+        for job in self.background:
+            args = job.step.args
+            unchecked = [f"{key}: {_yaml(args[key])}" for key in _EXPECTATIONS if key in args]
+            if job.step.expect_error is not None:
+                unchecked.append(f"expect_error: {job.step.expect_error!r}")
+            if unchecked:
+                raise ScenarioFailure(
+                    job.step,
+                    f"still blocked when the scenario ended, so {' and '.join(unchecked)} "
+                    "was never checked; add the step that completes it, or drop the expectation",
+                )
 
     def run_step(self, step: Step) -> None:
         before = self.model.snapshot()
@@ -125,82 +148,38 @@ class ScenarioRunner:
         self._record_sigio(step, prediction, before)
         self._settle(step)
         self._follow_background(step, prediction)
-        if step.kind == "check":
+        if STEPS[step.kind].asserts:
             self._check(step)
         self._check_console(step)
 
     # ------------------------------------------------------------- model side
-    def _payload(self, step: Step) -> Payload:
-        if "data" in step.args:
-            return Payload.literal(step.args["data"].encode())
-        return Payload.generated(payload_seed(self.scenario.name, step.index), step.args["size"])
+    def _call(self, step: Step) -> StepCall:
+        return StepCall(step, self.model, self.scenario.name)
 
     def _predict(self, step: Step) -> Prediction:
+        call = self._call(step)
         try:
-            outcome = self._model_op(step)
+            outcome = STEPS[step.kind].model(call)
         except ModelError as error:
             return Prediction(error=error)
+        self.model = call.model  # a migration goes on with the destination's model
         return Prediction(outcome.value, None, outcome.pending, outcome.completed)
-
-    def _model_op(self, step: Step) -> Outcome:
-        model, args = self.model, step.args
-        port = args.get("port")
-        simple: dict[str, Callable[[], Outcome]] = {
-            "host_open": lambda: model.host_open(port),
-            "host_close": lambda: model.host_close(port),
-            "host_write": lambda: model.host_write(port, self._payload(step)),
-            "host_read": lambda: model.host_read(port, args.get("max_bytes")),
-            "guest_open": lambda: model.guest_open(port, args.get("nonblocking", False)),
-            "guest_close": lambda: model.guest_close(port),
-            "guest_read": lambda: model.guest_read(port, args.get("max_bytes")),
-            "guest_write": lambda: model.guest_write(port, self._payload(step)),
-            "guest_seek": lambda: model.guest_seek(port),
-            "unplug": lambda: model.remove_port(port),
-            "hotplug_controller": lambda: model.add_controller(
-                args["id"], args.get("max_ports", 31)
-            ),
-            "unplug_controller": lambda: model.remove_controller(args["id"]),
-            "reboot": model.reboot,
-            "check": lambda: Outcome(),
-        }
-        if step.kind in simple:
-            return simple[step.kind]()
-        if step.kind == "hotplug":
-            nr = model.add_port(
-                args["name"],
-                controller=args["controller"],
-                nr=args.get("nr"),
-                console=args.get("console", False),
-                backend=args.get("backend", "socket"),
-            )
-            return Outcome(nr)
-        if step.kind == "migrate":
-            return self._model_migrate(args.get("destination"))
-        raise AssertionError(f"unhandled step kind {step.kind}")
-
-    def _model_migrate(self, decl: MachineDecl | None) -> Outcome:
-        """Build the destination as the harness would start it, then load into it."""
-        if decl is None:
-            dest = clone_configuration(self.model)
-        else:
-            dest = build_model(decl)
-            for name in dest.ports:
-                source = self.model.ports.get(name)
-                if source is not None and source.host_attached:
-                    dest.host_open(name)
-        migrate(self.model, dest)
-        self.model = dest
-        return Outcome()
 
     # ------------------------------------------------------------- real side
     def _apply_real(self, step: Step, prediction: Prediction) -> _Outcome:
-        if self.real is None:
-            return _Outcome(prediction.value, prediction.error.text if prediction.error else None)
-        if prediction.pending is not None:
+        if prediction.pending is not None:  # followed in model mode too: it must end as said
             self._start_background(step, prediction.pending)
             return _Outcome()
+        if self.real is None:
+            return _Outcome(prediction.value, prediction.error.text if prediction.error else None)
+        call = self._call(step)
+        call.read_size = self._read_size(step, prediction)
+        if prediction.error is not None:
+            call.timeout = self.options.quiet_timeout
+        else:
+            call.timeout = self.options.op_timeout
         try:
-            return _Outcome(self._real_op(self.real, step, prediction))
+            return _Outcome(STEPS[step.kind].real(self.real, call))
         except Exception as failure:
             text = failure_text(failure)
             if text is None:
@@ -213,55 +192,24 @@ class ScenarioRunner:
             return prediction.value.length
         return step.args.get("max_bytes") or DEFAULT_READ
 
-    def _real_op(self, real: RealSystem, step: Step, prediction: Prediction) -> object:
-        args, port = step.args, step.args.get("port", "")
-        timeout = self.options.op_timeout
-        if prediction.error is not None:
-            timeout = self.options.quiet_timeout
-        kind = step.kind
-        calls: dict[str, Callable[[], object]] = {
-            "host_open": lambda: real.host_open(port),
-            "host_close": lambda: real.host_close(port),
-            "host_write": lambda: real.host_write(port, self._payload(step)),
-            "host_read": lambda: real.host_read(port, self._read_size(step, prediction), timeout),
-            "guest_open": lambda: real.guest_open(port, args.get("nonblocking", False)),
-            "guest_close": lambda: real.guest_close(port),
-            "guest_read": lambda: real.guest_read(port, self._read_size(step, prediction), timeout),
-            "guest_write": lambda: real.guest_write(port, self._payload(step), timeout),
-            "guest_seek": lambda: real.guest_seek(port),
-            "hotplug": lambda: real.hotplug(
-                args["name"],
-                args.get("nr"),
-                args.get("console", False),
-                args["controller"],
-                args.get("backend", "socket"),
-            ),
-            "unplug": lambda: real.unplug(port),
-            "hotplug_controller": lambda: real.hotplug_controller(
-                args["id"], args.get("max_ports", 31)
-            ),
-            "unplug_controller": lambda: real.unplug_controller(args["id"]),
-            "migrate": lambda: real.migrate(args.get("destination"), args.get("mode", "live")),
-            "reboot": real.reboot,
-            "check": lambda: None,
-        }
-        return calls[kind]()
-
     def _start_background(self, step: Step, pending: Pending) -> None:
         handle = None
+        start = STEPS[step.kind].background
         if self.real is not None:
-            op = "read" if step.kind == "guest_read" else "write"
-            extra: dict[str, object] = (
-                {"max_bytes": step.args.get("max_bytes")}
-                if op == "read"
-                else {"payload": self._payload(step)}
-            )
-            handle = self.real.start_guest_op(op, step.args["port"], **extra)
-        self.background.append(_Background(step, pending, handle, step.args.get("expect")))
+            if start is None:
+                raise AssertionError(f"the model blocks {step.kind}, which cannot run blocked")
+            handle = start(self.real, self._call(step))
+        self.background.append(_Background(step, pending, handle))
 
     # ------------------------------------------------------------- judging
     def _judge_error(self, step: Step, prediction: Prediction, actual: _Outcome) -> None:
-        """expect_error must be a substring of the model's AND the real system's text."""
+        """expect_error must be a substring of the model's AND the real system's text.
+
+        A step the model predicts blocks has no error yet: its expect_error is judged when it
+        completes (``_judge_end``), or fails the scenario if it never does (``finish``).
+        """
+        if prediction.pending is not None:
+            return
         model_text = prediction.error.text if prediction.error else None
         if step.expect_error is None:
             if model_text is not None:
@@ -277,7 +225,7 @@ class ScenarioRunner:
                 )
             return
         want = step.expect_error
-        if model_text is None or want not in str(prediction.error):
+        if model_text is None or want not in model_text:
             raise ScenarioFailure(
                 step, f"expected error {want!r}, the model predicts {_describe(model_text)}"
             )
@@ -288,9 +236,9 @@ class ScenarioRunner:
 
     def _judge_value(self, step: Step, prediction: Prediction, actual: _Outcome) -> None:
         if isinstance(prediction.value, ReadResult):
-            self._judge_read(step, prediction.value, actual.value, step.args.get("expect"))
+            self._judge_read(step, step, prediction.value, actual.value)
         elif (
-            step.kind == "guest_write"
+            STEPS[step.kind].compares_count
             and self.real is not None
             and (actual.value != prediction.value)
         ):
@@ -300,28 +248,29 @@ class ScenarioRunner:
                 _table(step, "written", prediction.value, actual.value),
             )
 
-    def _judge_read(
-        self, step: Step, predicted: ReadResult, real: object, expect: str | None
-    ) -> None:
-        """Author's literal vs the model first (the model must agree with the author too)."""
-        label = step.args.get("port", "")
-        if "eof" in step.args and step.args["eof"] != predicted.eof:
+    def _judge_read(self, step: Step, origin: Step, predicted: ReadResult, real: object) -> None:
+        """Author's literal vs the model first (the model must agree with the author too).
+
+        ``origin`` is the read step whose ``expect``/``eof`` apply (a blocked read completes
+        during a later ``step``).  At EOF a read returns no bytes, so ``expect: ""`` holds.
+        """
+        label = origin.args.get("port", "")
+        expect: str | None = origin.args.get("expect")
+        if "eof" in origin.args and origin.args["eof"] != predicted.eof:
             raise ScenarioFailure(
                 step,
                 "the model disagrees with the scenario's eof",
-                _table(step, "eof", step.args["eof"], predicted.eof),
+                _table(origin, "eof", origin.args["eof"], predicted.eof),
             )
         if expect is not None:
-            got = (
-                "<EOF>"
-                if predicted.eof
-                else slices_bytes(predicted.slices).decode("utf-8", "replace")
-            )
+            got = slices_bytes(predicted.slices).decode("utf-8", "replace")
             if got != expect:
+                at_eof = ' (the read is at EOF: it returns no bytes; expect: "" or eof: true)'
                 raise ScenarioFailure(
                     step,
-                    "the model disagrees with the scenario's expect",
-                    _table(step, "data", expect, got),
+                    "the model disagrees with the scenario's expect"
+                    + (at_eof if predicted.eof else ""),
+                    _table(origin, "data", expect, got),
                 )
         if self.real is None:
             return
@@ -376,8 +325,9 @@ class ScenarioRunner:
     def _judge_completion(self, step: Step, job: _Background, done: Completion) -> None:
         result, error = self._wait_done(step, job)
         what = f"{job.pending.op} started at step {job.step.index}"
-        if isinstance(done.result, ReadResult) and job.expect is not None:
-            self._judge_read(step, done.result, result, job.expect)
+        self._judge_end(step, job, done)
+        if isinstance(done.result, ReadResult):
+            self._judge_read(step, job.step, done.result, result)
         if self.real is None:
             return
         if done.error is not None:
@@ -391,12 +341,30 @@ class ScenarioRunner:
         if error is not None:
             raise ScenarioFailure(step, f"{what} failed with {error!r}, the model predicts success")
         if isinstance(done.result, ReadResult):
-            self._judge_read(step, done.result, result, job.expect)
+            self._judge_read(step, job.step, done.result, result)
         elif result != done.result:
             raise ScenarioFailure(
                 step,
                 f"{what} returned a different count",
                 _table(step, "written", done.result, result),
+            )
+
+    def _judge_end(self, step: Step, job: _Background, done: Completion) -> None:
+        """The blocked step's expect_error is about how it ends: the model must agree."""
+        what = f"{job.pending.op} started at step {job.step.index}"
+        model_text = done.error.text if done.error else None
+        want = job.step.expect_error
+        if want is None and model_text is not None:
+            raise ScenarioFailure(
+                step,
+                f"{what} ends here with {model_text!r} (the model predicts it); add "
+                f"expect_error: {model_text} to step {job.step.index} if that is intended",
+            )
+        if want is not None and (model_text is None or want not in model_text):
+            raise ScenarioFailure(
+                step,
+                f"{what} should end with error {want!r} (its expect_error), "
+                f"the model predicts it ends with {_describe(model_text)}",
             )
 
     def _assert_blocked(self, step: Step, job: _Background) -> None:
@@ -467,16 +435,15 @@ class ScenarioRunner:
             )
 
 
-def failure_text(error: BaseException) -> str | None:
-    """The error text of a real step failure: StepFailure, or any exception with ``.text``.
+_EXPECTATIONS = ("expect", "eof")
 
-    Structural on purpose: the backend raises its own exception type (it may not import
-    this layer), and anything without a ``.text`` is a harness bug that must propagate.
+
+def failure_text(error: BaseException) -> str | None:
+    """The device's text of a real step failure (any OperationFailed), else None.
+
+    Anything else is a harness problem or bug and must propagate.
     """
-    if isinstance(error, StepFailure):
-        return error.text
-    text = getattr(error, "text", None)
-    return text if isinstance(text, str) else None
+    return error.text if isinstance(error, OperationFailed) else None
 
 
 def collapse(masks: list[frozenset[str]]) -> list[frozenset[str]]:
@@ -486,6 +453,11 @@ def collapse(masks: list[frozenset[str]]) -> list[frozenset[str]]:
         if not out or out[-1] != mask:
             out.append(mask)
     return out
+
+
+def _yaml(value: object) -> str:
+    """A value as the author wrote it: true/false, quoted text."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)
 
 
 def _describe(error: str | None) -> str:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
+from harness.errors import OperationFailed
+
 if TYPE_CHECKING:
-    from harness.model import Payload, Snapshot
-    from harness.scenario.schema import MachineDecl
+    from harness.model import Backend, MachineDecl, Payload, Snapshot
 
 GuestOp = Literal["read", "write", "open"]
 
@@ -19,17 +20,13 @@ GuestOp = Literal["read", "write", "open"]
 ARTIFACT_NAMES = ("serial log", "QMP transcript", "kernel messages", "agent log")
 
 
-class StepFailure(Exception):
+class StepFailure(OperationFailed):
     """A real operation failed; ``text`` is QEMU's error message or the guest errno name.
 
     The runner matches ``expect_error`` as a substring of ``text``, exactly as it does
-    against the model's ``ModelError.text``, so both must carry the same vocabulary.
+    against the model's ``ModelError.text``, so both must carry the same vocabulary. A real
+    system may raise any ``OperationFailed`` (the backend raises its RealFailure).
     """
-
-    def __init__(self, text: str, detail: str = "") -> None:
-        self.text = text
-        self.detail = detail
-        super().__init__(f"{text} ({detail})" if detail else text)
 
 
 class ReadData(Protocol):
@@ -64,6 +61,9 @@ class RealSystem(Protocol):
     def host_read(self, port: str, length: int, timeout: float) -> ReadData:
         """Read exactly ``length`` bytes (fewer only at timeout/EOF); EAGAIN when none."""
 
+    def host_stall(self, port: str, stalled: bool) -> None:
+        """Stop (True) or resume (False) reading the host socket, like a busy host program."""
+
     def guest_open(self, port: str, nonblocking: bool) -> None: ...
     def guest_close(self, port: str) -> None: ...
 
@@ -86,7 +86,7 @@ class RealSystem(Protocol):
         """(done, result, error text or None); result as guest_read/guest_write return."""
 
     def hotplug(
-        self, name: str, nr: int | None, console: bool, controller: str, backend: str
+        self, name: str, nr: int | None, console: bool, controller: str, backend: Backend
     ) -> None: ...
     def unplug(self, name: str) -> None: ...
     def hotplug_controller(self, id: str, max_ports: int) -> None: ...

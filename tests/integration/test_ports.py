@@ -143,7 +143,7 @@ def test_unplug_while_the_guest_holds_the_port_open(twin: Twin) -> None:
     twin.both("guest_open", NAME)
     agent = _agent(twin)
     twin.real.ports.remove_port(twin.real._ports[NAME].spec)  # type: ignore[union-attr]
-    twin.model.remove_port(NAME)
+    twin.model.unplug(NAME)
     with pytest.raises(Exception, match="ENODEV"):
         agent.read(NAME, 16, timeout=2)
     with pytest.raises(Exception, match="ENODEV"):
@@ -170,7 +170,7 @@ def test_hotplug_errors_are_qemus_own_text(twin: Twin, case: str, nr: int, expec
 
 
 def test_duplicate_name_and_one_port_too_many(twin: Twin) -> None:
-    twin.both("add_controller", "vser1", 2, model_args=("vser1", 2))
+    twin.both("hotplug_controller", "vser1", 2, model_args=("vser1", 2))
     twin.hotplug("org.hil.one", controller="vser1")
     error = twin.hotplug("org.hil.one", controller="vser0")
     assert error is not None and "A port already exists by name org.hil.one" in error
@@ -198,14 +198,14 @@ def test_hotplug_churn_keeps_guest_and_qemu_in_step(twin: Twin) -> None:
         twin.hotplug(name)
     guest_matches_qemu("30 added")
     for name in names[:25]:
-        twin.both("remove_port", name)
+        twin.both("unplug", name)
     guest_matches_qemu("25 removed")
     for name in names[:5]:
         twin.hotplug(name)
     guest_matches_qemu("5 re-added")
     twin.agree("churn setup")
     for round_number in range(50):
-        twin.both("remove_port", names[0])
+        twin.both("unplug", names[0])
         twin.hotplug(names[0])
         guest_matches_qemu(f"round {round_number}")
     twin.agree("50 remove/re-add rounds")

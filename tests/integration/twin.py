@@ -17,7 +17,7 @@ class Twin:
         self.model = VirtioSerialModel()
         self.settle_timeout = settle_timeout
         for controller in real.snapshot().controllers.values():
-            self.model.add_controller(controller.id, controller.max_ports)
+            self.model.hotplug_controller(controller.id, controller.max_ports)
 
     def both(
         self, operation: str, *args: Any, model_args: tuple[Any, ...] | None = None, **kwargs: Any
@@ -26,7 +26,7 @@ class Twin:
         model_value, real_value, _ = self._agreed(
             f"{operation}{args}",
             lambda: getattr(self.model, operation)(*(model_args or args), **kwargs),
-            lambda: getattr(self.real, _REAL_NAMES.get(operation, operation))(*args, **kwargs),
+            lambda: getattr(self.real, operation)(*args, **kwargs),
         )
         return model_value, real_value
 
@@ -41,7 +41,7 @@ class Twin:
         """Plug on both; returns the (agreed) error text, or None."""
         return self._agreed(
             f"hotplug {name}",
-            lambda: self.model.add_port(
+            lambda: self.model.hotplug(
                 name, controller=controller, nr=nr, console=console, backend=backend
             ),
             lambda: self.real.hotplug(name, nr, console, controller, backend),
@@ -70,9 +70,6 @@ class Twin:
     def agree(self, where: str) -> None:
         _, differences = settle(self.model.snapshot(), self.real.snapshot, self.settle_timeout)
         assert not differences, f"after {where}, real != model:\n{format_diff(differences)}"
-
-
-_REAL_NAMES = {"remove_port": "unplug", "add_controller": "hotplug_controller"}
 
 
 def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:

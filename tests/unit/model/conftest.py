@@ -8,14 +8,14 @@ from harness.model import Behaviour, ModelError, VirtioSerialModel
 @pytest.fixture
 def model() -> VirtioSerialModel:
     m = VirtioSerialModel()
-    m.add_controller("vser0")
+    m.hotplug_controller("vser0")
     return m
 
 
 @pytest.fixture
 def opened(model: VirtioSerialModel) -> VirtioSerialModel:
     """Serial port 'p' (id 1), host connected, guest fd open (blocking)."""
-    model.add_port("p", controller="vser0")
+    model.hotplug("p", controller="vser0")
     model.host_open("p")
     model.guest_open("p")
     return model

@@ -29,8 +29,8 @@ def data_of(outcome) -> bytes:
 
 def stalled_model(**kw) -> VirtioSerialModel:
     m = VirtioSerialModel(Behaviour(**kw))
-    m.add_controller("c")
-    m.add_port("p", controller="c")
+    m.hotplug_controller("c")
+    m.hotplug("p", controller="c")
     m.host_open("p")
     m.guest_open("p")
     m.set_host_backpressure("p", True)
@@ -40,7 +40,7 @@ def stalled_model(**kw) -> VirtioSerialModel:
 # ------------------------------------------------------------------ host open/close
 def test_host_open_sets_both_views(model):
     # seed 224-234: virtio_serial_open sets host_connected and sends PORT_OPEN 1
-    model.add_port("p", controller="vser0")
+    model.hotplug("p", controller="vser0")
     model.host_open("p")
     view = model.snapshot().ports["p"]
     assert view.qemu.host_connected and view.guest.host_connected
@@ -48,7 +48,7 @@ def test_host_open_sets_both_views(model):
 
 
 def test_host_open_twice_and_close_unopened(model):
-    model.add_port("p", controller="vser0")
+    model.hotplug("p", controller="vser0")
     with pytest.raises(ModelError, match="ENOTCONN"):
         model.host_close("p")
     model.host_open("p")
@@ -58,7 +58,7 @@ def test_host_open_twice_and_close_unopened(model):
 
 def test_console_with_chardev_is_host_connected_from_realize(model):
     # virtio-console.c virtconsole_realize: consoles call virtio_serial_open at realize
-    model.add_port("con", controller="vser0", console=True)
+    model.hotplug("con", controller="vser0", console=True)
     view = model.snapshot().ports["con"]
     assert view.qemu.host_connected and view.guest.host_connected
     # the client coming and going does not change QEMU's state (no chr_event for consoles)
@@ -68,7 +68,7 @@ def test_console_with_chardev_is_host_connected_from_realize(model):
 
 
 def test_console_without_chardev_never_host_connected(model):
-    model.add_port("con", controller="vser0", console=True, backend="none")
+    model.hotplug("con", controller="vser0", console=True, backend="none")
     assert not model.snapshot().ports["con"].qemu.host_connected
     with pytest.raises(ModelError, match="ECONNREFUSED"):
         model.host_open("con")
@@ -76,7 +76,7 @@ def test_console_without_chardev_never_host_connected(model):
 
 def test_console_guest_state_after_handshake(model):
     # Linux init_port_console: guest_connected = true, PORT_OPEN 1; vtermno from 1
-    model.add_port("con", controller="vser0", console=True)
+    model.hotplug("con", controller="vser0", console=True)
     view = model.snapshot().ports["con"]
     assert view.qemu.guest_connected and view.guest.guest_connected
     assert view.guest.is_console and view.guest.console_vtermno == 1
@@ -119,14 +119,14 @@ def test_second_guest_open_is_ebusy(opened):
 
 
 def test_console_port_open_is_enxio(model):
-    model.add_port("con", controller="vser0", console=True)
+    model.hotplug("con", controller="vser0", console=True)
     with pytest.raises(ModelError, match=r"^ENXIO"):
         model.guest_open("con")
 
 
 def test_open_after_unplug_is_enxio_and_unknown_is_enoent(model):
-    model.add_port("p", controller="vser0")
-    model.remove_port("p")
+    model.hotplug("p", controller="vser0")
+    model.unplug("p")
     with pytest.raises(ModelError, match=r"^ENXIO"):
         model.guest_open("p")
     with pytest.raises(ModelError, match=r"^ENOENT"):
@@ -138,7 +138,7 @@ def test_open_after_unplug_is_enxio_and_unknown_is_enoent(model):
 
 
 def test_guest_close_without_open_is_ebadf(model):
-    model.add_port("p", controller="vser0")
+    model.hotplug("p", controller="vser0")
     with pytest.raises(ModelError, match="EBADF"):
         model.guest_close("p")
 
@@ -158,7 +158,7 @@ def test_guest_write_reaches_host(opened):
 
 def test_guest_write_blocks_while_host_closed_and_completes_on_open(model):
     # Linux will_write_block: !host_connected -> block; PORT_OPEN 1 wakes the writer
-    model.add_port("p", controller="vser0")
+    model.hotplug("p", controller="vser0")
     model.guest_open("p")
     out = model.guest_write("p", b"xyz")
     assert out.pending is not None and out.value is None
@@ -170,7 +170,7 @@ def test_guest_write_blocks_while_host_closed_and_completes_on_open(model):
 
 
 def test_nonblocking_guest_write_while_host_closed_is_eagain(model):
-    model.add_port("p", controller="vser0")
+    model.hotplug("p", controller="vser0")
     model.guest_open("p", nonblocking=True)
     with pytest.raises(ModelError, match="EAGAIN"):
         model.guest_write("p", b"x")
@@ -192,8 +192,8 @@ def test_guest_write_is_split_in_32k_buffers():
 def test_outvq_full_nonblocking_is_partial_then_eagain():
     # 2 descriptors: the popped (held) element plus one queued buffer fill the queue
     m = VirtioSerialModel(Behaviour(guest_outvq_buffers=2, guest_write_chunk=4))
-    m.add_controller("c")
-    m.add_port("p", controller="c")
+    m.hotplug_controller("c")
+    m.hotplug("p", controller="c")
     m.host_open("p")
     m.guest_open("p", nonblocking=True)
     m.set_host_backpressure("p", True)
@@ -237,14 +237,14 @@ def test_stall_without_data_does_not_throttle(opened):
 
 
 def test_backpressure_needs_a_connected_host(model):
-    model.add_port("p", controller="vser0")
+    model.hotplug("p", controller="vser0")
     with pytest.raises(ModelError, match="ENOTCONN"):
         model.set_host_backpressure("p", True)
 
 
 def test_console_never_throttles_and_input_goes_to_hvc(model):
     # virtio-console.c flush_buf: throttling only for !is_console
-    model.add_port("con", controller="vser0", console=True)
+    model.hotplug("con", controller="vser0", console=True)
     model.host_open("con")
     model.set_host_backpressure("con", True)
     model.host_write("con", b"to-hvc")
@@ -255,7 +255,7 @@ def test_console_never_throttles_and_input_goes_to_hvc(model):
 # ------------------------------------------------------------------ host -> guest
 def test_host_data_waits_in_socket_until_guest_opens(model):
     # seed 266-277 virtio_serial_guest_ready: 0 while !guest_connected (multiport)
-    model.add_port("p", controller="vser0")
+    model.hotplug("p", controller="vser0")
     model.host_open("p")
     model.host_write("p", b"early")
     assert model.snapshot().ports["p"].guest.bytes_received == 0
@@ -265,7 +265,7 @@ def test_host_data_waits_in_socket_until_guest_opens(model):
 
 
 def test_host_write_requires_connection(model):
-    model.add_port("p", controller="vser0")
+    model.hotplug("p", controller="vser0")
     with pytest.raises(ModelError, match="ENOTCONN"):
         model.host_write("p", b"x")
 
@@ -294,7 +294,7 @@ def test_blocked_read_completes_with_eof_on_host_close(opened):
 
 
 def test_nonblocking_read_without_data_is_eagain(model):
-    model.add_port("p", controller="vser0")
+    model.hotplug("p", controller="vser0")
     model.host_open("p")
     model.guest_open("p", nonblocking=True)
     with pytest.raises(ModelError, match="EAGAIN"):
@@ -312,8 +312,8 @@ def test_guest_close_drops_unread_input(opened):
 
 def test_guest_rx_capacity_leaves_rest_in_socket():
     m = VirtioSerialModel(Behaviour(guest_rx_capacity=4))
-    m.add_controller("c")
-    m.add_port("p", controller="c")
+    m.hotplug_controller("c")
+    m.hotplug("p", controller="c")
     m.host_open("p")
     m.guest_open("p")
     m.host_write("p", b"0123456789")
@@ -324,7 +324,7 @@ def test_guest_rx_capacity_leaves_rest_in_socket():
 
 
 def test_host_read_errors(model):
-    model.add_port("p", controller="vser0")
+    model.hotplug("p", controller="vser0")
     with pytest.raises(ModelError, match="ENOTCONN"):
         model.host_read("p")
     model.host_open("p")
@@ -345,7 +345,7 @@ def test_generated_payload_roundtrip_sha(opened):
 # ------------------------------------------------------------------ poll
 def test_poll_masks(model):
     # port_fops_poll: IN if data or host closed; OUT if writable; HUP if host closed
-    model.add_port("p", controller="vser0")
+    model.hotplug("p", controller="vser0")
     model.guest_open("p")
     assert model.poll("p") == {"IN", "HUP"}
     model.host_open("p")
@@ -356,7 +356,7 @@ def test_poll_masks(model):
 
 
 def test_poll_without_fd_is_ebadf(model):
-    model.add_port("p", controller="vser0")
+    model.hotplug("p", controller="vser0")
     with pytest.raises(ModelError, match="EBADF"):
         model.poll("p")
 
@@ -365,7 +365,7 @@ def test_poll_without_fd_is_ebadf(model):
 def test_unplug_while_open(opened):
     # Linux unplug_port: guest/host_connected false, waiters woken; read/write ENODEV
     reader = opened.guest_read("p").pending
-    done = opened.remove_port("p")
+    done = opened.unplug("p")
     assert done.completed[0].ticket == reader.ticket
     assert done.completed[0].error.text == "ENODEV"
     assert opened.poll("p") == {"HUP"}
@@ -388,53 +388,53 @@ def test_unplug_discards_queued_data_both_ways(opened):
     opened.set_host_backpressure("p", True)
     opened.guest_open("p")  # socket data moves into the guest buffers
     opened.guest_write("p", b"held")
-    opened.remove_port("p")
+    opened.unplug("p")
     reasons = {(d.direction, d.where): d.nbytes for d in opened.discards}
     assert reasons == {(G2H, "QEMU"): 4, (H2G, "guest"): 9}
 
 
 def test_unplug_discards_host_data_not_yet_read_by_qemu(model):
-    model.add_port("p", controller="vser0")
+    model.hotplug("p", controller="vser0")
     model.host_open("p")
     model.host_write("p", b"stuck")
-    model.remove_port("p")
+    model.unplug("p")
     assert [(d.where, d.nbytes) for d in model.discards] == [("host socket", 5)]
 
 
 def test_host_can_still_read_what_reached_its_socket_after_unplug(opened):
     opened.guest_write("p", b"bye")
-    opened.remove_port("p")
+    opened.unplug("p")
     assert data_of(opened.host_read("p")) == b"bye"
 
 
 def test_console_unplug_frees_vtermno_for_reuse():
     # kernels with ida_alloc_min(&vtermno_ida, 1) / ida_free on unplug
     model = VirtioSerialModel(Behaviour(console_vtermno_reuse=True))
-    model.add_controller("vser0")
-    model.add_port("c1", controller="vser0", console=True)
-    model.add_port("c2", controller="vser0", console=True)
-    model.remove_port("c1")
-    model.add_port("c3", controller="vser0", console=True)
+    model.hotplug_controller("vser0")
+    model.hotplug("c1", controller="vser0", console=True)
+    model.hotplug("c2", controller="vser0", console=True)
+    model.unplug("c1")
+    model.hotplug("c3", controller="vser0", console=True)
     assert model.snapshot().ports["c3"].guest.console_vtermno == 1
 
 
 def test_console_vtermno_counter_without_reuse():
     m = VirtioSerialModel(Behaviour(console_vtermno_reuse=False))
-    m.add_controller("c")
-    m.add_port("c1", controller="c", console=True)
-    m.remove_port("c1")
-    m.add_port("c2", controller="c", console=True)
+    m.hotplug_controller("c")
+    m.hotplug("c1", controller="c", console=True)
+    m.unplug("c1")
+    m.hotplug("c2", controller="c", console=True)
     assert m.snapshot().ports["c2"].guest.console_vtermno == 2
 
 
 # ------------------------------------------------------------------ guest reset
 def test_guest_reset(opened):
-    opened.add_port("con", controller="vser0", console=True)
-    opened.add_port("gone", controller="vser0")
+    opened.hotplug("con", controller="vser0", console=True)
+    opened.hotplug("gone", controller="vser0")
     opened.guest_open("gone")
-    opened.remove_port("gone")
-    opened.add_port("gone2", controller="vser0")
-    opened.remove_port("gone2")
+    opened.unplug("gone")
+    opened.hotplug("gone2", controller="vser0")
+    opened.unplug("gone2")
     reader = opened.guest_read("p").pending
     done = opened.reboot()
     assert done.completed[0].ticket == reader.ticket
@@ -454,8 +454,8 @@ def test_guest_reset_drops_guest_buffers(opened):
 
 def test_guest_reset_single_port_controller():
     m = VirtioSerialModel()
-    m.add_controller("one", max_ports=1)
-    m.add_port("con", controller="one", console=True)
+    m.hotplug_controller("one", max_ports=1)
+    m.hotplug("con", controller="one", console=True)
     m.guest_reset()
     assert m.snapshot().ports["con"].guest.name is None
 

@@ -25,7 +25,7 @@ class ModelMachine(RuleBasedStateMachine):
                 host_socket_buffer=4,
             )
         )
-        self.model.add_controller("c0", max_ports=4)
+        self.model.hotplug_controller("c0", max_ports=4)
 
     def attempt(self, op, *args, **kw) -> None:
         with contextlib.suppress(ModelError):
@@ -33,11 +33,11 @@ class ModelMachine(RuleBasedStateMachine):
 
     @rule(name=st.sampled_from(NAMES), nr=st.one_of(st.none(), st.integers(0, 4)))
     def add_port(self, name, nr):
-        self.attempt(self.model.add_port, name, controller="c0", nr=nr, console=name == "con")
+        self.attempt(self.model.hotplug, name, controller="c0", nr=nr, console=name == "con")
 
     @rule(name=st.sampled_from(NAMES))
     def remove_port(self, name):
-        self.attempt(self.model.remove_port, name)
+        self.attempt(self.model.unplug, name)
 
     @rule(name=st.sampled_from(NAMES), up=st.booleans())
     def host(self, name, up):

@@ -33,8 +33,8 @@ def test_parse_vport():
 def test_diff_reports_dotted_fields_and_missing_ports(opened):
     expected = opened.snapshot()
     opened.host_close("p")
-    opened.add_controller("vser1", max_ports=2)
-    opened.add_port("q", controller="vser1")
+    opened.hotplug_controller("vser1", max_ports=2)
+    opened.hotplug("q", controller="vser1")
     actual = opened.snapshot()
     got = diff(expected, actual)
     assert Difference("controller:vser1", "present", False, True) in got
@@ -88,11 +88,11 @@ def test_slice_queue_merges_and_splits():
 
 def test_load_matches_ports_by_id_not_name():
     source = VirtioSerialModel()
-    source.add_controller("c")
-    source.add_port("a", controller="c")
+    source.hotplug_controller("c")
+    source.hotplug("a", controller="c")
     dest = VirtioSerialModel()
-    dest.add_controller("c")
-    dest.add_port("z", controller="c")
+    dest.hotplug_controller("c")
+    dest.hotplug("z", controller="c")
     assert [e.port for e in load(dest, save(source), source=source)] == ["z"]
 
 
@@ -100,8 +100,8 @@ def test_generated_payload_in_a_popped_element_survives_migration():
     from harness.model import Behaviour
 
     source = VirtioSerialModel(Behaviour(host_socket_buffer=3))
-    source.add_controller("c")
-    source.add_port("a", controller="c")
+    source.hotplug_controller("c")
+    source.hotplug("a", controller="c")
     source.host_open("a")
     source.guest_open("a")
     source.set_host_backpressure("a", True)
@@ -116,7 +116,7 @@ def test_generated_payload_in_a_popped_element_survives_migration():
 
 
 def test_blocked_ops_on_other_ports_are_untouched(opened):
-    opened.add_port("q", controller="vser0")
+    opened.hotplug("q", controller="vser0")
     opened.host_open("q")
     opened.guest_open("q")
     first = opened.guest_read("p").pending

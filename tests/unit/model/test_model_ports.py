@@ -13,135 +13,145 @@ from harness.model import ModelError, VirtioSerialModel
 
 def test_first_console_without_nr_gets_id_0(model):
     # seed 726-741: plugging_port0 = is_console && !find_port_by_id(0)
-    assert model.add_port("con", controller="vser0", console=True) == 0
+    assert model.hotplug("con", controller="vser0", console=True) == 0
 
 
 def test_second_console_without_nr_gets_lowest_free_id(model):
-    model.add_port("con", controller="vser0", console=True)
-    assert model.add_port("con2", controller="vser0", console=True) == 1
+    model.hotplug("con", controller="vser0", console=True)
+    assert model.hotplug("con2", controller="vser0", console=True) == 1
 
 
 def test_serial_port_without_nr_never_gets_reserved_0(model):
     # seed 870: bit 0 is marked at init, so find_free_port_id (668-681) starts at 1
-    assert model.add_port("a", controller="vser0") == 1
-    assert model.add_port("b", controller="vser0") == 2
+    assert model.hotplug("a", controller="vser0") == 1
+    assert model.hotplug("b", controller="vser0") == 2
 
 
 def test_explicit_nr_is_used_and_gaps_are_filled_lowest_first(model):
-    assert model.add_port("a", controller="vser0", nr=7) == 7
-    assert model.add_port("b", controller="vser0") == 1
+    assert model.hotplug("a", controller="vser0", nr=7) == 7
+    assert model.hotplug("b", controller="vser0") == 1
 
 
 def test_duplicate_id(model):
     # seed 732-735
-    model.add_port("a", controller="vser0", nr=3)
+    model.hotplug("a", controller="vser0", nr=3)
     with pytest.raises(ModelError) as err:
-        model.add_port("b", controller="vser0", nr=3)
+        model.hotplug("b", controller="vser0", nr=3)
     assert err.value.text == "virtio-serial-bus: A port already exists at id 3"
 
 
 def test_duplicate_name_across_controllers(model):
     # today's find_port_by_name walks every virtio-serial device (not in the seed)
-    model.add_controller("vser1")
-    model.add_port("org.x", controller="vser0")
+    model.hotplug_controller("vser1")
+    model.hotplug("org.x", controller="vser0")
     with pytest.raises(ModelError) as err:
-        model.add_port("org.x", controller="vser1")
+        model.hotplug("org.x", controller="vser1")
     assert "A port already exists by name org.x" in str(err.value)
 
 
 def test_duplicate_id_is_checked_before_duplicate_name(model):
-    model.add_port("a", controller="vser0", nr=2)
+    model.hotplug("a", controller="vser0", nr=2)
     with pytest.raises(ModelError, match="at id 2"):
-        model.add_port("a", controller="vser0", nr=2)
+        model.hotplug("a", controller="vser0", nr=2)
 
 
 def test_out_of_range_nr(model):
     # seed 750-753: max. allowed = max_nr_ports - 1
     with pytest.raises(ModelError) as err:
-        model.add_port("a", controller="vser0", nr=31)
+        model.hotplug("a", controller="vser0", nr=31)
     assert err.value.text == "virtio-serial-bus: Out-of-range port id specified, max. allowed: 30"
 
 
 def test_full_31_port_controller_reports_out_of_range_not_max_reached(model):
     # with 31 ports, word 0 = 0x7fffffff: ffs(~map) finds bit 31 -> id 31 -> range check
     for i in range(1, 31):
-        model.add_port(f"p{i}", controller="vser0")
-    model.add_port("con", controller="vser0", console=True)
+        model.hotplug(f"p{i}", controller="vser0")
+    model.hotplug("con", controller="vser0", console=True)
     with pytest.raises(ModelError, match=r"max. allowed: 30"):
-        model.add_port("extra", controller="vser0")
+        model.hotplug("extra", controller="vser0")
 
 
 def test_full_32_port_controller_reports_maximum_reached():
     # every bit of the only word set: find_free_port_id returns BAD_ID (seed 681, 743-746)
     m = VirtioSerialModel()
-    m.add_controller("c", max_ports=32)
+    m.hotplug_controller("c", max_ports=32)
     for i in range(1, 32):
-        m.add_port(f"p{i}", controller="c")
+        m.hotplug(f"p{i}", controller="c")
     with pytest.raises(ModelError) as err:
-        m.add_port("extra", controller="c")
+        m.hotplug("extra", controller="c")
     assert err.value.text == "virtio-serial-bus: Maximum port limit for this device reached"
 
 
 def test_nr_0_for_serial_port_is_refused(model):
     # virtio-console.c virtconsole_realize (after the bus checks)
     with pytest.raises(ModelError) as err:
-        model.add_port("a", controller="vser0", nr=0)
+        model.hotplug("a", controller="vser0", nr=0)
     assert err.value.text.startswith("Port number 0 on virtio-serial devices reserved")
 
 
 def test_nr_0_for_serial_port_when_0_taken_reports_duplicate(model):
-    model.add_port("con", controller="vser0", console=True)
+    model.hotplug("con", controller="vser0", console=True)
     with pytest.raises(ModelError, match="already exists at id 0"):
-        model.add_port("a", controller="vser0", nr=0)
+        model.hotplug("a", controller="vser0", nr=0)
 
 
 def test_unknown_controller(model):
     with pytest.raises(ModelError, match=r"Bus 'nope\.0' not found"):
-        model.add_port("a", controller="nope")
+        model.hotplug("a", controller="nope")
 
 
 def test_remove_port_frees_its_bit_but_0_stays_reserved(model):
     # today's remove_port keeps bit 0 ("ensure a virtconsole device unplug retains the
     # reservation"); the seed (line 706) cleared it unconditionally
-    model.add_port("con", controller="vser0", console=True)
-    model.add_port("a", controller="vser0")
-    model.remove_port("con")
-    model.remove_port("a")
+    model.hotplug("con", controller="vser0", console=True)
+    model.hotplug("a", controller="vser0")
+    model.unplug("con")
+    model.unplug("a")
     assert model.controllers["vser0"].ports_map == [0b1]
-    assert model.add_port("b", controller="vser0") == 1
-    assert model.add_port("con", controller="vser0", console=True) == 0
+    assert model.hotplug("b", controller="vser0") == 1
+    assert model.hotplug("con", controller="vser0", console=True) == 0
 
 
 def test_remove_unknown_port(model):
     with pytest.raises(ModelError, match="Device 'x' not found"):
-        model.remove_port("x")
+        model.unplug("x")
 
 
 def test_name_free_again_after_remove(model):
-    model.add_port("a", controller="vser0")
-    model.remove_port("a")
-    assert model.add_port("a", controller="vser0", nr=4) == 4
+    model.hotplug("a", controller="vser0")
+    model.unplug("a")
+    assert model.hotplug("a", controller="vser0", nr=4) == 4
 
 
 def test_controller_errors():
     m = VirtioSerialModel()
     with pytest.raises(ModelError, match=r"^Maximum number of serial ports not specified$"):
-        m.add_controller("c", max_ports=0)
+        m.hotplug_controller("c", max_ports=0)
     # VIRTIO_QUEUE_MAX (1024) / 2 - 1 (seed 817-822 with today's queue max)
     with pytest.raises(ModelError, match=r"^maximum ports supported: 511$"):
-        m.add_controller("c", max_ports=512)
-    m.add_controller("c", max_ports=511)
+        m.hotplug_controller("c", max_ports=512)
+    m.hotplug_controller("c", max_ports=511)
     with pytest.raises(ModelError, match="Duplicate device ID 'c'"):
-        m.add_controller("c")
+        m.hotplug_controller("c")
+    for absurd in (-1, 2**32, 99999999999999999999):  # not a uint32: refused, never a crash
+        with pytest.raises(ModelError, match=r"^Parameter 'max_ports' expects uint32_t$"):
+            m.hotplug_controller("d", max_ports=absurd)
     with pytest.raises(ModelError, match="Device 'd' not found"):
-        m.remove_controller("d")
+        m.unplug_controller("d")
+
+
+def test_nr_is_a_uint32_whose_all_ones_means_not_given(model):
+    for absurd in (-1, 2**32):
+        with pytest.raises(ModelError, match=r"^Parameter 'nr' expects uint32_t$"):
+            model.hotplug("x", controller="vser0", nr=absurd)
+    assert model.hotplug("x", controller="vser0", nr=2**32 - 1) == 1  # the first free id
 
 
 def test_multiport_only_when_max_ports_above_1():
     # seed 470-471
     m = VirtioSerialModel()
-    m.add_controller("one", max_ports=1)
-    m.add_controller("two", max_ports=2)
+    m.hotplug_controller("one", max_ports=1)
+    m.hotplug_controller("two", max_ports=2)
     snap = m.snapshot()
     assert not snap.controllers["one"].multiport
     assert snap.controllers["two"].multiport
@@ -149,10 +159,10 @@ def test_multiport_only_when_max_ports_above_1():
 
 def test_single_port_controller_takes_only_a_console_at_0():
     m = VirtioSerialModel()
-    m.add_controller("one", max_ports=1)
+    m.hotplug_controller("one", max_ports=1)
     with pytest.raises(ModelError, match=r"max. allowed: 0"):
-        m.add_port("a", controller="one")
-    assert m.add_port("con", controller="one", console=True) == 0
+        m.hotplug("a", controller="one")
+    assert m.hotplug("con", controller="one", console=True) == 0
     view = m.snapshot().ports["con"]
     # no control messages without MULTIPORT: no name, no host state; QEMU set_status
     assert view.guest.name is None and view.guest.is_console and view.guest.console_vtermno == 1
@@ -163,16 +173,16 @@ def test_single_port_controller_takes_only_a_console_at_0():
 
 def test_remove_controller_unplugs_its_ports(opened):
     blocked = opened.guest_read("p").pending
-    out = opened.remove_controller("vser0")
+    out = opened.unplug_controller("vser0")
     assert [c.ticket for c in out.completed] == [blocked.ticket]
     assert out.completed[0].error.text == "ENODEV"
     assert opened.snapshot().ports == {}
-    opened.add_controller("vser0")
-    assert opened.add_port("p", controller="vser0") == 1
+    opened.hotplug_controller("vser0")
+    assert opened.hotplug("p", controller="vser0") == 1
 
 
 def test_ports_map_spans_words():
     m = VirtioSerialModel()
-    m.add_controller("c", max_ports=40)
-    assert m.add_port("a", controller="c", nr=33) == 33
+    m.hotplug_controller("c", max_ports=40)
+    assert m.hotplug("a", controller="c", nr=33) == 33
     assert m.controllers["c"].ports_map == [1, 1 << 1]

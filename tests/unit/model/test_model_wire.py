@@ -118,10 +118,10 @@ def test_driver_control_edge_cases():
 # ------------------------------------------------------------------ migration
 def three_port_model() -> VirtioSerialModel:
     m = VirtioSerialModel()
-    m.add_controller("c", max_ports=31)
-    m.add_port("con", controller="c", console=True)
-    m.add_port("a", controller="c")
-    m.add_port("b", controller="c", nr=5)
+    m.hotplug_controller("c", max_ports=31)
+    m.hotplug("con", controller="c", console=True)
+    m.hotplug("a", controller="c")
+    m.hotplug("b", controller="c", nr=5)
     m.host_open("a")
     m.guest_open("a")
     return m
@@ -133,8 +133,8 @@ def test_save_layout_matches_hand_built_vector():
 
 def test_save_of_popped_element_matches_vector():
     m = VirtioSerialModel(Behaviour(host_socket_buffer=2))
-    m.add_controller("c")
-    m.add_port("a", controller="c")
+    m.hotplug_controller("c")
+    m.hotplug("a", controller="c")
     m.host_open("a")
     m.guest_open("a")
     m.set_host_backpressure("a", True)
@@ -144,14 +144,14 @@ def test_save_of_popped_element_matches_vector():
 
 def test_save_two_word_map():
     m = VirtioSerialModel()
-    m.add_controller("c", max_ports=40)
+    m.hotplug_controller("c", max_ports=40)
     assert save(m) == hexbytes(MIGRATION["max_ports_40_empty"]["hex"])
 
 
 def test_save_needs_a_controller_name_with_several():
     m = VirtioSerialModel()
-    m.add_controller("a")
-    m.add_controller("b")
+    m.hotplug_controller("a")
+    m.hotplug_controller("b")
     with pytest.raises(ValueError):
         save(m)
 
@@ -159,9 +159,9 @@ def test_save_needs_a_controller_name_with_several():
 def test_load_fails_when_a_bitmap_word_differs():
     # seed 576-586: ports_map word mismatch -> fail migration
     dest = VirtioSerialModel()
-    dest.add_controller("c", max_ports=31)
-    dest.add_port("con", controller="c", console=True)
-    dest.add_port("a", controller="c")
+    dest.hotplug_controller("c", max_ports=31)
+    dest.hotplug("con", controller="c", console=True)
+    dest.hotplug("a", controller="c")
     with pytest.raises(ModelError) as err:
         load(dest, hexbytes(MIGRATION["three_ports"]["hex"]))
     assert err.value.text == "load of migration failed: Invalid argument"
@@ -182,8 +182,8 @@ def test_load_truncated_stream():
         load(dest, hexbytes(MIGRATION["three_ports"]["hex"])[:-3])
     raw = hexbytes(MIGRATION["held_element"]["hex"])
     m = VirtioSerialModel()
-    m.add_controller("c")
-    m.add_port("a", controller="c")
+    m.hotplug_controller("c")
+    m.hotplug("a", controller="c")
     with pytest.raises(ModelError, match="Input/output error"):
         load(m, raw[:-20])
     bad_magic = raw.replace(b"VQE1", b"XXXX")
@@ -193,24 +193,24 @@ def test_load_truncated_stream():
 
 def test_max_ports_difference_today_fails_only_through_the_bitmap():
     source = VirtioSerialModel()
-    source.add_controller("c", max_ports=31)
+    source.hotplug_controller("c", max_ports=31)
     dest = VirtioSerialModel()
-    dest.add_controller("c", max_ports=20)
+    dest.hotplug_controller("c", max_ports=20)
     assert load(dest, save(source)) == []  # same single word 0x1: loads today
     strict = VirtioSerialModel(Behaviour(load_checks_max_nr_ports=True))
-    strict.add_controller("c", max_ports=20)
+    strict.hotplug_controller("c", max_ports=20)
     with pytest.raises(ModelError, match="more ports than us"):
         load(strict, save(source))  # seed 571-574
 
 
 def test_seed_loop_uses_source_word_count():
     source = VirtioSerialModel()
-    source.add_controller("c", max_ports=31)
+    source.hotplug_controller("c", max_ports=31)
     dest = VirtioSerialModel(Behaviour(load_checks_max_nr_ports=True))
-    dest.add_controller("c", max_ports=40)
+    dest.hotplug_controller("c", max_ports=40)
     assert load(dest, save(source)) == []
     today = VirtioSerialModel()
-    today.add_controller("c", max_ports=40)
+    today.hotplug_controller("c", max_ports=40)
     # today loops over the destination's 2 words: it reads the source's nr_active_ports (0)
     # as word 1 (equal to the destination's 0) and then runs off the end of the section
     with pytest.raises(ModelError, match="Input/output error"):
@@ -221,18 +221,18 @@ def test_post_load_port_open_resend_and_unthrottle():
     # seed 600-607: PORT_OPEN with the destination's host state where it differs;
     # seed 625-628: a popped element is unthrottled on the destination
     source = VirtioSerialModel(Behaviour(host_socket_buffer=2))
-    source.add_controller("c")
-    source.add_port("a", controller="c")
-    source.add_port("b", controller="c")
+    source.hotplug_controller("c")
+    source.hotplug("a", controller="c")
+    source.hotplug("b", controller="c")
     source.host_open("a")
     source.guest_open("a")
     source.host_open("b")
     source.set_host_backpressure("a", True)
     source.guest_write("a", b"hello")
     dest = VirtioSerialModel()
-    dest.add_controller("c")
-    dest.add_port("a", controller="c")
-    dest.add_port("b", controller="c")
+    dest.hotplug_controller("c")
+    dest.hotplug("a", controller="c")
+    dest.hotplug("b", controller="c")
     dest.host_open("a")  # b's host is not connected on the destination
     events = load(dest, save(source))
     assert [(e.kind, e.port, e.value) for e in events] == [

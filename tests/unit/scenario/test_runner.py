@@ -10,7 +10,7 @@ from harness.scenario.runner import RunnerOptions, ScenarioFailure, run_scenario
 from harness.scenario.schema import load_scenario, parse_scenario
 from harness.scenario.system import RealSystem
 
-from .fake_system import FakeSystem, throttle
+from .fake_system import FakeSystem, run_fake, throttle
 
 ROOT = Path(__file__).resolve().parents[3]
 SHIPPED = sorted((ROOT / "scenarios").glob("*.yaml")) + sorted(
@@ -31,16 +31,13 @@ def test_shipped_scenarios_pass_on_the_model(path):
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_shipped_scenarios_pass_against_an_agreeing_system(path):
-    scenario = load_scenario(path)
-    if any(s.kind == "migrate" and s.args.get("destination") for s in scenario.steps):
-        pytest.skip("fake migrates to the same configuration only")
-    run_scenario(scenario, FakeSystem(), FAST)
+    run_fake(load_scenario(path), FakeSystem(), FAST)
 
 
 def test_a_snapshot_disagreement_fails_with_the_diff():
     scenario = parse_scenario(PORT + "  - host_open: p\n  - guest_open: p\n")
     with pytest.raises(ScenarioFailure) as info:
-        run_scenario(scenario, FakeSystem(tamper=throttle("p")), FAST)
+        run_fake(scenario, FakeSystem(tamper=throttle("p")), FAST)
     text = str(info.value)
     assert text.startswith("step 0 (boot): the real system did not settle")
     assert "qemu.throttled" in text and "False" in text and "True" in text
@@ -53,7 +50,7 @@ def test_an_unexpected_real_error_fails_the_step():
         match=r"^step 1 \(host_open p\): the real system "
         r"failed with 'ECONNREFUSED'",
     ):
-        run_scenario(scenario, FakeSystem(fail={"host_open": "ECONNREFUSED"}), FAST)
+        run_fake(scenario, FakeSystem(fail={"host_open": "ECONNREFUSED"}), FAST)
 
 
 def test_an_expected_error_must_happen_on_the_real_system_too():
@@ -61,7 +58,7 @@ def test_an_expected_error_must_happen_on_the_real_system_too():
         PORT + "  - guest_open: p\n  - guest_open: p\n    expect_error: EBUSY\n"
     )
     with pytest.raises(ScenarioFailure, match="the real system gave success"):
-        run_scenario(scenario, _ForgetsOpen(), FAST)
+        run_fake(scenario, _ForgetsOpen(), FAST)
 
 
 class _ForgetsOpen(FakeSystem):
@@ -99,7 +96,7 @@ def test_console_problems_fail_the_step_they_appear_in():
             self.problems.append("BUG: unable to handle page fault")
 
     with pytest.raises(ScenarioFailure) as info:
-        run_scenario(scenario, Noisy(), FAST)
+        run_fake(scenario, Noisy(), FAST)
     assert str(info.value).startswith("step 2 (host_close p): the guest console reports")
     assert info.value.console == ["BUG: unable to handle page fault"]
 
@@ -121,7 +118,7 @@ def test_a_blocked_operation_must_stay_blocked():
         match=r"^step 3 \(guest_read p\): guest_read started "
         "at step 3 completed",
     ):
-        run_scenario(scenario, Early(), FAST)
+        run_fake(scenario, Early(), FAST)
 
 
 def test_a_blocked_operation_completes_with_the_predicted_result():
@@ -130,7 +127,7 @@ def test_a_blocked_operation_completes_with_the_predicted_result():
         "  - guest_read: {port: p, expect: hi}\n"
         "  - host_write: {port: p, data: hi}\n"
     )
-    runner = run_scenario(scenario, FakeSystem(), FAST)
+    runner = run_fake(scenario, FakeSystem(), FAST)
     assert runner.background == []
 
 
@@ -165,7 +162,7 @@ def test_real_check_disagreement_is_reported_separately():
 
     system.tamper = late_tamper
     with pytest.raises(ScenarioFailure, match="the real system disagrees with the scenario"):
-        run_scenario(scenario, system, runner_options)
+        run_fake(scenario, system, runner_options)
 
 
 def test_sizes_use_seeded_payloads_that_both_sides_agree_on():
@@ -174,4 +171,141 @@ def test_sizes_use_seeded_payloads_that_both_sides_agree_on():
         "  - guest_write: {port: p, size: 200000}\n"
         "  - host_read: p\n"
     )
-    run_scenario(scenario, FakeSystem(), FAST)
+    run_fake(scenario, FakeSystem(), FAST)
+
+
+# -------------------------------------------------- blocked operations and their expectations
+DISCARDED = (
+    PORT + "  - host_open: p\n  - guest_open: p\n  - host_write: {port: p, data: hi}\n"
+    "  - guest_close: p\n  - guest_open: p\n"
+)
+
+
+@pytest.mark.parametrize("real", [False, True], ids=["model", "fake"])
+def test_an_expectation_still_blocked_at_the_end_fails(real):
+    """The issue's case: the data was discarded by the close, so this read never completes."""
+    scenario = parse_scenario(DISCARDED + '  - guest_read: {port: p, expect: "never"}\n')
+    with pytest.raises(ScenarioFailure) as info:
+        run_fake(scenario, FakeSystem(), FAST) if real else run_scenario(scenario)
+    text = str(info.value)
+    assert text.startswith("step 6 (guest_read p): still blocked when the scenario ended")
+    assert "expect: 'never' was never checked" in text
+
+
+@pytest.mark.parametrize(
+    ("key", "words"),
+    [("eof: false", "so eof: false was never"), ("expect_error: ENODEV", "so expect_error: 'E")],
+)
+def test_every_kind_of_expectation_counts(key, words):
+    scenario = parse_scenario(DISCARDED + f"  - guest_read: {{port: p, {key}}}\n")
+    with pytest.raises(ScenarioFailure, match=words):
+        run_scenario(scenario)
+
+
+def test_a_blocked_read_without_expectations_may_stay_blocked():
+    run_scenario(parse_scenario(DISCARDED + "  - guest_read: p\n"))
+
+
+UNPLUGGED = PORT + "  - host_open: p\n  - guest_open: p\n  - guest_read: p\n"
+
+
+@pytest.mark.parametrize("real", [False, True], ids=["model", "fake"])
+def test_expect_error_on_a_blocking_step_is_how_it_ends(real):
+    scenario = parse_scenario(
+        UNPLUGGED.replace("guest_read: p\n", "guest_read: p\n    expect_error: ENODEV\n")
+        + "  - unplug: p\n"
+    )
+    runner = run_fake(scenario, FakeSystem(), FAST) if real else run_scenario(scenario)
+    assert runner.background == []
+
+
+def test_a_blocked_op_ending_in_an_error_needs_expect_error():
+    with pytest.raises(ScenarioFailure) as info:
+        run_scenario(parse_scenario(UNPLUGGED + "  - unplug: p\n"))
+    assert str(info.value).startswith(
+        "step 4 (unplug p): guest_read started at step 3 ends here with 'ENODEV'"
+    )
+    assert "add expect_error: ENODEV to step 3" in str(info.value)
+
+
+def test_a_blocked_op_must_end_with_the_expected_error():
+    scenario = parse_scenario(
+        UNPLUGGED.replace("guest_read: p\n", "guest_read: p\n    expect_error: EAGAIN\n")
+        + "  - unplug: p\n"
+    )
+    with pytest.raises(ScenarioFailure, match="should end with error 'EAGAIN'"):
+        run_scenario(scenario)
+
+
+def test_expect_error_on_a_blocked_op_that_succeeds_fails():
+    scenario = parse_scenario(
+        UNPLUGGED.replace("guest_read: p\n", "guest_read: p\n    expect_error: ENODEV\n")
+        + "  - host_write: {port: p, data: hi}\n"
+    )
+    with pytest.raises(ScenarioFailure, match="the model predicts it ends with success"):
+        run_scenario(scenario)
+
+
+def test_the_real_end_of_a_blocked_op_must_match_too():
+    scenario = parse_scenario(
+        UNPLUGGED.replace("guest_read: p\n", "guest_read: p\n    expect_error: ENODEV\n")
+        + "  - unplug: p\n"
+    )
+
+    class WrongEnd(FakeSystem):
+        def guest_op_state(self, handle: object) -> tuple[bool, object, str | None]:
+            done, result, error = super().guest_op_state(handle)
+            return done, result, "EIO" if error else None
+
+    with pytest.raises(ScenarioFailure, match="should fail with 'ENODEV', the real system gave"):
+        run_fake(scenario, WrongEnd(), FAST)
+
+
+def test_eof_of_a_blocked_read_is_its_own_steps():
+    """A read blocked at step 3 that ends at EOF is judged by step 3's eof, not the later step's."""
+    scenario = parse_scenario(
+        PORT + "  - host_open: p\n  - guest_open: p\n  - guest_read: {port: p, eof: false}\n"
+        "  - host_close: p\n"
+    )
+    with pytest.raises(ScenarioFailure, match="the model disagrees with the scenario's eof"):
+        run_scenario(scenario)
+
+
+# -------------------------------------------------- reads at EOF
+AT_EOF = PORT + "  - host_open: p\n  - guest_open: p\n  - host_close: p\n"
+
+
+@pytest.mark.parametrize("real", [False, True], ids=["model", "fake"])
+def test_expect_empty_is_the_empty_read_at_eof(real):
+    scenario = parse_scenario(AT_EOF + '  - guest_read: {port: p, expect: "", eof: true}\n')
+    run_fake(scenario, FakeSystem(), FAST) if real else run_scenario(scenario)
+
+
+def test_there_is_no_eof_magic_string():
+    scenario = parse_scenario(AT_EOF + '  - guest_read: {port: p, expect: "<EOF>"}\n')
+    with pytest.raises(ScenarioFailure) as info:
+        run_scenario(scenario)
+    assert 'the read is at EOF: it returns no bytes; expect: "" or eof: true' in str(info.value)
+
+
+# -------------------------------------------------- collection (pytester)
+def test_an_absurd_max_ports_fails_its_file_and_the_others_still_run(pytester):
+    (pytester.path / "scenarios").mkdir()
+    (pytester.path / "scenarios" / "absurd.yaml").write_text(
+        "name: absurd\nmachine:\n  controllers: [{id: vser0, max_ports: -1}]\nsteps:\n  - reboot:\n"
+    )
+    (pytester.path / "scenarios" / "fine.yaml").write_text("name: fine\nsteps:\n  - reboot:\n")
+    result = pytester.runpytest("--hil-backend=model", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(["*absurd.yaml:3:40: max_ports -1 is out of range*"])
+    assert "IndexError" not in result.stdout.str()
+
+
+def test_a_blocked_expectation_fails_the_item_through_the_plugin(pytester):
+    (pytester.path / "scenarios").mkdir()
+    (pytester.path / "scenarios" / "never.yaml").write_text(
+        "name: never\n" + DISCARDED.split("\n", 1)[1] + '  - guest_read: {port: p, expect: "x"}\n'
+    )
+    result = pytester.runpytest("--hil-backend=model", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*step 6 (guest_read p): still blocked when the scenario ended*"])

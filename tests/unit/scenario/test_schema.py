@@ -107,9 +107,119 @@ def test_each_malformed_fixture_is_one_clear_error(path):
     with pytest.raises(ScenarioError) as info:
         load_scenario(path)
     text = info.value.render()
-    assert text.startswith(f"{path}:{info.value.line}:")
+    assert text.startswith(f"{path}:{info.value.line}:{info.value.column}: ")
     assert info.value.line >= 1
+    assert info.value.hint, "every mistake comes with what to do about it"
 
 
-def test_there_are_ten_malformed_fixtures():
-    assert len(MALFORMED) == 10
+#: fixture -> (the offending text, where the error must point; words of the message)
+POINTS_AT = {
+    "11_max_ports_negative": (b"-1", "max_ports -1 is out of range"),
+    "12_hotplug_controller_absurd_max_ports": (b"9999", "out of range"),
+    "13_size_overflow": (b"9999", "size 99999999999999999999 is out of range"),
+    "14_nr_negative": (b"-3", "nr -3 is out of range"),
+    "15_memory_absurd": (b"9999", "memory"),
+    "16_expect_error_empty": (b'""', 'expect_error "" matches any error'),
+    "17_expect_error_empty_migrate": (b'""', 'expect_error "" matches any error'),
+    "18_reboot_bare_word": (b"reboot", "one-key mapping"),
+    "19_expect_eror_typo": (b"expect_eror", "did you mean 'expect_error'"),
+    "20_not_utf8": (b"\xe9", "byte 0xe9 is not UTF-8"),
+    "21_host_read_eof": (b"eof:", "unknown key 'eof' in host_read"),
+    "22_max_ports_zero_at_boot": (b"{id: vser1", "Maximum number of serial ports not specified"),
+    "23_max_bytes_zero": (b"0}", "max_bytes 0 is out of range"),
+}
+
+
+@pytest.mark.parametrize("stem", sorted(POINTS_AT))
+def test_new_malformed_fixtures_point_at_the_offending_text(stem):
+    path = ROOT / "fixtures" / "malformed" / f"{stem}.yaml"
+    token, words = POINTS_AT[stem]
+    data = path.read_bytes()
+    offset = data.index(token)
+    line = data.count(b"\n", 0, offset) + 1
+    column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(path)
+    assert (info.value.line, info.value.column) == (line, column), info.value.render()
+    assert words in str(info.value)
+
+
+def test_reboot_bare_word_hint_shows_the_colon():
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(ROOT / "fixtures" / "malformed" / "18_reboot_bare_word.yaml")
+    assert "- reboot:" in info.value.hint
+
+
+def test_a_control_character_is_reported_at_its_line():
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario("name: n\nsteps:\n  - reboot:\n  - check: {port: p\x07}\n", "f.yaml")
+    assert (info.value.line, info.value.column) == (4, 20)
+    assert "not allowed in YAML" in info.value.message
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        "hotplug: {name: x, expect_error: ''}",
+        "reboot: {}\n    expect_error: ''",
+        "migrate: {}\n    expect_error: ''",
+    ],
+)
+def test_empty_expect_error_is_rejected_everywhere(step):
+    with pytest.raises(ScenarioError, match='expect_error "" matches any error'):
+        parse_scenario(f"name: n\nsteps:\n  - {step}\n")
+
+
+@pytest.mark.parametrize(
+    ("machine", "words"),
+    [
+        ("{controllers: [{id: vser0, max_ports: -1}]}", "max_ports -1 is out of range"),
+        ("{controllers: [{id: vser0, max_ports: 4294967296}]}", "out of range"),
+        ("{memory: 0}", "memory 0 is out of range"),
+        ("{memory: -512}", "memory -512 is out of range"),
+        ("{ports: [{name: p, nr: -1}]}", "nr -1 is out of range"),
+        ("{ports: [{name: p, nr: 4294967296}]}", "nr 4294967296 is out of range"),
+        ("{controllers: [{id: vser0, max_ports: 512}]}", "maximum ports supported: 511"),
+    ],
+)
+def test_absurd_numbers_are_validation_errors(machine, words):
+    with pytest.raises(ScenarioError, match=words):
+        parse_scenario(f"name: n\nmachine: {machine}\nsteps: [reboot: {{}}]\n", "f.yaml")
+
+
+def test_qemu_judges_what_its_properties_accept():
+    """0 and 512 are uint32s: QEMU refuses them at realize, and a step may expect that."""
+    parse_scenario(
+        "name: n\nsteps:\n"
+        "  - hotplug_controller: {id: a, max_ports: 0}\n    expect_error: not specified\n"
+        "  - hotplug_controller: {id: b, max_ports: 512}\n    expect_error: supported\n"
+        "  - hotplug: {name: x, nr: 4294967294}\n    expect_error: Out-of-range\n"
+    )
+
+
+def test_check_compares_a_ports_controller():
+    scenario = parse_scenario(
+        "name: n\nmachine: {ports: [{name: b2}]}\nsteps:\n"
+        "  - check: {port: b2, controller: vser0}\n"
+    )
+    assert scenario.steps[0].args == {"port": "b2", "controller": "vser0"}
+
+
+@pytest.mark.parametrize("check", ["{port: b2}", "b2", "{controller: vser0}"])
+def test_a_check_of_nothing_is_rejected(check):
+    with pytest.raises(ScenarioError, match="check asserts nothing"):
+        parse_scenario(f"name: n\nmachine: {{ports: [{{name: b2}}]}}\nsteps:\n  - check: {check}\n")
+
+
+def test_check_poll_null_means_not_open():
+    scenario = parse_scenario(
+        "name: n\nmachine: {ports: [{name: p}]}\nsteps:\n  - check: {port: p, poll: null}\n"
+    )
+    assert scenario.steps[0].args == {"port": "p", "poll": None}
+
+
+def test_host_read_takes_no_eof():
+    with pytest.raises(ScenarioError, match="unknown key 'eof' in host_read"):
+        parse_scenario(
+            "name: n\nmachine: {ports: [{name: p}]}\nsteps:\n  - host_read: {port: p, eof: true}\n"
+        )

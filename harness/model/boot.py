@@ -1,0 +1,26 @@
+"""The model of a freshly booted machine, built from its declaration."""
+
+from __future__ import annotations
+
+from harness.model.behaviour import Behaviour
+from harness.model.declarations import MachineDecl
+from harness.model.device import VirtioSerialModel
+
+
+def build_model(machine: MachineDecl, behaviour: Behaviour | None = None) -> VirtioSerialModel:
+    """Controllers, then ports, in declaration order (QEMU realizes ``-device`` in order).
+
+    Raises ModelError where QEMU would refuse to start such a machine.
+    """
+    model = VirtioSerialModel(behaviour)
+    for controller in machine.controllers:
+        model.hotplug_controller(controller.id, controller.max_ports)
+    for port in machine.ports:
+        model.hotplug(
+            port.name,
+            controller=port.controller,
+            nr=port.nr,
+            console=port.console,
+            backend=port.backend,
+        )
+    return model

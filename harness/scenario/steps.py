@@ -1,0 +1,483 @@
+"""Every step kind, defined once: its arguments, its model operation, its real operation, its docs.
+
+The schema validates a step from its ``StepKind`` (keys, types, ranges, shorthand, required
+keys, which key names a port or a controller), the runner predicts with ``model`` and acts with
+``real``, the README's step table is ``steps_table()``, and the unit tests' fake system replays
+``model``.  Adding a step kind is one ``register(StepKind(...))`` call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from harness.model import (
+    BACKENDS,
+    DEFAULT_MAX_PORTS,
+    MachineDecl,
+    Outcome,
+    Payload,
+    VirtioSerialModel,
+    build_model,
+    migrate,
+)
+from harness.model.errors import UINT32_MAX
+from harness.model.migration import clone_configuration
+
+if TYPE_CHECKING:
+    from harness.scenario.system import RealSystem
+
+#: Largest ``size:`` payload: far beyond what an emulated guest moves in a test, far below
+#: what the seeded generator and the agent's 64-bit counters could overflow on.
+MAX_PAYLOAD = 1 << 30
+MIGRATION_MODES = ("live", "paused", "file")
+
+
+# ------------------------------------------------------------------ the step itself
+@dataclass(frozen=True)
+class Step:
+    """One step; ``args`` is normalised (scalar shorthand expanded, defaults filled in)."""
+
+    index: int
+    kind: str
+    args: dict[str, Any]
+    expect_error: str | None
+    path: str
+    line: int
+    column: int
+
+    @property
+    def target(self) -> str | None:
+        """The port or controller the step is about (for messages)."""
+        for key in ("port", "name", "id", "controller"):
+            if isinstance(self.args.get(key), str):
+                return str(self.args[key])
+        return None
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.target}" if self.target else self.kind
+
+
+def payload_seed(scenario_name: str, index: int) -> int:
+    """Deterministic seed for ``size:`` payloads: reruns and the guest agent agree on bytes.
+
+    Kept below 2**63 because migration packs seeds as a signed 64-bit integer.
+    """
+    digest = hashlib.sha256(f"{scenario_name}\0{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+@dataclass
+class StepCall:
+    """One step being run: what both operations of a kind get.
+
+    ``model`` may be replaced by the model operation (a migration continues on a new model);
+    ``read_size`` and ``timeout`` are for the real operation, chosen from the prediction.
+    """
+
+    step: Step
+    model: VirtioSerialModel
+    scenario: str = ""
+    read_size: int = 65536
+    timeout: float = 60.0
+
+    @property
+    def args(self) -> dict[str, Any]:
+        return self.step.args
+
+    @property
+    def port(self) -> str:
+        return str(self.args.get("port", ""))
+
+    def payload(self) -> Payload:
+        """``data:`` as literal bytes, ``size:`` as the seeded payload of this step."""
+        if "data" in self.args:
+            return Payload.literal(self.args["data"].encode())
+        return Payload.generated(payload_seed(self.scenario, self.step.index), self.args["size"])
+
+
+# ------------------------------------------------------------------ argument types
+ArgType = Literal["str", "int", "bool", "mask", "sigio", "machine"]
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One key of a step: its YAML type, the range an int must lie in, allowed strings."""
+
+    type: ArgType
+    low: int | None = None
+    high: int | None = None
+    choices: tuple[str, ...] = ()
+    nullable: bool = False  # ``null`` is a value (poll: null = "not open")
+    why: str = ""  # the hint when a value is out of range
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A combination the types cannot see; ``key`` None points at the whole step."""
+
+    message: str  # "{kind}" stands for the step kind
+    hint: str = ""
+    key: str | None = None
+    at_key: bool = False  # point at the key itself rather than its value
+    candidates: tuple[str, ...] = ()  # what the key may have meant (a did-you-mean hint)
+
+
+PORT = Arg("str")
+NAME = Arg("str")
+BOOL = Arg("bool")
+NR = Arg("int", 0, UINT32_MAX, why="nr is QEMU's uint32 port id; QEMU judges ids >= max_ports")
+MAX_PORTS = Arg(
+    "int", 0, UINT32_MAX, why="max_ports is QEMU's uint32 property; QEMU refuses 0 and > 511"
+)
+SIZE = Arg("int", 0, MAX_PAYLOAD, why=f"size is a byte count from 0 to {MAX_PAYLOAD}")
+MAX_BYTES = Arg("int", 1, MAX_PAYLOAD, why=f"max_bytes is a byte count from 1 to {MAX_PAYLOAD}")
+BACKEND = Arg("str", choices=BACKENDS, why="backend is socket or none")
+COUNTER = Arg("int", 0, 2**64 - 1, why="debugfs counters are unsigned 64-bit")
+
+ModelOp = Callable[[StepCall], Outcome]
+RealOp = Callable[["RealSystem", StepCall], object]
+Validator = Callable[[Mapping[str, Any]], Problem | None]
+
+
+@dataclass(frozen=True)
+class StepKind:
+    """Everything about one step kind; see the module docstring for who uses which field."""
+
+    name: str
+    keys: Mapping[str, Arg]
+    model: ModelOp
+    real: RealOp
+    arguments: str  # README: the arguments column
+    does: str  # README: what runs for real
+    shorthand: str | None = None  # ``- kind: VALUE`` means ``- kind: {shorthand: VALUE}``
+    required: tuple[str, ...] = ()
+    refers: Mapping[str, Literal["port", "controller"]] = field(default_factory=dict)
+    validate: Validator | None = None
+    #: A guest operation the model may predict blocks: how to start it in the background.
+    background: RealOp | None = None
+    #: Ports and controllers a step makes nameable by later steps.
+    provides: Callable[[Mapping[str, Any]], tuple[Iterable[str], Iterable[str]]] | None = None
+    #: Defaults that depend on the machine (hotplug's controller: the first one).
+    defaults: Callable[[Mapping[str, Any], MachineDecl], dict[str, Any]] | None = None
+    asserts: bool = False  # a ``check``: compare the author's fields after the step
+    compares_count: bool = False  # the real return value (bytes written) must match
+
+
+STEPS: dict[str, StepKind] = {}
+
+
+def register(kind: StepKind) -> StepKind:
+    """Add a step kind; schema, runner, docs and fakes pick it up from here."""
+    if kind.name in STEPS:
+        raise ValueError(f"step kind {kind.name!r} is already registered")
+    STEPS[kind.name] = kind
+    return kind
+
+
+# ------------------------------------------------------------------ check fields
+CHECK_PORT_FIELDS: dict[str, Arg] = {
+    "exists": BOOL,
+    "nr": NR,
+    "controller": NAME,
+    "is_console": BOOL,
+    "guest_connected": BOOL,
+    "host_connected": BOOL,
+    "throttled": BOOL,
+    "poll": Arg("mask", nullable=True),
+    "sigio": Arg("sigio"),
+    "bytes_sent": COUNTER,
+    "bytes_received": COUNTER,
+    "bytes_discarded": COUNTER,
+    "console_vtermno": COUNTER,
+}
+CHECK_CONTROLLER_FIELDS: dict[str, Arg] = {
+    "exists": BOOL,
+    "max_ports": MAX_PORTS,
+    "multiport": BOOL,
+}
+
+
+def _check_shape(args: Mapping[str, Any]) -> Problem | None:
+    """A port check compares port fields (``controller`` among them); else a controller check."""
+    if "port" not in args and "controller" not in args:
+        return Problem(
+            "check needs port: (a port check) or controller: (a controller check)",
+            "name the port or the controller the check is about",
+        )
+    target = "port" if "port" in args else "controller"
+    allowed = CHECK_PORT_FIELDS if target == "port" else CHECK_CONTROLLER_FIELDS
+    for key in args:
+        if key != target and key not in allowed:
+            return Problem(
+                f"{key!r} is not a field of a {target} check",
+                key=key,
+                at_key=True,
+                candidates=tuple(allowed),
+            )
+    if set(args) == {target}:
+        return Problem("check asserts nothing", "add a field such as exists: true")
+    return None
+
+
+# ------------------------------------------------------------------ validators
+def _one_payload(args: Mapping[str, Any]) -> Problem | None:
+    if ("data" in args) == ("size" in args):
+        return Problem(
+            "{kind} needs exactly one of data: and size:",
+            "data: is literal text, size: a seeded random payload",
+        )
+    return None
+
+
+# ------------------------------------------------------------------ model-side helpers
+def _model_migrate(call: StepCall) -> Outcome:
+    """Build the destination as the harness would start it, then load into it."""
+    source = call.model
+    decl: MachineDecl | None = call.args.get("destination")
+    if decl is None:
+        dest = clone_configuration(source)
+    else:
+        dest = build_model(decl)
+        for name in dest.ports:
+            port = source.ports.get(name)
+            if port is not None and port.host_attached:
+                dest.host_open(name)
+    migrate(source, dest)
+    call.model = dest
+    return Outcome()
+
+
+def _model_hotplug(call: StepCall) -> Outcome:
+    args = call.args
+    nr = call.model.hotplug(
+        args["name"],
+        controller=args["controller"],
+        nr=args.get("nr"),
+        console=args.get("console", False),
+        backend=args.get("backend", "socket"),
+    )
+    return Outcome(nr)
+
+
+def _first_controller(args: Mapping[str, Any], machine: MachineDecl) -> dict[str, Any]:
+    """hotplug without controller: goes to the first controller, as a port declaration does."""
+    return {"controller": machine.controllers[0].id, **args}
+
+
+def _migrated(args: Mapping[str, Any]) -> tuple[Iterable[str], Iterable[str]]:
+    dest: MachineDecl | None = args.get("destination")
+    if dest is None:
+        return (), ()
+    return (p.name for p in dest.ports), (c.id for c in dest.controllers)
+
+
+def _port_kind(name: str, model: ModelOp, real: RealOp, does: str, **more: Any) -> StepKind:
+    """The common shape: one port, given as a bare name or as ``{port: NAME}``."""
+    return StepKind(
+        name,
+        {"port": PORT},
+        model,
+        real,
+        "port",
+        does,
+        shorthand="port",
+        required=("port",),
+        refers={"port": "port"},
+        **more,
+    )
+
+
+_DATA = {"port": PORT, "data": Arg("str"), "size": SIZE}
+_READ = {"port": PORT, "expect": Arg("str"), "eof": BOOL, "max_bytes": MAX_BYTES}
+
+for _kind in (
+    _port_kind(
+        "host_open",
+        lambda c: c.model.host_open(c.port),
+        lambda r, c: r.host_open(c.port),
+        "connect the chardev socket",
+    ),
+    _port_kind(
+        "host_close",
+        lambda c: c.model.host_close(c.port),
+        lambda r, c: r.host_close(c.port),
+        "disconnect the chardev socket",
+    ),
+    StepKind(
+        "host_write",
+        _DATA,
+        lambda c: c.model.host_write(c.port, c.payload()),
+        lambda r, c: r.host_write(c.port, c.payload()),
+        "port, `data:` text **or** `size:` bytes",
+        "queue bytes on the socket (never blocks)",
+        required=("port",),
+        refers={"port": "port"},
+        validate=_one_payload,
+    ),
+    StepKind(
+        "host_read",
+        {"port": PORT, "expect": Arg("str"), "max_bytes": MAX_BYTES},
+        lambda c: c.model.host_read(c.port, c.args.get("max_bytes")),
+        lambda r, c: r.host_read(c.port, c.read_size, c.timeout),
+        "port, `expect:`, `max_bytes:`",
+        "read what the model says QEMU delivered; length + SHA-256 compared",
+        shorthand="port",
+        required=("port",),
+        refers={"port": "port"},
+    ),
+    _port_kind(
+        "host_stall",
+        lambda c: c.model.set_host_backpressure(c.port, True),
+        lambda r, c: r.host_stall(c.port, True),
+        "stop reading the socket (a busy host): QEMU throttles the port once it is full",
+    ),
+    _port_kind(
+        "host_resume",
+        lambda c: c.model.set_host_backpressure(c.port, False),
+        lambda r, c: r.host_stall(c.port, False),
+        "read the socket again: the port unthrottles and held guest data flows",
+    ),
+    StepKind(
+        "guest_open",
+        {"port": PORT, "nonblocking": BOOL},
+        lambda c: c.model.guest_open(c.port, c.args.get("nonblocking", False)),
+        lambda r, c: r.guest_open(c.port, c.args.get("nonblocking", False)),
+        "port, `nonblocking:`",
+        "open `/dev/vportNpM` in the guest",
+        shorthand="port",
+        required=("port",),
+        refers={"port": "port"},
+    ),
+    _port_kind(
+        "guest_close",
+        lambda c: c.model.guest_close(c.port),
+        lambda r, c: r.guest_close(c.port),
+        "close the guest fd",
+    ),
+    _port_kind(
+        "guest_seek",
+        lambda c: c.model.guest_seek(c.port),
+        lambda r, c: r.guest_seek(c.port),
+        "lseek on the guest fd (ESPIPE)",
+    ),
+    StepKind(
+        "guest_read",
+        _READ,
+        lambda c: c.model.guest_read(c.port, c.args.get("max_bytes")),
+        lambda r, c: r.guest_read(c.port, c.read_size, c.timeout),
+        "port, `expect:`, `eof:`, `max_bytes:`",
+        "read what the model says is deliverable (in the background if it blocks)",
+        shorthand="port",
+        required=("port",),
+        refers={"port": "port"},
+        background=lambda r, c: r.start_guest_op("read", c.port, max_bytes=c.args.get("max_bytes")),
+    ),
+    StepKind(
+        "guest_write",
+        _DATA,
+        lambda c: c.model.guest_write(c.port, c.payload()),
+        lambda r, c: r.guest_write(c.port, c.payload(), c.timeout),
+        "port, `data:` or `size:`",
+        "write (32 KiB per call, looped; in the background if it blocks)",
+        required=("port",),
+        refers={"port": "port"},
+        validate=_one_payload,
+        background=lambda r, c: r.start_guest_op("write", c.port, payload=c.payload()),
+        compares_count=True,
+    ),
+    StepKind(
+        "hotplug",
+        {"name": NAME, "nr": NR, "console": BOOL, "controller": NAME, "backend": BACKEND},
+        _model_hotplug,
+        lambda r, c: r.hotplug(
+            c.args["name"],
+            c.args.get("nr"),
+            c.args.get("console", False),
+            c.args["controller"],
+            c.args.get("backend", "socket"),
+        ),
+        "`name`, `nr`, `console`, `controller`, `backend`",
+        "chardev-add + device_add",
+        required=("name",),
+        refers={"controller": "controller"},
+        provides=lambda a: ((a["name"],), ()),
+        defaults=_first_controller,
+    ),
+    _port_kind(
+        "unplug",
+        lambda c: c.model.unplug(c.port),
+        lambda r, c: r.unplug(c.port),
+        "device_del (waits for DEVICE_DELETED)",
+    ),
+    StepKind(
+        "hotplug_controller",
+        {"id": NAME, "max_ports": MAX_PORTS},
+        lambda c: c.model.hotplug_controller(
+            c.args["id"], c.args.get("max_ports", DEFAULT_MAX_PORTS)
+        ),
+        lambda r, c: r.hotplug_controller(c.args["id"], c.args.get("max_ports", DEFAULT_MAX_PORTS)),
+        f"`id`, `max_ports` (default {DEFAULT_MAX_PORTS})",
+        "virtio-serial-pci device_add",
+        required=("id",),
+        provides=lambda a: ((), (a["id"],)),
+    ),
+    StepKind(
+        "unplug_controller",
+        {"id": NAME},
+        lambda c: c.model.unplug_controller(c.args["id"]),
+        lambda r, c: r.unplug_controller(c.args["id"]),
+        "controller id",
+        "virtio-serial-pci device_del (its ports go first)",
+        shorthand="id",
+        required=("id",),
+        refers={"id": "controller"},
+    ),
+    StepKind(
+        "migrate",
+        {
+            "destination": Arg("machine"),
+            "mode": Arg(
+                "str", choices=MIGRATION_MODES, why="mode is live (default), paused or file"
+            ),
+        },
+        _model_migrate,
+        lambda r, c: r.migrate(c.args.get("destination"), c.args.get("mode", "live")),
+        "`destination:` (a machine mapping; omitted = same configuration), "
+        "`mode:` live (default), paused or file",
+        "migration to a new QEMU (see below)",
+        provides=_migrated,
+    ),
+    StepKind(
+        "reboot",
+        {},
+        lambda c: c.model.reboot(),
+        lambda r, c: r.reboot(),
+        "none",
+        "guest reboot",
+    ),
+    StepKind(
+        "check",
+        {"port": PORT, **CHECK_PORT_FIELDS, **CHECK_CONTROLLER_FIELDS},
+        lambda c: Outcome(),
+        lambda r, c: None,
+        "`port:` + fields, or `controller:` + fields",
+        "assert values on the model **and** the real system",
+        shorthand="port",
+        refers={"port": "port", "controller": "controller"},
+        validate=_check_shape,
+        asserts=True,
+    ),
+):
+    register(_kind)
+
+
+# ------------------------------------------------------------------ docs
+def steps_table() -> str:
+    """The README's step table, one row per registered kind."""
+    rows = ["| step | arguments | what runs |", "|---|---|---|"]
+    rows += [f"| `{k.name}` | {k.arguments} | {k.does} |" for k in STEPS.values()]
+    return "\n".join(rows) + "\n"
