@@ -121,8 +121,13 @@ class _SocketChannel:
     def recv_stderr_ready(self) -> bool:
         return False
 
+    def recv_stderr(self, size: int) -> bytes:
+        return b""
+
     def exit_status_ready(self) -> bool:
         return False
+
+    exit_status = -1  # only read when exit_status_ready()
 
     def close(self) -> None:
         self.closed = True

@@ -786,7 +786,7 @@ def serve_forever() -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(SOCKET_PATH)
     listener.listen(16)
-    listeners = [listener, *tcp_listener()]
+    listeners: list[Any] = [listener, *tcp_listener()]
     log(f"serving on {SOCKET_PATH} (pid {os.getpid()}, python {sys.version.split()[0]})")
     while True:
         readable, _, _ = select.select([*listeners, wake_r], [], [])
