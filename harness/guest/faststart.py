@@ -21,7 +21,6 @@ What the guest holds across a restore, and how it is made equal to a fresh boot:
 from __future__ import annotations
 
 import base64
-import logging
 import os
 import time
 from dataclasses import dataclass
@@ -43,7 +42,6 @@ from harness.machine.snapshot_cache import CachedState, StateCache, StateKey, st
 
 StartMode = Literal["snapshot", "boot"]
 START_MODES: tuple[StartMode, ...] = ("snapshot", "boot")
-LOG = logging.getLogger("hil.guest")
 AGENT_READY_TIMEOUT = 15.0  # a restored guest answers in milliseconds; TCG under load: seconds
 LOAD_TIMEOUT = 60.0
 #: Busy-waits (bounded) in the guest until no TCP connection is established: the closed SSH
@@ -56,7 +54,8 @@ _SETTLE_CONNECTIONS = (
 
 @dataclass
 class StartReport:
-    """How a guest started: `boot` or `restore`, seconds from QEMU's start to ready."""
+    """How a guest started: `boot` or `restore`, seconds from QEMU's start to ready, and the
+    warning to show when a saved state could not be used or made (the caller shows it)."""
 
     mode: Literal["boot", "restore"]
     seconds: float
@@ -100,9 +99,10 @@ def start_guest(
     except MachineError as error:
         if guest.machine.process is not None:
             raise
-        LOG.warning("hil: %s: no saved state (%s): booting", guest.machine.name, error)
         report = _boot(guest, timeout)
-    report.warning = outcome if isinstance(outcome, str) else None
+        report.warning = f"hil: {guest.machine.name}: no saved state ({error}): booted"
+    if isinstance(outcome, str):
+        report.warning = outcome
     return report
 
 
@@ -135,11 +135,17 @@ def _boot_and_save(guest: Guest, cache: StateCache, key: StateKey, timeout: floa
         guest.ssh = None
         guest.run(_SETTLE_CONNECTIONS, timeout=15, channel="serial")
         meta = {"kernel_release": guest.kernel_release, "created": time.time()}
-        saved = cache.publish(key, lambda tmps: _save(guest.machine, tmps, ram, report), meta)
+        try:
+            cache.publish(key, lambda tmps: _save(guest.machine, tmps, ram, report), meta)
+        except (MachineError, OSError) as error:
+            if not guest.machine.running:
+                raise
+            # e.g. a full disk: this guest runs on (save_state resumed it), later ones boot
+            report.warning = f"hil: {guest.machine.name}: state {key.short} not saved: {error}"
+            report.save_seconds = None
     finally:
         ram.unlink(missing_ok=True)  # QEMU keeps its mapping; the name must not outlive us
     _resumed(guest)  # its clock stood still during the save, too
-    LOG.info("hil: saved state %s (%d bytes)", key.short, saved.meta["bytes"])
     return report
 
 
@@ -174,7 +180,6 @@ def _restore(
             f"hil: {machine.name}: saved state {key.short} could not be used ({reason}): "
             "deleted it, booting instead"
         )
-        LOG.warning("%s", warning)
         guest.machine = Machine(planned.spec, planned.workdir, planned.name, planned.timeouts)
         return warning
     guest.kernel_release = found.meta.get("kernel_release")
