@@ -24,6 +24,8 @@ from harness.machine.qemu import Machine, MachineSpec
 
 #: query-status states of a QEMU that is still loading its incoming stream.
 _LOADING = ("inmigrate", "prelaunch")
+#: query-migrate states of a migration still under way.
+_ACTIVE = ("setup", "active", "cancelling", "pre-switchover", "device", "wait-unplug")
 _POLL = 0.005  # no event marks the end of an incoming load on every version; loads take ~0.1 s
 
 
@@ -82,9 +84,7 @@ def save_state(
         _sparse_copy(ram, template, timeout)
     finally:
         if machine.running:
-            _ignore_shared(machine, False)  # a later migration of this guest sends its RAM
-            if qmp.execute("query-status").get("status") != "running":
-                qmp.execute("cont")
+            _run_on(machine)
     size = device_state.stat().st_size + template.stat().st_blocks * 512
     return SaveStats(time.monotonic() - started, size)
 
@@ -142,6 +142,21 @@ def finish_restore(machine: Machine, device_state: Path, timeout: float = 30) ->
     _ignore_shared(machine, False)  # a later migration of this guest sends its RAM
     machine.resume()
     return time.monotonic() - (machine.spawned_at or time.monotonic())
+
+
+def _run_on(machine: Machine, timeout: float = 10) -> None:
+    """After a save, finished or interrupted (Ctrl-C, an error): no migration left running,
+    x-ignore-shared off (a later migration of this guest sends its RAM), the guest running."""
+    assert machine.qmp is not None
+    machine.qmp.execute("migrate_cancel")  # a no-op once the save completed
+    deadline = time.monotonic() + timeout
+    while machine.qmp.execute("query-migrate").get("status") in _ACTIVE:
+        if time.monotonic() > deadline:
+            raise MachineError(f"{machine.name}: the state save did not stop after cancelling")
+        time.sleep(_POLL)
+    _ignore_shared(machine, False)
+    if machine.qmp.execute("query-status").get("status") != "running":
+        machine.qmp.execute("cont")
 
 
 def _ignore_shared(machine: Machine, state: bool) -> None:
