@@ -12,7 +12,9 @@ QEMU that would not start, a guest that disagrees with the model) from a bug, wi
 - `harness.scenario.system.StepFailure` (an OperationFailed, the scenario layer's contract),
   `harness.scenario.schema.ScenarioError` (a scenario file is invalid) and
   `harness.scenario.runner.ScenarioFailure`, which is also an AssertionError so that pytest
-  reports a disagreement as a test failure, not as an error in the harness.
+  reports a disagreement as a test failure, not as an error in the harness;
+  `harness.scenario.vm.OperationError` (an OperationFailed the model and the real system agree
+  on) and `OperationBlocks` (the Python API's "this call would block").
 
 The guest agent (`harness/guest/agent/hil_agent.py`) runs inside the guest with only the
 standard library; its errors travel as replies and become AgentError on the host.

@@ -14,7 +14,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from harness.model.snapshot import (
     PortView,
     QemuPortView,
     Snapshot,
+    guest_only_key,
 )
 
 KERNEL_PROBLEMS = re.compile(
@@ -46,11 +47,26 @@ STREAM_THRESHOLD = 256 * 1024  # larger guest transfers go as agent streams (has
 log = logging.getLogger("hil.backend")
 
 
+class ObservationError(MachineError):
+    """The guest did not report a field the snapshot needs: never guess a value for it."""
+
+
 class RealFailure(OperationFailed):
     """A real operation failed; `text` is QEMU's message or the guest errno name."""
 
 
 GuestFactory = Callable[..., Guest]
+
+
+@dataclass(frozen=True)
+class _Fd:
+    """A guest fd the agent holds: its agent handle and the port instance (plug) it opened.
+
+    Fds belong to port instances, not names: after an unplug and a new plug under the same
+    name, the old fd keeps referring to the unplugged port (ENODEV, poll HUP)."""
+
+    handle: str
+    ident: str
 
 
 @dataclass
@@ -76,9 +92,9 @@ class QemuSystem:
         self.ports: PortManager | None = None
         self._ports: dict[str, _Port] = {}
         self._plugs = 0
-        self._sigio: dict[str, list[frozenset[str]]] = {}
+        self._sigio: dict[str, list[frozenset[str]]] = {}  # by agent handle
         self.migrations: list[MigrationStats] = []
-        self._open: set[str] = set()
+        self._fds: dict[str, list[_Fd]] = {}  # by port name, oldest first
         self._console_mark = 0
         self._kernel_messages: list[str] = []
 
@@ -92,8 +108,10 @@ class QemuSystem:
         )
         self.ports = PortManager(self.guest.machine)
         self.agent = AgentClient(self.guest, transport="tcp").start()
+        named = {c.id for c in machine.controllers if c.max_ports > 1}
         for port in boot_ports:
-            self.agent.wait_port(port.name)
+            if port.controller in named:
+                self.agent.wait_port(port.name)
         log.info(
             "real system ready: controllers %s, ports %s",
             [c.id for c in controllers],
@@ -139,6 +157,18 @@ class QemuSystem:
             )
         return entry.endpoint
 
+    def endpoint(self, port: str) -> HostEndpoint:
+        """The host end of ``port`` (its socket connection): counters and logs for tests that
+        watch a transfer directly (bytes_sent, migration_log)."""
+        return self._endpoint(port)
+
+    def port_spec(self, port: str) -> PortSpec:
+        """QEMU's identity of ``port`` (device id, chardev path), e.g. to match QMP events."""
+        entry = self._ports.get(port)
+        if entry is None:
+            raise RealFailure("ENOENT", f"no port {port} is plugged")
+        return entry.spec
+
     def host_open(self, port: str) -> None:
         self._endpoint(port).connect()
 
@@ -172,28 +202,54 @@ class QemuSystem:
         except AgentError as error:
             raise RealFailure(error.errno, str(error)) from None
 
+    def _instance(self, port: str) -> str | None:
+        entry = self._ports.get(port)
+        return entry.spec.ident if entry is not None else None
+
+    def _current_fd(self, port: str) -> _Fd | None:
+        """The fd the guest holds for the port now plugged under this name, if any."""
+        ident = self._instance(port)
+        return next((f for f in self._fds.get(port, []) if f.ident == ident), None)
+
+    def _handle(self, port: str) -> str:
+        """The agent handle a step's port name means (the model's rule, _guest_fd_port): the
+        fd of the port plugged now, else the newest fd still held for an earlier port of
+        that name; the bare name when none (the agent then answers EBADF)."""
+        current = self._current_fd(port)
+        if current is not None:
+            return current.handle
+        held = self._fds.get(port, [])
+        return held[-1].handle if held else port
+
     def guest_open(self, port: str, nonblocking: bool = False) -> None:
         """A second open goes to the kernel as a second fd, so its answer (EBUSY) is real."""
         _, agent, _ = self._need_guest()
-        if port in self._open:
+        held = self._fds.get(port, [])
+        if self._current_fd(port) is not None:
             self._agent_call(agent.open, port, nonblocking=nonblocking, extra=True)
             return
-        self._agent_call(agent.open, port, nonblocking=nonblocking, sigio=True)
-        self._open.add(port)
-        self._sigio[port] = []
+        opened = self._agent_call(
+            agent.open, port, nonblocking=nonblocking, sigio=True, extra=bool(held)
+        )
+        handle = str(opened["handle"])
+        self._fds.setdefault(port, []).append(_Fd(handle, self._instance(port) or ""))
+        self._sigio[handle] = []
 
     def guest_close(self, port: str) -> None:
         _, agent, _ = self._need_guest()
-        self._open.discard(port)
-        self._agent_call(agent.close, port)
+        handle = self._handle(port)
+        held = [f for f in self._fds.get(port, []) if f.handle != handle]
+        self._fds[port] = held
+        self._agent_call(agent.close, handle)
 
     def guest_seek(self, port: str) -> None:
         _, agent, _ = self._need_guest()
-        self._agent_call(agent.seek, port)
+        self._agent_call(agent.seek, self._handle(port))
 
     def guest_read(self, port: str, max_bytes: int, timeout: float) -> Received:
         """Read until `max_bytes` arrived (the model says that much is deliverable), or EOF."""
         _, agent, _ = self._need_guest()
+        port = self._handle(port)
         if max_bytes > STREAM_THRESHOLD:
             result = self._agent_call(agent.recv_stream, port, max_bytes, timeout=timeout)
             return Received(int(result["bytes"]), result["sha256"], None, False)
@@ -214,6 +270,7 @@ class QemuSystem:
 
     def guest_write(self, port: str, payload: Payload, timeout: float = 60) -> int:
         _, agent, _ = self._need_guest()
+        port = self._handle(port)
         if payload.seed is not None:
             result = self._agent_call(
                 agent.send_stream, port, payload.seed, payload.length, timeout=timeout
@@ -223,6 +280,10 @@ class QemuSystem:
 
     def start_guest_op(self, op: str, port: str, **args: Any) -> int:
         _, agent, _ = self._need_guest()
+        if op == "open":  # the agent names the fd after the port, as guest_open does
+            self._fds.setdefault(port, []).append(_Fd(port, self._instance(port) or ""))
+        else:
+            port = self._handle(port)
         if op == "write" and "payload" in args:
             payload: Payload = args.pop("payload")
             if payload.seed is not None:
@@ -230,8 +291,6 @@ class QemuSystem:
                     agent, "send_stream", name=port, seed=payload.seed, length=payload.length
                 )
             args["data"] = base64.b64encode(payload.data or b"").decode()
-        if op == "open":
-            self._open.add(port)
         return self._start_background(agent, op, name=port, **args)
 
     def _start_background(self, agent: AgentClient, op: str, **args: Any) -> int:
@@ -251,9 +310,10 @@ class QemuSystem:
     def sigio(self, port: str) -> list[frozenset[str]]:
         """Every SIGIO mask of this port's fd since it was opened (the agent hands out new ones)."""
         _, agent, _ = self._need_guest()
-        fresh = [frozenset(e.get("events", [])) for e in self._agent_call(agent.sigio, port)]
-        self._sigio.setdefault(port, []).extend(fresh)
-        return list(self._sigio[port])
+        handle = self._handle(port)
+        fresh = [frozenset(e.get("events", [])) for e in self._agent_call(agent.sigio, handle)]
+        self._sigio.setdefault(handle, []).extend(fresh)
+        return list(self._sigio[handle])
 
     # -- hotplug -----------------------------------------------------------------------------
 
@@ -270,7 +330,14 @@ class QemuSystem:
         port = self._declare(PortDecl(name, controller, nr, console, backend))
         self._qmp(ports.add_port, port.spec)
         self._register(port)
-        agent.wait_port(name)
+        if self._names_reach_guest(controller):
+            agent.wait_port(name)
+
+    def _names_reach_guest(self, controller: str) -> bool:
+        """Only a MULTIPORT controller (max_ports > 1) tells the guest about a port at all
+        (PORT_ADD, PORT_NAME): without it there is no name to wait for in the guest."""
+        found = self._need_guest()[2].qtree()[0].get(controller)
+        return found is None or found.max_ports > 1
 
     def unplug(self, name: str) -> None:
         _, agent, ports = self._need_guest()
@@ -299,7 +366,8 @@ class QemuSystem:
     def reboot(self) -> None:
         guest, agent, _ = self._need_guest()
         agent.disconnect()
-        self._open.clear()
+        self._fds.clear()  # the agent that held them died with the guest
+        self._sigio.clear()
         assert guest.machine.console is not None
         mark = guest.machine.console.position()
         guest.serial.send_raw("reboot -f\n")  # -f: no init shutdown; the reset is what we test
@@ -308,8 +376,9 @@ class QemuSystem:
         )
         guest.connect_ssh(self.boot_timeout)
         self.agent = AgentClient(guest).start()
-        for name in self._ports:
-            self.agent.wait_port(name)
+        for name, port in self._ports.items():
+            if self._names_reach_guest(port.controller):
+                self.agent.wait_port(name)
 
     def migrate(self, destination: MachineDecl | None, mode: str = "live") -> MigrationStats:
         """Move the guest to a new QEMU (same configuration, or `destination`'s), carrying the
@@ -326,8 +395,8 @@ class QemuSystem:
                 guest.machine,
                 target.machine,
                 mode,
-                target.machine.workdir,  # type: ignore[arg-type]
-                at_switchover=lambda: [e.pause_sending() for e, _ in endpoints],
+                target.machine.workdir,
+                at_switchover=lambda: _pause_all(e for e, _ in endpoints),
             )
         except MigrationRefused as error:
             for endpoint, _ in endpoints:
@@ -441,21 +510,33 @@ class QemuSystem:
     # -- observation -------------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
+        """QEMU's ports (by name) with the guest port at the same controller and id.
+
+        Guest ports are tied to controllers by PCI address, not by name: a controller
+        without MULTIPORT never tells the guest a name, and Linux's probe makes a port 0
+        there even where QEMU has none (keyed ``guest_only_key``, with no QEMU view)."""
         _, agent, ports = self._need_guest()
         controllers, qemu_ports = ports.qtree()
-        guest_ports = {p["name"]: p for p in agent.list_ports() if p.get("name")}
+        by_pci = {c.addr: c.id for c in controllers.values()}
+        guest_ports: dict[tuple[str, int], dict[str, Any]] = {}
+        for entry in agent.list_ports():
+            pci = entry.get("pci")
+            guest_ports[(by_pci.get(pci) or f"pci {pci}", int(entry["nr"]))] = entry
         views: dict[str, PortView] = {}
         for name, port in qemu_ports.items():
-            guest = guest_ports.get(name)
+            guest = guest_ports.pop((port.controller, port.nr), None)
+            fd = self._current_fd(name)
             views[name] = PortView(
                 controller=port.controller,
                 nr=port.nr,
                 is_console=port.driver == "virtconsole",
                 qemu=QemuPortView(port.guest_connected, port.host_connected, port.throttled),
-                guest=_guest_view(guest) if guest is not None else ABSENT,
-                poll=frozenset(agent.poll(name)) & {"IN", "OUT", "HUP"}
-                if name in self._open
-                else None,
+                guest=guest_port_view(guest) if guest is not None else ABSENT,
+                poll=frozenset(agent.poll(fd.handle)) & {"IN", "OUT", "HUP"} if fd else None,
+            )
+        for (controller, nr), entry in guest_ports.items():
+            views[guest_only_key(controller, nr)] = PortView(
+                controller, nr, False, None, guest_port_view(entry)
             )
         return Snapshot(
             {
@@ -495,6 +576,12 @@ class QemuSystem:
         return out
 
 
+def _pause_all(endpoints: Iterable[HostEndpoint]) -> None:
+    """At the switchover point no host sender may write to the source any more."""
+    for endpoint in endpoints:
+        endpoint.pause_sending()
+
+
 def _op_result(result: Any) -> Any:
     """A background op's agent reply in the shape its foreground twin returns: bytes written
     for writes, a Received for reads, None for opens."""
@@ -512,13 +599,33 @@ def _op_result(result: Any) -> Any:
     return None
 
 
-def _guest_view(entry: dict[str, Any]) -> GuestPortView:
+#: list_ports keys that the agent adds itself (not debugfs fields)
+_NOT_DEBUGFS = frozenset({"dev", "path", "device", "nr", "name", "debugfs", "pci", "agent_handles"})
+
+
+def guest_port_view(entry: dict[str, Any]) -> GuestPortView:
     def number(key: str) -> int:
-        """debugfs prints counters as integers and flags as 0/1 or yes/no, depending on field."""
-        value = entry.get(key, 0)
+        """debugfs prints counters as integers and flags as 0/1 or yes/no, depending on field.
+
+        A field the guest did not report is an error, never 0: a silent 0 would match a
+        prediction of 0 and hide a missing observation."""
+        if entry.get(key) is None:
+            raise ObservationError(
+                f"guest port {entry.get('dev', '?')} (name {entry.get('name')!r}): debugfs "
+                f"field {key!r} missing (debugfs {'read' if entry.get('debugfs') else 'unreadable'}"
+                f"; fields: {sorted(k for k in entry if k not in _NOT_DEBUGFS)}); the kernel "
+                "must print it in /sys/kernel/debug/virtio-ports/<dev>"
+            )
+        value = entry[key]
         if isinstance(value, str):
-            value = {"yes": 1, "no": 0, "": 0}.get(value.strip().lower(), value)
-        return int(value) if value is not None else 0
+            value = {"yes": 1, "no": 0}.get(value.strip().lower(), value)
+        try:
+            return int(value)
+        except ValueError:
+            raise ObservationError(
+                f"guest port {entry.get('dev', '?')}: debugfs field {key!r} is {value!r}, "
+                "not a number or yes/no"
+            ) from None
 
     return GuestPortView(
         present=True,

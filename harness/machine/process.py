@@ -51,7 +51,9 @@ def spawn(
     return process
 
 
-def kill_on_collect(owner: object, process: subprocess.Popen[bytes]) -> weakref.finalize:
+def kill_on_collect(
+    owner: object, process: subprocess.Popen[bytes]
+) -> weakref.finalize[[subprocess.Popen[bytes]], object]:
     """Kill `process` when `owner` is garbage-collected or the interpreter exits."""
     return weakref.finalize(owner, kill_quietly, process)
 

@@ -79,7 +79,8 @@ class QmpSession:
         self._call(self._client.connect(sock), timeout, "the QMP greeting")
         self._pump_task = self._call(self._start_pump(), timeout, "the QMP event pump")
         greeting = self._client.greeting
-        version = greeting._asdict()["QMP"]["version"] if greeting is not None else {}
+        fields: dict[str, Any] = greeting._asdict() if greeting is not None else {}
+        version = fields["QMP"]["version"] if greeting is not None else {}
         self.transcript.record("greeting", version)
         return dict(version)
 
@@ -149,7 +150,7 @@ class QmpSession:
 
     async def _pump_events(self) -> None:
         async for message in self._listener:
-            raw = dict(message)
+            raw: dict[str, Any] = dict(message)
             stamp = raw.get("timestamp", {})
             seconds = stamp.get("seconds", 0) + stamp.get("microseconds", 0) / 1e6
             with self._events_changed:

@@ -15,6 +15,7 @@ Machine - ``VirtioSerialModel(behaviour=Behaviour())``
     poll(name) -> frozenset of {"IN", "OUT", "HUP"}
     set_host_backpressure(name, stalled)                                 -> Outcome
     guest_reset() / reboot()                                             -> Outcome
+    boot()   (after the boot devices were added: the driver probes them in PCI order)
     blocked() -> list[Pending];  snapshot() -> Snapshot
     discards: list[Discard];  written / read: bytes per direction (G2H, H2G);
     in_flight(direction), discarded(direction): written == read + in_flight + discarded

@@ -23,4 +23,5 @@ def build_model(machine: MachineDecl, behaviour: Behaviour | None = None) -> Vir
             console=port.console,
             backend=port.backend,
         )
+    model.boot()  # the guest driver probes the controllers only now, in PCI slot order
     return model

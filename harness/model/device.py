@@ -147,6 +147,9 @@ class Controller:
     max_ports: int
     ports_map: list[int]
     ports: list[str] = field(default_factory=list)  # QTAILQ order
+    #: Without MULTIPORT, Linux's probe makes port 0 a console itself (add_port(portdev, 0)
+    #: -> init_port_console) whether or not QEMU has a port there: this is that guest port.
+    guest0: GuestPort | None = None
 
     @property
     def multiport(self) -> bool:
@@ -179,6 +182,8 @@ class VirtioSerialModel:
         self.controllers: dict[str, Controller] = {}
         self.ports: dict[str, Port] = {}
         self.removed: dict[str, Port] = {}
+        #: earlier ports of names plugged again since: the guest may still hold their fds
+        self.stale: list[Port] = []
         self.discards: list[Discard] = []
         self.written = {G2H: 0, H2G: 0}
         self.read = {G2H: 0, H2G: 0}
@@ -196,13 +201,22 @@ class VirtioSerialModel:
         return port
 
     def _guest_fd_port(self, name: str) -> Port:
-        """The port behind an open guest fd, including ports unplugged under it."""
-        port = self.ports.get(name) or self.removed.get(name)
-        if port is None:
+        """The port behind the guest fd a step names: fds belong to port instances, not names.
+
+        ``name`` means the fd the guest holds for the port now plugged under that name; when
+        it holds none, the fd it still holds for an earlier (unplugged) port of that name,
+        the newest first.  Linux keeps an unplugged port alive while an fd refers to it.
+        """
+        live = self.ports.get(name)
+        older = [self.removed[name]] if name in self.removed else []
+        older += [p for p in reversed(self.stale) if p.name == name]
+        candidates = ([live] if live is not None else []) + older
+        if not candidates:
             raise E.ModelError(E.ENOENT, name)
-        if port.guest is None or port.guest.fd is None:
-            raise E.ModelError(E.EBADF, f"no open guest fd for {name}")
-        return port
+        for port in candidates:
+            if port.guest is not None and port.guest.fd is not None:
+                return port
+        raise E.ModelError(E.EBADF, f"no open guest fd for {name}")
 
     def blocked(self) -> list[Pending]:
         return [b.pending for b in self._blocked.values()]
@@ -229,7 +243,10 @@ class VirtioSerialModel:
             raise E.ModelError(E.max_supported(MAX_SUPPORTED_PORTS))
         words = [0] * ((max_ports + 31) // 32)
         words[0] |= 1  # id 0 reserved for a console (seed line 870)
-        self.controllers[id] = Controller(id, max_ports, words)
+        ctrl = Controller(id, max_ports, words)
+        self.controllers[id] = ctrl
+        if not ctrl.multiport:
+            ctrl.guest0 = self._probe_console()
         return self._outcome()
 
     def unplug_controller(self, id: str) -> Outcome:
@@ -239,6 +256,8 @@ class VirtioSerialModel:
             raise E.ModelError(E.device_not_found(id))
         for name in list(ctrl.ports):
             self._unplug(self.ports[name])
+        if ctrl.guest0 is not None:  # the driver's remove frees port 0's vtermno too
+            self._vterms_in_use.discard(ctrl.guest0.vtermno)
         del self.controllers[id]
         return self._outcome()
 
@@ -263,7 +282,9 @@ class VirtioSerialModel:
         ctrl.ports_map[nr // 32] |= 1 << (nr % 32)
         ctrl.ports.append(name)
         self.ports[name] = port
-        self.removed.pop(name, None)
+        earlier = self.removed.pop(name, None)
+        if earlier is not None:
+            self.stale.append(earlier)
         self._guest_add(port, ctrl.multiport)
         self._settle()
         return nr
@@ -313,13 +334,18 @@ class VirtioSerialModel:
         del self.ports[port.name]
         self.removed[port.name] = port
 
-    def _drop_g2h(self, port: Port, why: str) -> None:
-        """discard_throttle_data + discard_vq_data: the held element and the out_vq."""
+    def _drop_g2h(self, port: Port, why: str, keep_throttle: bool = False) -> None:
+        """discard_throttle_data + discard_vq_data: the held element and the out_vq.
+
+        QEMU's guest_reset only detaches the held element: ``throttled`` stays set until the
+        chardev is writable again (chr_write_unblocked), so a reset passes ``keep_throttle``.
+        """
         assert port.guest is not None
         held = port.held.length - port.held_offset if port.held else 0
         queued = sum(c.length for c in port.guest.outvq)
         self._discard(port, G2H, "QEMU", held + queued, why)
-        port.held, port.held_offset, port.throttled = None, 0, False
+        port.held, port.held_offset = None, 0
+        port.throttled = port.throttled and keep_throttle
         port.guest.outvq.clear()
 
     # -------------------------------------------------------------- guest side
@@ -334,16 +360,25 @@ class VirtioSerialModel:
         self._vterms_in_use.add(vterm)
         return vterm
 
+    def _probe_console(self) -> GuestPort:
+        """virtcons_probe without MULTIPORT: add_port(portdev, 0) -> init_port_console.
+
+        The port exists in the guest whatever QEMU has at id 0: a console with a vtermno,
+        guest_connected, no name and no host state (no control queue to learn them)."""
+        vterm = self._alloc_vterm()
+        return GuestPort(name=None, is_console=True, guest_connected=True, vtermno=vterm)
+
     def _guest_add(self, port: Port, multiport: bool) -> None:
         """PORT_ADD -> add_port -> PORT_READY -> CONSOLE_PORT / PORT_NAME / PORT_OPEN.
 
-        Without MULTIPORT there are no control messages: Linux makes port 0 a console
-        itself (add_port -> init_port_console), never learns a name or host state, and
-        QEMU sets guest_connected at DRIVER_OK (set_status).
+        Without MULTIPORT there are no control messages: the guest never hears of the port;
+        its port 0 is the one the probe made (Controller.guest0), and QEMU sets
+        guest_connected only at DRIVER_OK (set_status), i.e. at boot or reset, not here.
         """
-        guest = GuestPort(name=port.name, host_connected=port.host_connected)
         if not multiport:
-            guest.name, guest.host_connected = None, False
+            port.guest = self.controllers[port.controller].guest0
+            return
+        guest = GuestPort(name=port.name, host_connected=port.host_connected)
         if port.console:
             guest.is_console = True
             guest.guest_connected = True
@@ -355,6 +390,9 @@ class VirtioSerialModel:
         """Linux unplug_port: wake the fd holder, drop unread data, free the vtermno."""
         guest = port.guest
         assert guest is not None
+        if guest is self.controllers[port.controller].guest0:
+            port.guest = None  # no PORT_REMOVE without a control queue: the guest keeps port 0
+            return
         self._discard(port, H2G, "guest", len(guest.rx), "port unplugged")
         if guest.is_console:
             self._vterms_in_use.discard(guest.vtermno)
@@ -367,9 +405,12 @@ class VirtioSerialModel:
         guest.rx = SliceQueue()
 
     def guest_open(self, name: str, nonblocking: bool = False) -> Outcome:
-        """port_fops_open: ENXIO for consoles and unplugged ports, EBUSY when open."""
+        """port_fops_open: ENXIO for consoles, EBUSY when open; ENOENT once unplugged.
+
+        unplug_port destroys the device, so devtmpfs removes /dev/vportNpM and open() fails
+        in the VFS before the driver is reached (observed on 6.1: ENOENT, errno 2)."""
         if name in self.removed and name not in self.ports:
-            raise E.ModelError(E.ENXIO, "port was unplugged")
+            raise E.ModelError(E.ENOENT, "port was unplugged: its device node is gone")
         port = self._port(name)
         guest = port.guest
         assert guest is not None  # live ports always have their guest side
@@ -456,23 +497,34 @@ class VirtioSerialModel:
         """Driver reload / reboot: opens dropped, buffers lost, QEMU guest_reset, handshake."""
         for name in list(self._blocked_ports()):
             self._fail_blocked(name, E.ModelError(E.KILLED, "guest reset"))
-        for port in self.removed.values():
+        for port in [*self.removed.values(), *self.stale]:
             port.guest = None  # the reset process held the last fd of unplugged ports
         self._vterms_in_use.clear()
         self._vterm_counter = 0
-        for ctrl in self.controllers.values():
+        for ctrl in self.controllers.values():  # probe order = PCI slot order
+            if not ctrl.multiport:
+                ctrl.guest0 = self._probe_console()
             for name in ctrl.ports:
                 self._reset_port(self.ports[name], ctrl.multiport)
         return self._outcome()
 
     reboot = guest_reset
 
+    def boot(self) -> Outcome:
+        """Power-on after the boot devices were added: the driver probes the controllers in
+        PCI slot order and runs each one's handshake (observed on 6.1: consoles get vtermnos
+        device by device, then by port id).  For a machine nobody touched yet this is
+        exactly a reset."""
+        return self.guest_reset()
+
     def _reset_port(self, port: Port, multiport: bool) -> None:
-        self._drop_g2h(port, "guest reset")
+        self._drop_g2h(port, "guest reset", keep_throttle=True)
         port.guest_connected = False
         assert port.guest is not None
         self._discard(port, H2G, "guest", len(port.guest.rx), "guest reset")
         self._guest_add(port, multiport)
+        if not multiport:
+            port.guest_connected = True  # set_status: DRIVER_OK marks port 0 open
 
     def _blocked_ports(self) -> set[str]:
         return {b.pending.port for b in self._blocked.values()}
@@ -700,7 +752,7 @@ class VirtioSerialModel:
     def in_flight(self, direction: str) -> int:
         """Bytes written but neither read nor discarded yet."""
         total = 0
-        for port in list(self.ports.values()) + list(self.removed.values()):
+        for port in [*self.ports.values(), *self.removed.values(), *self.stale]:
             if direction == G2H:
                 total += len(port.to_host)
                 total += port.held.length - port.held_offset if port.held else 0

@@ -67,6 +67,9 @@ def bus_not_found(bus: str) -> str:
 
 MIGRATION_FAILED = "load of migration failed: Invalid argument"
 MIGRATION_TRUNCATED = "load of migration failed: Input/output error"
+#: The device part ended before the section did (another ports_map word count): virtio_load
+#: goes on reading the rest of the virtio state out of step and returns -1 (strerror EPERM).
+MIGRATION_MISALIGNED = "load of migration failed: Operation not permitted"
 
 # errno names reported by the guest kernel (or the host socket for host-side operations)
 EBUSY = "EBUSY"

@@ -1,17 +1,19 @@
 """Observable state: what QEMU prints, what the guest shows, and a readable diff.
 
 Ports are compared by controller and id (nr), never by sysfs device name: the N in vportNpM
-is the global virtio device index, which depends on PCI enumeration order.
+is the global virtio device index, which depends on PCI enumeration order.  A port the guest
+shows where QEMU has none (port 0 of a controller without MULTIPORT, which Linux's probe
+always creates) is keyed ``guest_only_key(controller, nr)`` and has no QEMU view.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, fields, is_dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from harness.model.device import VirtioSerialModel
+    from harness.model.device import GuestPort, VirtioSerialModel
 
 _VPORT = re.compile(r"^vport(\d+)p(\d+)$")
 
@@ -22,6 +24,11 @@ def parse_vport(device_name: str) -> tuple[int, int]:
     if match is None:
         raise ValueError(f"not a virtio-serial port device name: {device_name!r}")
     return int(match.group(1)), int(match.group(2))
+
+
+def guest_only_key(controller: str, nr: int) -> str:
+    """Snapshot key of a guest port with no QEMU port behind it (no name to key it by)."""
+    return f"<{controller} port {nr}>"
 
 
 def port_nr_from_vport(device_name: str) -> int:
@@ -53,6 +60,9 @@ class GuestPortView:
     bytes_discarded: int = 0
 
 
+#: A field one side of a diff has and the other lacks (e.g. a QEMU view against none).
+ABSENT_FIELD = "<absent>"
+
 #: What the real reader reports for a port the guest does not show.
 ABSENT = GuestPortView(present=False)
 
@@ -62,7 +72,7 @@ class PortView:
     controller: str
     nr: int
     is_console: bool
-    qemu: QemuPortView
+    qemu: QemuPortView | None  # None: QEMU has no port there (see guest_only_key)
     guest: GuestPortView
     poll: frozenset[str] | None = None
 
@@ -98,21 +108,28 @@ def take_snapshot(model: VirtioSerialModel) -> Snapshot:
     for name, port in model.ports.items():
         guest = port.guest
         assert guest is not None  # the model's guest always completes the handshake
-        view = GuestPortView(
-            True,
-            guest.name,
-            guest.guest_connected,
-            guest.host_connected,
-            guest.is_console,
-            guest.vtermno,
-            guest.bytes_sent,
-            guest.bytes_received,
-            guest.bytes_discarded,
-        )
         poll = model.poll(name) if guest.fd is not None else None
         qemu = QemuPortView(port.guest_connected, port.host_connected, port.throttled)
-        ports[name] = PortView(port.controller, port.nr, port.console, qemu, view, poll)
+        ports[name] = PortView(port.controller, port.nr, port.console, qemu, _guest(guest), poll)
+    for ctrl in model.controllers.values():
+        if ctrl.guest0 is not None and not any(model.ports[n].nr == 0 for n in ctrl.ports):
+            key = guest_only_key(ctrl.id, 0)
+            ports[key] = PortView(ctrl.id, 0, False, None, _guest(ctrl.guest0))
     return Snapshot(controllers, ports)
+
+
+def _guest(guest: GuestPort) -> GuestPortView:
+    return GuestPortView(
+        True,
+        guest.name,
+        guest.guest_connected,
+        guest.host_connected,
+        guest.is_console,
+        guest.vtermno,
+        guest.bytes_sent,
+        guest.bytes_received,
+        guest.bytes_discarded,
+    )
 
 
 def _flatten(value: object, prefix: str) -> dict[str, object]:
@@ -124,7 +141,7 @@ def _flatten(value: object, prefix: str) -> dict[str, object]:
     return {prefix.rstrip("."): value}
 
 
-def _diff_maps(kind: str, expected: dict, actual: dict) -> list[Difference]:
+def _diff_maps(kind: str, expected: dict[str, Any], actual: dict[str, Any]) -> list[Difference]:
     out = []
     for key in sorted(set(expected) | set(actual)):
         label = f"{kind}{key}"
@@ -133,9 +150,9 @@ def _diff_maps(kind: str, expected: dict, actual: dict) -> list[Difference]:
             continue
         left, right = _flatten(expected[key], ""), _flatten(actual[key], "")
         out.extend(
-            Difference(label, path, left[path], right[path])
-            for path in left
-            if left[path] != right[path]
+            Difference(label, path, left.get(path, ABSENT_FIELD), right.get(path, ABSENT_FIELD))
+            for path in [*left, *(p for p in right if p not in left)]
+            if left.get(path, ABSENT_FIELD) != right.get(path, ABSENT_FIELD)
         )
     return out
 

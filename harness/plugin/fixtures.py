@@ -8,24 +8,25 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness.backend.endpoint import HostEndpoint
 from harness.backend.system import QemuSystem
-from harness.guest.agent_client import AgentClient
 from harness.guest.guest import Credentials, Guest
-from harness.images.builder import GuestImage, build_image
+from harness.images.builder import GuestImage, build_image, kernel_release
 from harness.images.errors import ImageBuildError
 from harness.machine.accel import AccelChoice, choose_accel
 from harness.machine.qemu import ControllerSpec, Machine, MachineSpec
-from harness.model import MachineDecl
+from harness.model import Behaviour, MachineDecl
 from harness.plugin.faststart import start as start_guest
-from harness.plugin.kernels import kernel_id
+from harness.plugin.kernels import behaviour_for, kernel_id
 from harness.plugin.options import HilSettings
+from harness.scenario.steps import Step
+from harness.scenario.system import RealSystem
+from harness.scenario.vm import VM, RunnerOptions
 
 log = logging.getLogger("hil.plugin")
 
@@ -142,6 +143,12 @@ def qemu_version(binary: str) -> str:
     return first.removeprefix("QEMU emulator version ").strip()
 
 
+@functools.cache
+def model_mode_release(kernel: str, recipe: str) -> str:
+    """A kernel's release without building its image, once per process (apt is slow)."""
+    return kernel_release(kernel, recipe)
+
+
 @pytest.fixture(scope="session")
 def hil_socket_root() -> Iterator[Path]:
     """Short directory for unix sockets (sun_path is limited to 108 bytes; pytest's tmp paths
@@ -251,39 +258,105 @@ def hil_system(hil_system_factory: Callable[[], QemuSystem]) -> QemuSystem:
     return system
 
 
-@dataclass
-class PortHandle:
-    """A hotplugged port: `host` is its socket endpoint, `guest` the agent speaking for it."""
+class VMFactory:
+    """Creates started machines (``VM``) for one test and stops them at its end.
 
-    name: str
-    nr: int | None
-    system: QemuSystem
+    Why a factory: most tests want the default machine (``hil_vm``), some need their own
+    controllers, boot ports or memory; both must get the same backend choice
+    (``--hil-backend``), kernel behaviour switches and settle timeout as a YAML scenario.
+    """
 
-    @property
-    def host(self) -> HostEndpoint:
-        return self.system._endpoint(self.name)
+    def __init__(self, request: pytest.FixtureRequest, settings: HilSettings) -> None:
+        self.request = request
+        self.settings = settings
+        self.created: list[VM] = []
 
-    @property
-    def guest(self) -> AgentClient:
-        assert self.system.agent is not None
-        return self.system.agent
+    def __call__(
+        self,
+        machine: MachineDecl | None = None,
+        *,
+        name: str | None = None,
+        options: RunnerOptions | None = None,
+    ) -> VM:
+        """Boot ``machine`` (default: 512 MiB, controller vser0, no ports) and return it.
+
+        ``name`` seeds ``size=`` payloads (default: the test's id, so reruns send the same
+        bytes); ``options`` overrides the runner's timeouts (settle: --hil-settle-timeout).
+        """
+        config = self.request.config
+        system: RealSystem | None = None
+        if config.getoption("--hil-backend", "qemu") == "qemu":
+            system = self.request.getfixturevalue("hil_system_factory")()
+        settle = config.getoption("--hil-settle-timeout", 10.0)
+        vm = VM(
+            machine or MachineDecl(),
+            system,
+            name=name or f"{self.request.node.nodeid}#{len(self.created)}",
+            options=options or RunnerOptions(settle_timeout=settle),
+            behaviour=self._behaviour(system is not None),
+            step_context=_allure_step,
+        )
+        self.created.append(vm)
+        return vm.start()
+
+    def _behaviour(self, real: bool) -> Behaviour:
+        """The model switches for this test's kernel, as scenarios get them: the booted
+        image's release, or in model mode the named kernel's (resolved without a build)."""
+        if self.request.config.getoption("--hil-behaviour", "auto") == "default":
+            return Behaviour()
+        if real:
+            image: GuestImage = self.request.getfixturevalue("hil_image")
+            return behaviour_for(image.kernel_version)
+        kernel: str | None = self.request.getfixturevalue("hil_kernel")
+        if kernel is None:
+            return Behaviour()
+        try:
+            return behaviour_for(model_mode_release(kernel, self.settings.image))
+        except ImageBuildError as error:
+            pytest.fail(f"kernel {kernel}: {error}", pytrace=False)
+
+    def finish_all(self) -> None:
+        """Judge what is still pending (as at a scenario's end), then stop every machine."""
+        try:
+            for vm in self.created:
+                vm.finish()
+        finally:
+            while self.created:
+                self.created.pop().stop()
+
+
+def _allure_step(step: Step) -> AbstractContextManager[Any]:
+    """Each API call is an allure step (with --alluredir), as a scenario's steps are; allure
+    is a dependency, but the fixtures must not need it."""
+    try:
+        import allure
+    except ImportError:  # pragma: no cover
+        return nullcontext()
+    return allure.step(f"step {step.index}: {step.label}")
 
 
 @pytest.fixture
-def make_port(hil_system: QemuSystem) -> Callable[..., PortHandle]:
-    """`make_port(name, nr=None, console=False, controller="vser0", backend="socket")`."""
+def hil_vm_factory(
+    request: pytest.FixtureRequest, hil_settings: HilSettings, hil_kernel: str | None
+) -> Iterator[VMFactory]:
+    """`hil_vm_factory(machine=MachineDecl(...))` -> a started VM (stopped at teardown).
 
-    def make(
-        name: str,
-        nr: int | None = None,
-        console: bool = False,
-        controller: str = "vser0",
-        backend: str = "socket",
-    ) -> PortHandle:
-        hil_system.hotplug(name, nr, console, controller, backend)
-        return PortHandle(name, nr, hil_system)
+    Asks for ``hil_kernel`` (a spec string, nothing is built) so that several --hil-kernel
+    values run the test once per kernel, as they do for scenarios.
+    """
+    factory = VMFactory(request, hil_settings)
+    yield factory
+    factory.finish_all()
 
-    return make
+
+@pytest.fixture
+def hil_vm(hil_vm_factory: VMFactory) -> VM:
+    """A started machine with controller vser0 and no ports: the public Python API.
+
+    Every call on it (and on its controllers, ports, host and guest ends) runs as a scenario
+    step on the spec model and the real system, with the same three-way comparison.
+    """
+    return hil_vm_factory()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -33,6 +33,7 @@ from harness.scenario.schema import Scenario, ScenarioError, Step, load_scenario
 from harness.scenario.system import RealSystem
 
 FACTORY_FIXTURE = "hil_system_factory"
+FIXTURES_PLUGIN = "harness.plugin.fixtures"  # the module that defines FACTORY_FIXTURE
 SCENARIO_SUFFIXES = (".yaml", ".yml")
 
 try:  # allure is a dependency, but the runner must not need it
@@ -442,9 +443,9 @@ def _model_mode_release(config: pytest.Config, kernel: str) -> str:
 
 
 def _factory_available(node: pytest.Collector) -> bool:
-    """Whether any plugin or conftest visible from ``node`` defines the factory fixture."""
-    manager = node.session._fixturemanager
-    return bool(manager.getfixturedefs(FACTORY_FIXTURE, node))
+    """Whether the plugin module that defines the factory fixture is active in this run (a
+    run may block it with ``-p no:harness.plugin.fixtures``)."""
+    return node.config.pluginmanager.has_plugin(FIXTURES_PLUGIN)
 
 
 def _allure_step(step: Step) -> AbstractContextManager[Any]:

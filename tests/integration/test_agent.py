@@ -222,9 +222,10 @@ def test_blocking_read_in_background_completes_when_host_writes(
     port = port_factory(connect=True)
     agent.open("org.test.p1")
     ticket = agent.start_background("read", name="org.test.p1", max_bytes=100)
-    time.sleep(1.0)
+    # A later request the agent answers while the read blocks (no fixed sleep): nothing is
+    # readable, so after this round trip the read must still be pending.
+    assert "IN" not in agent.poll("org.test.p1")
     assert agent.ticket(ticket)["done"] is False
-    assert agent.ping()["pong"]  # the daemon still answers while the read blocks
     assert port.sock is not None
     port.sock.sendall(b"hello guest")
     result = agent.wait_ticket(ticket, timeout=30)
@@ -272,7 +273,9 @@ def test_blocking_write_waits_for_the_host_to_open(
     agent.open("org.test.p1")
     data = base64.b64encode(b"xyz").decode()
     ticket = agent.start_background("write", name="org.test.p1", data=data)
-    time.sleep(1.0)
+    # A later request the agent answers while the write blocks (no fixed sleep): the host end
+    # is closed (HUP, not writable), so after this round trip the write must still be pending.
+    assert "OUT" not in agent.poll("org.test.p1")
     assert agent.ticket(ticket)["done"] is False
     port.connect()
     assert agent.wait_ticket(ticket, timeout=30)["written"] == 3

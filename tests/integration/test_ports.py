@@ -1,155 +1,110 @@
-"""Issue 4: every port operation for real, read back from QEMU and the guest, held to the model."""
+"""Issue 4: every port operation for real, read back from QEMU and the guest, held to the model.
+
+Written against the public Python API (``hil_vm``): every call is a scenario step, so after each
+one the model's prediction, QEMU's qtree and the guest's debugfs/poll must agree (bounded
+settle), and a failure shows the same diff table as a YAML scenario.
+"""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
+from harness import VM, OperationError, RunnerOptions, ScenarioFailure
 from harness.backend.system import QemuSystem, RealFailure
-from harness.model import Payload
-from harness.model.payload import sha256_of
-from tests.integration.twin import Twin, wait_until
+from harness.plugin.fixtures import VMFactory
 
 pytestmark = pytest.mark.qemu
 MIB = 1024 * 1024
 NAME = "org.hil.data"
 
 
-@pytest.fixture
-def twin(hil_system: QemuSystem) -> Twin:
-    return Twin(hil_system)
+def test_host_and_guest_open_close_are_seen_across(hil_vm: VM) -> None:
+    port = hil_vm.hotplug(NAME)
+    port.host.open()
+    hil_vm.check(port, host_connected=True, guest_connected=False)
+    port.guest.open()
+    hil_vm.check(port, guest_connected=True, poll={"OUT"})
+    port.host.close()
+    hil_vm.check(port, host_connected=False, poll={"IN", "HUP"})  # EOF is readable
+    port.guest.close()
+    hil_vm.check(port, guest_connected=False, poll=None)
 
-
-def _agent(twin: Twin):
-    assert twin.real.agent is not None
-    return twin.real.agent
-
-
-def test_host_and_guest_open_close_are_seen_across(twin: Twin) -> None:
-    twin.hotplug(NAME)
-    twin.agree("hotplug")
-    twin.both("host_open", NAME)
-    twin.agree("host open")
-    assert _agent(twin).port_info(NAME)["host_connected"] == 1  # debugfs, in the guest
-
-    twin.both("guest_open", NAME)
-    twin.agree("guest open")  # includes poll: OUT, no HUP, and qtree "guest on"
-    twin.both("host_close", NAME)
-    twin.agree("host close")  # poll now has HUP (and IN: EOF is readable)
-    assert "HUP" in _agent(twin).poll(NAME)
-    twin.both("guest_close", NAME)
-    twin.agree("guest close")  # qtree "guest off"
-
-    assert twin.real.ports is not None
-    spec = twin.real._ports[NAME].spec
+    system = hil_vm.real
+    assert isinstance(system, QemuSystem) and system.ports is not None
+    device = system.port_spec(NAME).device_id
     # QEMU rate-limits VSERPORT_CHANGE to one per second per id: the close may come later.
-    twin.real.ports.qmp.wait_event(
+    system.ports.qmp.wait_event(
         "VSERPORT_CHANGE",
         5,
-        where=lambda e: e.data == {"id": spec.device_id, "open": False},
-        what=f"(open false) for {spec.device_id}",
+        where=lambda e: e.data == {"id": device, "open": False},
+        what=f"(open false) for {device}",
     )
-    events = [e.data["open"] for e in twin.real.ports.port_events(spec)]
+    events = [e.data["open"] for e in system.ports.port_events(system.port_spec(NAME))]
     assert events == [True, False], f"VSERPORT_CHANGE open flags in order: {events}"
 
 
-def test_data_waits_for_the_other_side(twin: Twin) -> None:
+def test_data_waits_for_the_other_side(hil_vm: VM) -> None:
     """Guest writes block while the host is closed; host data waits until the guest opens."""
-    twin.hotplug(NAME)
-    twin.both("host_open", NAME)
-    twin.both("host_write", NAME, Payload.literal(b"early"))
-    twin.both("guest_open", NAME)
-    read = twin.real.guest_read(NAME, 5, timeout=10)
-    assert read.data == b"early"
-    assert twin.model.guest_read(NAME).value.length == 5
-    twin.agree("host data delivered after guest open")
+    port = hil_vm.hotplug(NAME)
+    port.host.open()
+    port.host.write(b"early")
+    hil_vm.check(port, bytes_received=0)  # nobody in the guest holds the port: nothing moves
+    port.guest.open()
+    assert port.guest.read() == b"early"
 
-    twin.both("host_close", NAME)
-    twin.both("guest_close", NAME)
-    twin.both("guest_open", NAME, nonblocking=True)
-    twin.both("guest_write", NAME, Payload.literal(b"x"))  # both must say EAGAIN
-    twin.both("guest_close", NAME)
+    port.host.close()
+    port.guest.close()
+    with port.guest.open(nonblocking=True) as guest, pytest.raises(OperationError, match="EAGAIN"):
+        guest.write(b"x")  # the host is away: a non-blocking write cannot queue anything
 
-    twin.both("guest_open", NAME)
-    model_write = twin.model.guest_write(NAME, Payload.literal(b"late"))
-    assert model_write.pending is not None, "the model must predict a blocked write"
-    ticket = twin.real.start_guest_op("write", NAME, payload=Payload.literal(b"late"))
-    for _ in range(3):  # still blocked while the host stays away
-        assert not twin.real.guest_op_state(ticket)[0]
-        _agent(twin).ping()
-    completion = twin.model.host_open(NAME).completed
-    twin.real.host_open(NAME)
-    assert [c.op for c in completion] == ["guest_write"]
-    wait_until(
-        lambda: twin.real.guest_op_state(ticket)[0],
-        20,
-        "the blocked guest write to complete after host open",
-    )
-    assert twin.real.host_read(NAME, 4, timeout=10).data == b"late"
-    twin.model.host_read(NAME)
-    twin.agree("blocked write completed")
+    with port.guest.open() as guest:
+        write = guest.start_write(b"late")
+        for _ in range(3):  # every step checks the real write is still blocked, as predicted
+            hil_vm.check(port, host_connected=False)
+        assert not write.done
+        port.host.open()  # the step at which the model says the write completes
+        assert write.result == 4
+        assert port.host.read() == b"late"
 
 
-def test_64_mib_each_way_without_loss(twin: Twin) -> None:
-    twin.hotplug(NAME)
-    twin.both("host_open", NAME)
-    twin.both("guest_open", NAME)
-    to_guest = Payload.generated(101, 64 * MIB)
-    twin.real.host_write(NAME, to_guest)
-    received = _agent(twin).recv_stream(NAME, to_guest.length, timeout=120)
-    assert (received["bytes"], received["sha256"]) == (to_guest.length, sha256_of(to_guest))
-
-    to_host = Payload.generated(202, 64 * MIB)
-    ticket = twin.real.start_guest_op("write", NAME, payload=to_host)
-    got = twin.real.host_read(NAME, to_host.length, timeout=300)
-    assert (got.length, got.sha256) == (to_host.length, sha256_of(to_host))
-    _agent(twin).wait_ticket(ticket, timeout=60)
-
-    twin.model.host_write(NAME, to_guest)
-    twin.model.guest_read(NAME)
-    twin.model.guest_write(NAME, to_host)
-    twin.model.host_read(NAME)
-    twin.agree("64 MiB each way")
+def test_64_mib_each_way_without_loss(hil_vm_factory: VMFactory) -> None:
+    """Host -> guest in one stream; guest -> host in 2 MiB writes, each read by the host before
+    the next (the host end buffers at most 4 MiB unread: a bigger write would wait on it)."""
+    vm = hil_vm_factory(options=RunnerOptions(op_timeout=300))
+    port = vm.hotplug(NAME)
+    with port.host.connect() as host, port.guest.open() as guest:
+        host.write(size=64 * MIB)
+        received = 0
+        while received < 64 * MIB:  # length and SHA-256 of every read are judged per step
+            received += len(guest.read())
+        assert received == 64 * MIB
+        for _ in range(32):
+            assert guest.write(size=2 * MIB) == 2 * MIB
+            assert len(host.read()) == 2 * MIB
+        vm.check(port, bytes_received=64 * MIB, bytes_sent=64 * MIB, bytes_discarded=0)
 
 
-def test_slow_host_reader_throttles_the_port_and_loses_nothing(twin: Twin) -> None:
-    twin.hotplug(NAME)
-    twin.both("host_open", NAME)
-    twin.both("guest_open", NAME)
-    endpoint = twin.real._endpoint(NAME)
-    endpoint.stall(True)
-    payload = Payload.generated(303, 64 * MIB)
-    ticket = twin.real.start_guest_op("write", NAME, payload=payload)
-    assert twin.real.ports is not None
-    wait_until(
-        lambda: twin.real.ports.qtree()[1][NAME].throttled,
-        60,  # type: ignore[union-attr]
-        "qtree to show throttle on with a stalled reader",
-    )
-    endpoint.stall(False)
-    got = twin.real.host_read(NAME, payload.length, timeout=300)
-    assert (got.length, got.sha256) == (payload.length, sha256_of(payload))
-    _agent(twin).wait_ticket(ticket, timeout=60)
-    assert not twin.real.ports.qtree()[1][NAME].throttled
-    twin.model.guest_write(NAME, payload)
-    twin.model.host_read(NAME)
-    twin.agree("throttled transfer")
+def test_slow_host_reader_throttles_the_port_and_loses_nothing(hil_vm: VM) -> None:
+    """1 MiB: far more than a unix socket buffers, far less than the guest's 128 out_vq buffers
+    of 32 KiB, so QEMU throttles the port while the guest's write itself completes."""
+    port = hil_vm.hotplug(NAME)
+    with port.host.connect() as host, port.guest.open() as guest:
+        with host.stalled():
+            assert guest.write(size=MIB) == MIB
+            hil_vm.check(port, throttled=True, bytes_sent=MIB)
+        assert len(host.read()) == MIB  # length and SHA-256 judged by the step
+        hil_vm.check(port, throttled=False)
 
 
-def test_unplug_while_the_guest_holds_the_port_open(twin: Twin) -> None:
-    twin.hotplug(NAME)
-    twin.both("host_open", NAME)
-    twin.both("guest_open", NAME)
-    agent = _agent(twin)
-    twin.real.ports.remove_port(twin.real._ports[NAME].spec)  # type: ignore[union-attr]
-    twin.model.unplug(NAME)
-    with pytest.raises(Exception, match="ENODEV"):
-        agent.read(NAME, 16, timeout=2)
-    with pytest.raises(Exception, match="ENODEV"):
-        agent.write(NAME, b"x")
-    assert set(agent.poll(NAME)) & {"IN", "OUT", "HUP"} == {"HUP"}
-    assert twin.model.poll(NAME) == frozenset({"HUP"})
+def test_unplug_while_the_guest_holds_the_port_open(hil_vm: VM) -> None:
+    port = hil_vm.hotplug(NAME)
+    with port.host.connect(), port.guest.open() as guest:
+        port.unplug()
+        hil_vm.check(port, exists=False)
+        with pytest.raises(OperationError, match="ENODEV"):
+            guest.read(16)
+        with pytest.raises(OperationError, match="ENODEV"):
+            guest.write(b"x")
 
 
 @pytest.mark.parametrize(
@@ -163,55 +118,51 @@ def test_unplug_while_the_guest_holds_the_port_open(twin: Twin) -> None:
         ("out of range", 31, "Out-of-range port id specified, max. allowed: 30"),
     ],
 )
-def test_hotplug_errors_are_qemus_own_text(twin: Twin, case: str, nr: int, expected: str) -> None:
-    error = twin.hotplug(f"org.hil.{case.replace(' ', '-')}", nr=nr)
-    assert error is not None and expected in error, f"{case}: {error!r}"
-    twin.agree(case)
+def test_hotplug_errors_are_qemus_own_text(hil_vm: VM, case: str, nr: int, expected: str) -> None:
+    with pytest.raises(OperationError, match=expected):
+        hil_vm.hotplug(f"org.hil.{case.replace(' ', '-')}", nr=nr)
+    hil_vm.check()
 
 
-def test_duplicate_name_and_one_port_too_many(twin: Twin) -> None:
-    twin.both("hotplug_controller", "vser1", 2, model_args=("vser1", 2))
-    twin.hotplug("org.hil.one", controller="vser1")
-    error = twin.hotplug("org.hil.one", controller="vser0")
-    assert error is not None and "A port already exists by name org.hil.one" in error
-    error = twin.hotplug("org.hil.two", controller="vser1")
-    assert error is not None, "a third port on a max_ports=2 controller must be refused"
-    twin.agree("refused hotplugs")
+def test_duplicate_name_and_one_port_too_many(hil_vm: VM) -> None:
+    small = hil_vm.hotplug_controller("vser1", max_ports=2)
+    small.add_port("org.hil.one")
+    with pytest.raises(OperationError, match=r"A port already exists by name org\.hil\.one"):
+        hil_vm.hotplug("org.hil.one", controller="vser0")
+    # max_ports=2: id 0 is reserved for a console, id 1 is taken; QEMU picks id 2 and refuses it
+    small.add_port("org.hil.two", expect_error="Out-of-range port id specified, max. allowed: 1")
+    hil_vm.check(small, max_ports=2)
 
 
-def test_hotplug_churn_keeps_guest_and_qemu_in_step(twin: Twin) -> None:
-    real = twin.real
-    assert real.ports is not None and real.agent is not None
+def test_hotplug_churn_keeps_guest_and_qemu_in_step(hil_vm: VM) -> None:
+    """Every hotplug/unplug step settles on the model's snapshot: QEMU's ports and the guest's
+    ports (debugfs) agree after each of them, and the console shows no kernel problem."""
     names = [f"org.hil.churn{i}" for i in range(30)]
-
-    def guest_matches_qemu(round_name: str) -> None:
-        qemu = set(real.ports.qtree()[1])  # type: ignore[union-attr]
-        deadline = time.monotonic() + 30
-        while True:
-            guest = {p["name"] for p in real.agent.list_ports() if p.get("name")}  # type: ignore[union-attr]
-            if guest == qemu:
-                return
-            assert time.monotonic() < deadline, f"{round_name}: guest {sorted(guest ^ qemu)} differ"
-            time.sleep(0.2)
-
-    for name in names:
-        twin.hotplug(name)
-    guest_matches_qemu("30 added")
-    for name in names[:25]:
-        twin.both("unplug", name)
-    guest_matches_qemu("25 removed")
+    ports = [hil_vm.hotplug(name) for name in names]
+    for port in ports[:25]:
+        port.unplug()
     for name in names[:5]:
-        twin.hotplug(name)
-    guest_matches_qemu("5 re-added")
-    twin.agree("churn setup")
-    for round_number in range(50):
-        twin.both("unplug", names[0])
-        twin.hotplug(names[0])
-        guest_matches_qemu(f"round {round_number}")
-    twin.agree("50 remove/re-add rounds")
-    problems = [m for m in real.agent.kmsg() if "WARNING" in str(m) or "BUG" in str(m)]
+        hil_vm.hotplug(name)
+    for _ in range(50):
+        hil_vm.unplug(names[0])
+        hil_vm.hotplug(names[0])
+    assert sorted(p.name for p in hil_vm.ports) == sorted(names[:5] + names[25:])
+    system = hil_vm.real
+    assert isinstance(system, QemuSystem) and system.agent is not None
+    problems = [m for m in system.agent.kmsg() if "WARNING" in str(m) or "BUG" in str(m)]
     assert not problems, problems
-    assert not real.console_problems()
+
+
+def test_a_real_system_that_differs_from_the_model_fails_the_check(hil_vm: VM) -> None:
+    """The oracle bites through the API: connect the host end behind the model's back and the
+    next comparison fails with the runner's diff table (QEMU's and the guest's view)."""
+    port = hil_vm.hotplug(NAME)
+    hil_vm.real.host_open(port.name)  # not a step: the model still says disconnected
+    with pytest.raises(ScenarioFailure) as failure:
+        hil_vm.check()
+    text = str(failure.value)
+    assert text.startswith("step 2 (check): the real system did not settle"), text
+    assert "qemu.host_connected" in text and "guest.host_connected" in text, text
 
 
 def test_unknown_port_operations_fail_clearly(hil_system: QemuSystem) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -12,16 +11,19 @@ from harness.images.builder import GuestImage, build_image
 from harness.images.errors import ImageBuildError
 from harness.machine.errors import MachineError
 from harness.machine.qemu import Machine, MachineSpec, Timeouts
+from harness.plugin.options import HilSettings
 
 pytestmark = pytest.mark.qemu
 
 
-def _spec(image: GuestImage, **overrides: object) -> MachineSpec:
+def _spec(image: GuestImage, settings: HilSettings, **overrides: object) -> MachineSpec:
+    """The configured QEMU (--hil-qemu) with this run's image; TCG, so no KVM probe is needed."""
     fields: dict[str, object] = {
         "kernel": image.kernel,
         "initrd": image.initramfs,
         "cmdline": image.cmdline,
         "accel": "tcg",
+        "qemu": settings.qemu,
     }
     fields.update(overrides)
     return MachineSpec(**fields)  # type: ignore[arg-type]
@@ -41,14 +43,18 @@ def test_wrong_kernel_path_is_named_by_the_builder() -> None:
         build_image(kernel="/no/such/vmlinuz")
 
 
-def test_wrong_kernel_path_is_named_by_the_machine(hil_image: GuestImage, tmp_path: Path) -> None:
+def test_wrong_kernel_path_is_named_by_the_machine(
+    hil_image: GuestImage, hil_settings: HilSettings, tmp_path: Path
+) -> None:
     with pytest.raises(MachineError, match=r"kernel /no/such/vmlinuz does not exist"):
-        _start(_spec(hil_image, kernel=Path("/no/such/vmlinuz")), tmp_path)
+        _start(_spec(hil_image, hil_settings, kernel=Path("/no/such/vmlinuz")), tmp_path)
 
 
-def test_missing_qemu_binary_is_named(hil_image: GuestImage, tmp_path: Path) -> None:
+def test_missing_qemu_binary_is_named(
+    hil_image: GuestImage, hil_settings: HilSettings, tmp_path: Path
+) -> None:
     with pytest.raises(MachineError, match=r"QEMU binary 'qemu-system-nonexistent' not found"):
-        _start(_spec(hil_image, qemu="qemu-system-nonexistent"), tmp_path)
+        _start(_spec(hil_image, hil_settings, qemu="qemu-system-nonexistent"), tmp_path)
 
 
 def test_file_that_is_not_a_kernel_is_refused_by_the_builder(tmp_path: Path) -> None:
@@ -59,24 +65,22 @@ def test_file_that_is_not_a_kernel_is_refused_by_the_builder(tmp_path: Path) -> 
 
 
 def test_non_kernel_with_a_kernel_header_fails_on_console_silence(
-    hil_image: GuestImage, tmp_path: Path
+    hil_image: GuestImage, hil_settings: HilSettings, tmp_path: Path
 ) -> None:
-    """Past the builder's header check, only the console can tell: nothing is printed."""
+    """Past the builder's header check, only the console can tell: QEMU loads the file (the
+    header is a real one) and runs it, and nothing is printed.  The wait is bounded by the
+    machine's own first-output timeout, which the message names."""
     fake = tmp_path / "vmlinuz-fake"
     real_header = hil_image.kernel.read_bytes()[:0x400]
     fake.write_bytes(real_header + b"\xf4" * (2 * 1024 * 1024))  # hlt, hlt, hlt...
-    started = time.monotonic()
-    with pytest.raises(MachineError) as failure:
-        _start(_spec(hil_image, kernel=fake), tmp_path, Timeouts(first_console_output=10))
-    elapsed = time.monotonic() - started
-    message = str(failure.value)
-    assert "nothing reached the serial console" in message or "QEMU failed to start" in message
-    assert elapsed < 60, f"failing took {elapsed:.0f} s: the silence was not noticed"
+    spec = _spec(hil_image, hil_settings, kernel=fake)
+    with pytest.raises(MachineError, match=r"nothing reached the serial console within 10 s"):
+        _start(spec, tmp_path, Timeouts(first_console_output=10))
 
 
 def test_qemu_start_failure_carries_exit_code_and_stderr(
-    hil_image: GuestImage, tmp_path: Path
+    hil_image: GuestImage, hil_settings: HilSettings, tmp_path: Path
 ) -> None:
-    spec = _spec(hil_image, extra_args=["-device", "no-such-device-model"])
+    spec = _spec(hil_image, hil_settings, extra_args=["-device", "no-such-device-model"])
     with pytest.raises(MachineError, match=r"exit code 1.*no-such-device-model"):
         _start(spec, tmp_path)

@@ -1,14 +1,21 @@
-"""Drive the spec model and the real system side by side (the model is the oracle)."""
+"""Drive the spec model and the real system side by side (the model is the oracle).
+
+Superseded by the public API (``hil_vm``: every call is a scenario step, ``check()`` is the
+runner's comparison); kept only for tests written against it before the API existed
+(test_conformance.py, test_findings.py). New tests use ``hil_vm``; port those, then delete this.
+"""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 from harness.backend.settle import settle
 from harness.backend.system import QemuSystem, RealFailure
 from harness.model import ModelError, VirtioSerialModel, format_diff
+from tests.integration.polling import wait_until
+
+__all__ = ["Twin", "wait_until"]
 
 
 class Twin:
@@ -70,11 +77,3 @@ class Twin:
     def agree(self, where: str) -> None:
         _, differences = settle(self.model.snapshot(), self.real.snapshot, self.settle_timeout)
         assert not differences, f"after {where}, real != model:\n{format_diff(differences)}"
-
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll a real-system condition no event announces (qtree, debugfs), bounded and named."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        time.sleep(0.2)

@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import select
 import signal
 import socket
@@ -50,6 +51,7 @@ LOG_PATH = f"{RUN_DIR}/hil-agent.log"
 TCP_ADDRESS = ("10.0.2.15", 7011)
 SYSFS_PORTS = "/sys/class/virtio-ports"
 DEBUGFS_PORTS = "/sys/kernel/debug/virtio-ports"
+PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 REPLY_PREFIX = "HILAGENT "
 BLOCK_SIZE = 65536
 WRITE_CHUNK = 32768  # virtio_console accepts at most 32 KiB per write() call
@@ -202,8 +204,19 @@ def list_ports() -> list[dict[str, Any]]:
                 entry[key] = value
         entry["name"] = name
         entry["debugfs"] = debug_text is not None
+        entry["pci"] = pci_slot(f"{SYSFS_PORTS}/{dev}")
         ports.append(entry)
     return ports
+
+
+def pci_slot(path: str) -> str | None:
+    """The PCI address of the controller behind a port, as QEMU's qtree prints it ("03.0").
+
+    /sys/class/virtio-ports/vportNpM resolves to .../0000:00:03.0/virtioN/virtio-ports/...:
+    the last PCI component names the virtio-serial-pci device, which is how a port is tied
+    to its controller (vportN's N is only the probe order)."""
+    slots = [part for part in os.path.realpath(path).split("/") if PCI_ADDRESS.match(part)]
+    return slots[-1].split(":", 2)[2] if slots else None
 
 
 def find_dev(name: str) -> str:

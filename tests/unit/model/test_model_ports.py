@@ -164,9 +164,12 @@ def test_single_port_controller_takes_only_a_console_at_0():
         m.hotplug("a", controller="one")
     assert m.hotplug("con", controller="one", console=True) == 0
     view = m.snapshot().ports["con"]
-    # no control messages without MULTIPORT: no name, no host state; QEMU set_status
+    # no control messages without MULTIPORT: no name, no host state; QEMU's set_status marks
+    # port 0 open only at DRIVER_OK, so a console plugged after boot stays "guest off"
     assert view.guest.name is None and view.guest.is_console and view.guest.console_vtermno == 1
-    assert view.qemu.guest_connected and not view.guest.host_connected
+    assert not view.qemu.guest_connected and not view.guest.host_connected
+    m.reboot()
+    assert m.snapshot().ports["con"].qemu.guest_connected
     with pytest.raises(ModelError, match="ENXIO"):
         m.guest_open("con")
 
