@@ -167,9 +167,10 @@ class AgentClient:
         if self.transport == "tcp" and self.open_direct() is not None:
             return self
         if self._transport() is None:
-            self._note("ssh transport down: reconnecting")
+            lazy = self.guest.ssh is None  # never connected (restored guest): not a reconnect
+            self._note("ssh not connected yet: connecting" if lazy else "ssh down: reconnecting")
             self.guest.connect_ssh(self.start_timeout)
-            self.reconnects += 1
+            self.reconnects += 0 if lazy else 1
         result = self.guest.run(f"{AGENT_COMMAND} ensure", timeout=self.start_timeout)
         if result.exit_code != 0:
             raise AgentConnectionError(
