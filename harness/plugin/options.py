@@ -9,12 +9,13 @@ import pytest
 from harness.images.errors import ImageBuildError
 from harness.images.kernel import KERNEL_SPEC_FORMS, parse_kernel_spec
 from harness.images.recipe import DEFAULT_RECIPE
+from harness.machine.snapshot_cache import DEFAULT_CAP_BYTES
 
 ACCEL_CHOICES = ("auto", "kvm", "tcg")
 BACKEND_CHOICES = ("model", "qemu")
 BEHAVIOUR_CHOICES = ("auto", "default")
 START_CHOICES = ("snapshot", "boot")
-DEFAULT_STATE_CACHE_MIB = 2048
+DEFAULT_STATE_CACHE_MIB = DEFAULT_CAP_BYTES // 2**20
 
 
 def add_options(parser: pytest.Parser) -> None:
