@@ -1,6 +1,7 @@
 """`python -m harness run [PYTEST ARGS]`: the main job — build the image if needed, boot the
 guest, run the shipped scenarios. `python -m harness smoke`: boot one guest and check both
-channels, printing the timings (what to run first on a new machine)."""
+channels, printing the timings (what to run first on a new machine). `python -m harness bench
+[--json]`: boot one guest and compare the checked stream path with the raw port."""
 
 from __future__ import annotations
 
@@ -91,9 +92,46 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands.add_parser("smoke", help="boot one guest and check SSH and serial")
+    soak = commands.add_parser("soak", help="streams and faults on one long-lived guest")
+    soak.add_argument("--minutes", type=float, default=30.0, help="how long (default 30)")
+    soak.add_argument("--seed", type=int, default=1, help="the fault mix's seed (default 1)")
+    bench = commands.add_parser(
+        "bench",
+        help="boot one guest; raw vs checked stream MB/s (1 and 4 ports) and round trips",
+        description="Boot one guest and print, for each direction and for 1 and 4 ports, the "
+        "raw port's MB/s (busybox dd in the guest), the checked stream path's MB/s and their "
+        "ratio; checked totals with streams both ways at once; and the 1 byte / 4 KiB round "
+        "trip through the agent against `cat` in the guest (p50/p99, microseconds). Compare "
+        "ratios: absolute numbers depend on the machine's load.",
+    )
+    bench.add_argument("--json", action="store_true", help="also print one JSON line last")
+    bench.add_argument(
+        "--mib", type=int, default=128, help="MiB per direction and case (default 128)"
+    )
+    bench.add_argument(
+        "--round-trips", type=int, default=200, help="round trips per case (default 200)"
+    )
+    bench.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs of each throughput case, raw and checked alternating; medians (default 3)",
+    )
     args, rest = parser.parse_known_args(argv)
     if args.command == "smoke":
         return smoke()
+    if args.command == "soak":
+        from harness.logs import print_progress
+        from harness.soak import soak as run_soak
+
+        print_progress()
+        return run_soak(args.minutes, args.seed)
+    if args.command == "bench":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        from harness.backend.bench import bench as run_bench
+
+        return run_bench(args.mib, args.round_trips, args.json, args.repeat)
     return run_scenarios(rest)
 
 

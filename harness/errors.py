@@ -16,6 +16,9 @@ QEMU that would not start, a guest that disagrees with the model) from a bug, wi
   `harness.scenario.vm.OperationError` (an OperationFailed the model and the real system agree
   on) and `OperationBlocks` (the Python API's "this call would block").
 
+`NotApplicable` (this system cannot do what a step asks, e.g. reload a built-in driver) makes
+the plugin skip the test with its message as the reason.
+
 The guest agent (`harness/guest/agent/hil_agent.py`) runs inside the guest with only the
 standard library; its errors travel as replies and become AgentError on the host.
 
@@ -27,6 +30,11 @@ from __future__ import annotations
 
 class HarnessError(Exception):
     """Something the harness detected and explains; the message says what and what to do."""
+
+
+class NotApplicable(HarnessError):
+    """This system cannot do what the test asks (a built-in driver cannot be reloaded): the
+    plugin reports the test as skipped with this message as the reason."""
 
 
 class OperationFailed(HarnessError):

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.machine.errors import MachineError, ReadTimeout, WaitTimeout
-from harness.model.payload import Payload, iter_chunks
+from harness.model.payload import Mismatch, Payload, StreamChecker, iter_chunks, sha256_of
 
 RECEIVE_LIMIT = 4 * 1024 * 1024
 REPLAY_LIMIT = 8 * 1024 * 1024  # > any unix socket queue: what QEMU may not have read yet
-_CHUNK = 65536
+_CHUNK = 262144  # per recv(): fewer, larger chunks cost the host less per byte
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,39 @@ class Received:
     sha256: str
     data: bytes | None  # kept only when length <= keep_limit
     eof: bool
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What a checked read consumed: exact count, the first bad 4 KiB block (if any), and when
+    the first and last bytes were taken (monotonic seconds; equal when nothing arrived)."""
+
+    payload: Payload
+    start: int
+    length: int
+    mismatch: Mismatch | None
+    eof: bool
+    first_at: float
+    last_at: float
+
+    @property
+    def ok(self) -> bool:
+        return self.mismatch is None and self.start + self.length == self.payload.length
+
+    @property
+    def sha256(self) -> str | None:
+        """SHA-256 of what arrived when it is the payload's bytes (computed here, on the host,
+        from the model's generator: the bytes were compared one by one); None otherwise."""
+        if self.mismatch is not None:
+            return None
+        return sha256_of(self.payload, self.start, self.start + self.length)
+
+    def describe(self) -> str:
+        if self.mismatch is not None:
+            return self.mismatch.describe(self.payload.seed)
+        expected = self.payload.length - self.start
+        end = " (EOF)" if self.eof else ""
+        return f"{self.length} of {expected} bytes arrived{end}, all as expected"
 
 
 class HostEndpoint:
@@ -176,6 +209,15 @@ class HostEndpoint:
                     del self._recent[: len(self._recent) - REPLAY_LIMIT]
                 self._lock.notify_all()
 
+    def drop_pending(self) -> int:
+        """Stop sending what is still queued (a stream told to stop); returns the bytes dropped."""
+        with self._lock:
+            dropped = self._pending_out - len(self._partial)
+            self._outbox.clear()
+            self._pending_out = len(self._partial)  # a begun chunk still goes: no torn write
+            self._lock.notify_all()
+            return dropped
+
     # -- migration -----------------------------------------------------------------------------
 
     def pause_sending(self, paused: bool = True) -> None:
@@ -298,6 +340,104 @@ class HostEndpoint:
         return Received(
             count, digest.hexdigest(), bytes(kept) if count <= keep_limit else None, eof
         )
+
+    def read_checked(
+        self, payload: Payload, timeout: float, start: int = 0, length: int | None = None
+    ) -> Checked:
+        """Consume ``length`` bytes (default: up to the payload's end) and compare them with
+        ``payload[start:]`` as they arrive (memcmp per chunk; the first bad 4 KiB block is
+        located).  Stops early only at EOF; ``timeout`` bounds each wait for data."""
+        checker = StreamChecker(payload, start)
+        want = payload.length - start if length is None else length
+        first_at = last_at = 0.0
+        began = time.monotonic()
+        with self._lock:
+            while checker.received < want:
+                if self._inbox:
+                    chunk = self._inbox.popleft()
+                    take = chunk[: want - checker.received]
+                    if len(take) < len(chunk):
+                        self._inbox.appendleft(chunk[len(take) :])
+                    self._inbox_size -= len(take)
+                    self._lock.notify_all()
+                    last_at = time.monotonic()
+                    first_at = first_at or last_at
+                    self._lock.release()  # compare outside the lock: the receiver goes on
+                    try:
+                        checker.feed(take)
+                    finally:
+                        self._lock.acquire()
+                    continue
+                if self._eof or self._sock is None:
+                    break
+                if not self._wait_data(last_at or began, timeout):
+                    raise ReadTimeout(
+                        f"host end of {self.name}: checked read got {checker.received} of "
+                        f"{want} bytes, then nothing for {timeout:.0f} s",
+                        checker.received,
+                        want,
+                    )
+            eof = self._eof and not self._inbox
+        return Checked(
+            payload, start, checker.received, checker.mismatch, eof, first_at, last_at or first_at
+        )
+
+    def drain(self, length: int, timeout: float) -> tuple[int, float, float]:
+        """Consume and discard ``length`` bytes (the raw path: no hash, no compare); returns
+        (count, first byte time, last byte time).  Stops early only at EOF."""
+        count = 0
+        first_at = last_at = 0.0
+        began = time.monotonic()
+        with self._lock:
+            while count < length:
+                if self._inbox:
+                    chunk = self._inbox.popleft()
+                    if len(chunk) > length - count:
+                        self._inbox.appendleft(chunk[length - count :])
+                        chunk = chunk[: length - count]
+                    self._inbox_size -= len(chunk)
+                    count += len(chunk)
+                    last_at = time.monotonic()
+                    first_at = first_at or last_at
+                    self._lock.notify_all()
+                    continue
+                if self._eof or self._sock is None:
+                    break
+                if not self._wait_data(last_at or began, timeout):
+                    raise ReadTimeout(
+                        f"host end of {self.name}: drained {count} of {length} bytes, then "
+                        f"nothing for {timeout:.0f} s",
+                        count,
+                        length,
+                    )
+        return count, first_at, last_at or first_at
+
+    def _wait_data(self, since: float, timeout: float) -> bool:
+        """Wait (lock held) for the receiver; False once nothing arrived for ``timeout``
+        seconds ``since`` the last byte (or since the read began when none arrived yet)."""
+        remaining = since + timeout - time.monotonic()
+        if remaining <= 0:
+            return False
+        self._lock.wait(remaining)
+        return True
+
+    def take(self, limit: int, timeout: float) -> bytes:
+        """Up to ``limit`` received bytes, waiting at most ``timeout`` for the first one;
+        b"" when none came (a stream consumer's step: it never holds more than ``limit``)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while not self._inbox:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._eof:
+                    return b""
+                self._lock.wait(remaining)
+            chunk = self._inbox.popleft()
+            if len(chunk) > limit:
+                self._inbox.appendleft(chunk[limit:])
+                chunk = chunk[:limit]
+            self._inbox_size -= len(chunk)
+            self._lock.notify_all()
+            return chunk
 
     def _receive_loop(self, sock: socket.socket) -> None:
         while True:

@@ -19,7 +19,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from harness.backend import faults
 from harness.backend.endpoint import HostEndpoint, Received, unread_by_peer
+from harness.backend.streams import StreamReport, StreamRunner
 from harness.errors import OperationFailed
 from harness.guest.agent_client import AgentClient, AgentError
 from harness.guest.guest import READY_MARKER, Guest
@@ -97,6 +99,8 @@ class QemuSystem:
         self._fds: dict[str, list[_Fd]] = {}  # by port name, oldest first
         self._console_mark = 0
         self._kernel_messages: list[str] = []
+        self.streams = StreamRunner(lambda: self._need_guest()[1], self.host_endpoint)
+        self.lost = False  # the machine stopped answering: artifacts skip the agent
 
     # -- lifetime ----------------------------------------------------------------------------
 
@@ -119,6 +123,7 @@ class QemuSystem:
         )
 
     def stop(self) -> None:
+        self.streams.stop_all()
         for port in self._ports.values():
             if port.endpoint is not None and port.endpoint.connected:
                 port.endpoint.close()
@@ -365,6 +370,7 @@ class QemuSystem:
 
     def reboot(self) -> None:
         guest, agent, _ = self._need_guest()
+        self.streams.note_progress()  # the agent's stream counts die with the guest
         agent.disconnect()
         self._fds.clear()  # the agent that held them died with the guest
         self._sigio.clear()
@@ -507,6 +513,53 @@ class QemuSystem:
         target.connect_ssh(self.boot_timeout)
         self.agent = AgentClient(target).start()
 
+    # -- streams and faults (harness.backend.streams, harness.backend.faults) -----------------
+
+    def host_endpoint(self, port: str) -> HostEndpoint:
+        return self._endpoint(port)
+
+    def start_stream(
+        self, port: str, direction: str, seed: int, size: int | None, chunk: int
+    ) -> str:
+        return self.streams.start(port, direction, seed, size, chunk)
+
+    def stop_stream_writer(self, port: str) -> None:
+        self.streams.stop_writer(port)
+
+    def end_stream(self, port: str, stop: bool, timeout: float) -> StreamReport:
+        return self.streams.end(port, stop, timeout)
+
+    def vm_stop(self) -> None:
+        faults.qmp(self._need_guest()[0], "stop")
+
+    def vm_cont(self) -> None:
+        faults.qmp(self._need_guest()[0], "cont")
+
+    def ssh_drop(self) -> None:
+        faults.ssh_drop(self._need_guest()[0])
+
+    def module_reload(self) -> None:
+        guest, agent, _ = self._need_guest()
+        faults.module_reload(guest)
+        for name in self._ports:
+            agent.wait_port(name)
+
+    def qemu_kill(self) -> None:
+        self.lost = True
+        faults.qemu_kill(self._need_guest()[0])
+
+    def guest_panic(self) -> None:
+        self.lost = True
+        faults.guest_panic(self._need_guest()[0])
+
+    def failure_context(self) -> faults.MachineState:
+        """QEMU's exit status or the guest's silence, with the console's last lines."""
+        self.lost = True
+        problems = self.console_problems() if self.guest is not None else []
+        return faults.MachineState(
+            faults.headline(self.guest, problems), faults.console_tail(self.guest)
+        )
+
     # -- observation -------------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
@@ -563,7 +616,7 @@ class QemuSystem:
             out["QMP transcript"] = (
                 machine.qmp_log.read_text(errors="replace") if machine.qmp_log.exists() else ""
             )
-        if self.agent is not None:
+        if self.agent is not None and not self.lost:
             try:
                 messages = self.agent.kmsg()
                 self._kernel_messages += [str(m.get("text", m)) for m in messages]
@@ -592,7 +645,7 @@ def _op_result(result: Any) -> Any:
     if "data" in result:
         data = base64.b64decode(result["data"])
         return Received(len(data), hashlib.sha256(data).hexdigest(), data, bool(result.get("eof")))
-    if "sha256" in result and "bytes" in result:
+    if "bytes" in result:
         if "eof" in result:
             return Received(int(result["bytes"]), result["sha256"], None, bool(result["eof"]))
         return int(result["bytes"])

@@ -32,13 +32,13 @@ Observables - ``Snapshot(controllers, ports)``, ``PortView``, ``QemuPortView``,
     ``GuestPortView``, ``ControllerView``; ``diff(expected, actual) -> [Difference]``,
     ``format_diff``; ``parse_vport("vport2p5") -> (2, 5)``, ``port_nr_from_vport``.
 Control protocol (``harness.model.control``) - ``ControlMessage``, ``encode``, ``decode``,
-    event constants, ``DeviceControl`` / ``DriverControl`` / ``handshake``.
+    event constants, ``DeviceControl`` / ``DriverControl`` / ``handshake`` / ``lost``.
 Migration (``harness.model.migration``) - ``save(model, controller=None) -> bytes``,
     ``load(dest, data, controller=None, *, source=None) -> [LoadEvent]``, ``migrate``,
     ``clone_configuration``.
 Switches - ``Behaviour`` (frozen): port_name_trailing_nul, load_checks_max_nr_ports,
     console_vtermno_reuse, guest_write_chunk, guest_outvq_buffers, guest_rx_capacity,
-    host_socket_buffer.  Defaults: today's QEMU and Linux 6.x.
+    host_socket_buffer, control_rx_buffers.  Defaults: Debian 12's QEMU 7.2 and Linux 6.x.
 """
 
 from __future__ import annotations

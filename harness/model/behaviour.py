@@ -1,6 +1,8 @@
 """Named switches for places where layers or versions disagree.
 
-Defaults are today's QEMU (7.2 .. 10.x behave the same here) and Linux 6.x.
+Defaults are Debian 12's QEMU 7.2 and Linux 6.x; the plugin moves the version-dependent
+switches with the kernel release (plugin/kernels.py) and the QEMU version
+(plugin/qemu_versions.py).
 """
 
 from __future__ import annotations
@@ -38,3 +40,11 @@ class Behaviour:
     #: Bytes the host socket absorbs after the host stops reading, before QEMU's chardev write
     #: comes back short and throttles the port.  0 = throttle at the first byte.
     host_socket_buffer: int = 0
+    #: Buffers in the guest's control receive queue (c_ivq) when the driver (re)probes: QEMU
+    #: sizes it in virtio_serial_device_realize (virtio_add_queue(vdev, 32, control_in)) and
+    #: Linux's probe fills every slot (fill_queue).  QEMU's send_control_msg drops a message
+    #: when virtqueue_pop finds no buffer, so the probe handshake loses messages once the
+    #: queue runs dry: 24 host-connected ports lose PORT_OPEN 1 for ports 8-24 (observed on
+    #: QEMU 7.2.22).  QEMU 10.0.13 forces every virtqueue to VIRTQUEUE_MAX_SIZE (1024) in
+    #: virtio_add_queue, which hides the loss; see harness/plugin/qemu_versions.py.
+    control_rx_buffers: int = 32

@@ -75,10 +75,12 @@ def port_name_message(port_id: int, name: str, behaviour: Behaviour) -> ControlM
 
 @dataclass(frozen=True)
 class Wire:
-    """One control message as it crossed the control queues, in send order."""
+    """One control message as it crossed the control queues, in send order.  ``lost``: QEMU
+    sent it while the guest's control receive queue had no free buffer, so it was dropped."""
 
     direction: str
     message: ControlMessage
+    lost: bool = False
 
 
 @dataclass
@@ -185,19 +187,37 @@ class DriverControl:
         return []
 
 
-def exchange(device: DeviceControl, driver: DriverControl, first: ControlMessage) -> list[Wire]:
+def exchange(
+    device: DeviceControl,
+    driver: DriverControl,
+    first: ControlMessage,
+    rx_buffers: int | None = None,
+) -> list[Wire]:
     """Run the control conversation started by ``first`` (driver->device) to quiescence.
 
     The driver's send is synchronous (it spins until QEMU consumed the buffer, and QEMU
     handles control_out in the same call), so QEMU's replies are queued behind whatever was
     already waiting in the control rx queue; the driver works that queue in FIFO order.
+
+    ``rx_buffers``: free buffers in the guest's control rx queue (c_ivq) when the
+    conversation starts (None: unlimited).  Every device->driver message takes one; QEMU's
+    send_control_msg drops the message when virtqueue_pop finds none (no retry, no queueing).
+    Linux's control_work_handler gives a buffer back (add_inbuf) only after
+    handle_control_message returned, i.e. after the synchronous sends it made were answered.
     """
     log: list[Wire] = []
     inbox: deque[ControlMessage] = deque()
+    free = rx_buffers
 
     def to_device(message: ControlMessage) -> None:
+        nonlocal free
         log.append(Wire(TO_DEVICE, message))
         for reply in device.receive(encode(message)):
+            if free == 0:
+                log.append(Wire(TO_DRIVER, reply, lost=True))
+                continue
+            if free is not None:
+                free -= 1
             log.append(Wire(TO_DRIVER, reply))
             inbox.append(reply)
 
@@ -205,14 +225,24 @@ def exchange(device: DeviceControl, driver: DriverControl, first: ControlMessage
     while inbox:
         for reply in driver.receive(encode(inbox.popleft())):
             to_device(reply)
+        if free is not None:
+            free += 1  # add_inbuf after handle_control_message
     return log
 
 
 def handshake(
     ports: list[DevicePort], max_nr_ports: int, behaviour: Behaviour | None = None
 ) -> tuple[list[Wire], DriverControl]:
-    """DEVICE_READY -> PORT_ADD for every port -> PORT_READY -> CONSOLE_PORT/NAME/OPEN."""
-    device = DeviceControl(ports, behaviour or Behaviour())
+    """DEVICE_READY -> PORT_ADD for every port -> PORT_READY -> CONSOLE_PORT/NAME/OPEN, with
+    the guest's control rx queue full of fresh buffers (``Behaviour.control_rx_buffers``)."""
+    behaviour = behaviour or Behaviour()
+    device = DeviceControl(ports, behaviour)
     driver = DriverControl(max_nr_ports)
-    log = exchange(device, driver, ControlMessage(BAD_ID, DEVICE_READY, 1))
+    first = ControlMessage(BAD_ID, DEVICE_READY, 1)
+    log = exchange(device, driver, first, behaviour.control_rx_buffers)
     return log, driver
+
+
+def lost(log: list[Wire]) -> list[ControlMessage]:
+    """The messages QEMU dropped for want of a control rx buffer, in send order."""
+    return [wire.message for wire in log if wire.lost]

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from harness.model import errors as E
 from harness.model.behaviour import Behaviour
+from harness.model.control import DevicePort, handshake
 from harness.model.declarations import DEFAULT_MAX_PORTS, Backend
 from harness.model.payload import Payload, Slice, SliceQueue, as_payload, slices_sha256
 
@@ -340,13 +341,12 @@ class VirtioSerialModel:
         QEMU's guest_reset only detaches the held element: ``throttled`` stays set until the
         chardev is writable again (chr_write_unblocked), so a reset passes ``keep_throttle``.
         """
-        assert port.guest is not None
         held = port.held.length - port.held_offset if port.held else 0
-        queued = sum(c.length for c in port.guest.outvq)
-        self._discard(port, G2H, "QEMU", held + queued, why)
+        outvq = port.guest.outvq if port.guest is not None else deque()
+        self._discard(port, G2H, "QEMU", held + sum(c.length for c in outvq), why)
         port.held, port.held_offset = None, 0
         port.throttled = port.throttled and keep_throttle
-        port.guest.outvq.clear()
+        outvq.clear()
 
     # -------------------------------------------------------------- guest side
     def _alloc_vterm(self) -> int:
@@ -389,7 +389,8 @@ class VirtioSerialModel:
     def _guest_unplug(self, port: Port) -> None:
         """Linux unplug_port: wake the fd holder, drop unread data, free the vtermno."""
         guest = port.guest
-        assert guest is not None
+        if guest is None:
+            return  # the guest never learnt of the port (PORT_ADD lost): PORT_REMOVE ignored
         if guest is self.controllers[port.controller].guest0:
             port.guest = None  # no PORT_REMOVE without a control queue: the guest keeps port 0
             return
@@ -413,7 +414,8 @@ class VirtioSerialModel:
             raise E.ModelError(E.ENOENT, "port was unplugged: its device node is gone")
         port = self._port(name)
         guest = port.guest
-        assert guest is not None  # live ports always have their guest side
+        if guest is None:
+            raise E.ModelError(E.ENOENT, "the guest never got PORT_ADD (no control rx buffer)")
         if guest.is_console:
             raise E.ModelError(E.ENXIO, "console ports are opened through hvc")
         if guest.guest_connected:
@@ -506,6 +508,8 @@ class VirtioSerialModel:
                 ctrl.guest0 = self._probe_console()
             for name in ctrl.ports:
                 self._reset_port(self.ports[name], ctrl.multiport)
+            if ctrl.multiport:
+                self._probe(ctrl)
         return self._outcome()
 
     reboot = guest_reset
@@ -520,11 +524,31 @@ class VirtioSerialModel:
     def _reset_port(self, port: Port, multiport: bool) -> None:
         self._drop_g2h(port, "guest reset", keep_throttle=True)
         port.guest_connected = False
-        assert port.guest is not None
-        self._discard(port, H2G, "guest", len(port.guest.rx), "guest reset")
-        self._guest_add(port, multiport)
+        if port.guest is not None:
+            self._discard(port, H2G, "guest", len(port.guest.rx), "guest reset")
+        port.guest = None
         if not multiport:
+            self._guest_add(port, multiport)
             port.guest_connected = True  # set_status: DRIVER_OK marks port 0 open
+
+    def _probe(self, ctrl: Controller) -> None:
+        """The driver's probe handshake with every port of ``ctrl`` at once (control.handshake,
+        with Behaviour.control_rx_buffers fresh control rx buffers).  What QEMU dropped for
+        want of a buffer the guest never learns: no PORT_ADD, no port at all; no PORT_NAME,
+        no name; no CONSOLE_PORT, no console; no PORT_OPEN 1, "host closed" in the guest
+        while QEMU says host on (read gives EOF, write blocks) until the host reconnects."""
+        ports = [self.ports[name] for name in ctrl.ports]
+        device = [DevicePort(p.nr, p.name, p.console, p.host_connected) for p in ports]
+        _, driver = handshake(device, ctrl.max_ports, self.behaviour)
+        for port in ports:
+            seen = driver.ports.get(port.nr)
+            if seen is None:
+                continue  # PORT_ADD lost
+            port.guest = GuestPort(name=seen.name, host_connected=seen.host_connected)
+            if seen.is_console:
+                port.guest.is_console = port.guest.guest_connected = True
+                port.guest.vtermno = self._alloc_vterm()
+                port.guest_connected = True  # init_port_console sends PORT_OPEN 1
 
     def _blocked_ports(self) -> set[str]:
         return {b.pending.port for b in self._blocked.values()}
@@ -560,8 +584,8 @@ class VirtioSerialModel:
         return self._outcome()
 
     def _send_port_open(self, port: Port) -> None:
-        assert port.guest is not None
-        port.guest.host_connected = port.host_connected
+        if port.guest is not None:  # else Linux drops it: "Invalid index in control packet"
+            port.guest.host_connected = port.host_connected
 
     def host_write(self, name: str, payload: Payload | bytes) -> Outcome:
         port = self._port(name)
@@ -629,7 +653,8 @@ class VirtioSerialModel:
     def _flush(self, port: Port) -> bool:
         """do_flush_queued_data: hand queued elements to the chardev until throttled."""
         guest = port.guest
-        assert guest is not None
+        if guest is None:
+            return False
         moved = False
         while not port.throttled and (port.held or guest.outvq):
             if port.held is None:

@@ -226,8 +226,8 @@ def load(
             port.held, port.held_offset, port.throttled = item.held, item.held_offset, False
         if item.host_connected != port.host_connected:
             events.append(LoadEvent("PORT_OPEN", port.name, int(port.host_connected)))
-            assert port.guest is not None
-            port.guest.host_connected = port.host_connected
+            if port.guest is not None:  # else the guest never got PORT_ADD: dropped
+                port.guest.host_connected = port.host_connected
         events.append(LoadEvent("VSERPORT_CHANGE", port.name, int(port.guest_connected)))
     dest._settle()
     return events

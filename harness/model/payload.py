@@ -1,11 +1,21 @@
 """Payload descriptions and streaming helpers.
 
 Payloads can be hundreds of MiB, so the model never stores them: data in flight is a queue of
-``Slice(payload, start, end)`` and bytes are produced on demand.  The generator is deliberately
-trivial so that a stdlib-only guest agent can re-implement it byte for byte:
+``Slice(payload, start, end)`` and bytes are produced on demand.  The generator is built so that
+a stdlib-only guest agent under TCG can produce and check it at device speed with C-level bytes
+operations only (copy, slice, step-slice assignment, memcmp) — no per-byte or per-block Python
+work and no hashing — while every 4 KiB block still names itself, so that loss, duplication,
+reordering and corruption are located to the block:
 
-    block k (k = offset // 65536) of the stream with seed s is
-    random.Random(s * 1_000_003 + k).randbytes(65536), truncated to the payload length.
+    the stream with seed s is a sequence of 4 KiB blocks; block k (bytes [4096 k, 4096 k + 4096))
+    starts with a 16-byte header: the seed's low 64 bits (little endian) and k (64-bit little
+    endian); the other 4080 bytes are the filler at the same position of the 1 MiB pool
+    random.Random(s * 1_000_003).randbytes(1 MiB).
+
+So span m (1 MiB, blocks 256 m .. 256 m + 255) is the pool with headers where only the bytes
+9..15 of each block's index (m, little endian) change from span to span: one copy of a per-seed
+template plus up to seven step-slice assignments.  A payload of any length is the prefix of that
+stream.
 """
 
 from __future__ import annotations
@@ -15,8 +25,13 @@ import random
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 
-BLOCK_SIZE = 65536
+BLOCK_SIZE = 4096  # the unit that is checked and located: it carries its seed and index
+HEADER_SIZE = 16  # seed (8 bytes) + block index (8 bytes), both little endian
+SPAN_SIZE = 1 << 20  # the unit of generation: one template copy per span
+_BLOCKS_PER_SPAN = SPAN_SIZE // BLOCK_SIZE
+_SEED_MASK = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -50,9 +65,66 @@ def as_payload(value: Payload | bytes) -> Payload:
     return value if isinstance(value, Payload) else Payload.literal(value)
 
 
-def generated_block(seed: int, index: int) -> bytes:
-    """Block ``index`` of the generated stream for ``seed`` (always 65536 bytes)."""
-    return random.Random(seed * 1_000_003 + index).randbytes(BLOCK_SIZE)
+def seed_tag(seed: int) -> bytes:
+    """The 8 header bytes that name the stream of ``seed`` (its low 64 bits)."""
+    return (seed & _SEED_MASK).to_bytes(8, "little")
+
+
+@lru_cache(maxsize=16)
+def _template(seed: int) -> bytes:
+    """Span 0 of ``seed``: the pool with every block's header (index high bytes zero)."""
+    pool = bytearray(random.Random(seed * 1_000_003).randbytes(SPAN_SIZE))
+    tag = seed_tag(seed)
+    for i in range(_BLOCKS_PER_SPAN):
+        at = i * BLOCK_SIZE
+        pool[at : at + HEADER_SIZE] = tag + i.to_bytes(8, "little")
+    return bytes(pool)
+
+
+def generated_span(seed: int, index: int) -> bytes:
+    """Span ``index`` (bytes ``[index * SPAN_SIZE, (index + 1) * SPAN_SIZE)``) of ``seed``."""
+    span = bytearray(_template(seed))
+    set_span_index(span, index)
+    return bytes(span)
+
+
+def set_span_index(span: bytearray, index: int) -> None:
+    """Turn ``span`` (any span of a seed) into span ``index`` of that seed, in place: spans
+    differ only in bytes 9..15 of each block's index."""
+    for j, value in enumerate(index.to_bytes(7, "little")):
+        span[9 + j :: BLOCK_SIZE] = bytes((value,)) * _BLOCKS_PER_SPAN
+
+
+@dataclass(frozen=True)
+class BlockHeader:
+    """What a 4 KiB block says it is."""
+
+    tag: bytes
+    index: int
+
+    @classmethod
+    def parse(cls, block: bytes) -> BlockHeader | None:
+        if len(block) < HEADER_SIZE:
+            return None
+        return cls(bytes(block[:8]), int.from_bytes(block[8:HEADER_SIZE], "little"))
+
+    def describe(self, seed: int) -> str:
+        whose = "this stream" if self.tag == seed_tag(seed) else f"seed tag {self.tag.hex()}"
+        return f"block {self.index} (offset {self.index * BLOCK_SIZE}) of {whose}"
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """The first 4 KiB block of a checked stream that differs from the expected bytes."""
+
+    offset: int  # payload offset of that block's start (a multiple of BLOCK_SIZE)
+    found: BlockHeader | None  # its header as received when the block was received whole
+
+    def describe(self, seed: int | None) -> str:
+        where = f"block at offset {self.offset} (block {self.offset // BLOCK_SIZE})"
+        if seed is None or self.found is None:
+            return f"{where} differs from the expected bytes"
+        return f"{where} differs: received {self.found.describe(seed)}"
 
 
 def _bounds(payload: Payload, start: int, end: int | None) -> tuple[int, int]:
@@ -72,9 +144,10 @@ def iter_chunks(payload: Payload, start: int = 0, end: int | None = None) -> Ite
     assert payload.seed is not None
     pos = start
     while pos < stop:
-        index, offset = divmod(pos, BLOCK_SIZE)
-        take = min(BLOCK_SIZE - offset, stop - pos)
-        yield generated_block(payload.seed, index)[offset : offset + take]
+        index, offset = divmod(pos, SPAN_SIZE)
+        take = min(SPAN_SIZE - offset, stop - pos)
+        span = generated_span(payload.seed, index)
+        yield span if take == SPAN_SIZE else span[offset : offset + take]
         pos += take
 
 
@@ -89,6 +162,70 @@ def sha256_of(payload: Payload, start: int = 0, end: int | None = None) -> str:
     for chunk in iter_chunks(payload, start, end):
         digest.update(chunk)
     return digest.hexdigest()
+
+
+class StreamChecker:
+    """Checks bytes as they arrive against ``payload[start:]``, one memcmp per piece.
+
+    Strict and located: the first 4 KiB block that differs (lost, duplicated, reordered or
+    corrupted data all shift or change a block) is kept as ``mismatch``; bytes past the payload's
+    end are a mismatch at the end.  ``received`` counts every byte fed, matching or not, so the
+    accounting stays exact after a mismatch.  (The guest agent has the same loop, stdlib only.)
+    """
+
+    def __init__(self, payload: Payload, start: int = 0) -> None:
+        if payload.seed is None:
+            raise ValueError("only generated payloads can be checked block by block")
+        self.payload = payload
+        self.seed: int = payload.seed
+        self.start = start
+        self.received = 0
+        self.mismatch: Mismatch | None = None
+        self._span_index = 0
+        self._span = bytearray(_template(self.seed))
+        self._view = memoryview(self._span)
+
+    @property
+    def position(self) -> int:
+        return self.start + self.received
+
+    @property
+    def complete(self) -> bool:
+        """Everything up to the payload's end arrived, and nothing else."""
+        return self.mismatch is None and self.position == self.payload.length
+
+    def feed(self, data: bytes) -> None:
+        if self.mismatch is None:
+            self.mismatch = self._check(data, self.position)
+        self.received += len(data)
+
+    def _check(self, data: bytes, pos: int) -> Mismatch | None:
+        done = 0
+        while done < len(data):
+            at = pos + done
+            if at >= self.payload.length:
+                return Mismatch(at, BlockHeader.parse(data[done : done + HEADER_SIZE]))
+            index, offset = divmod(at, SPAN_SIZE)
+            if index != self._span_index:
+                set_span_index(self._span, index)
+                self._span_index = index
+            take = min(SPAN_SIZE - offset, len(data) - done, self.payload.length - at)
+            if not data.startswith(self._view[offset : offset + take], done):
+                return self._locate(data, done, at, take)
+            done += take
+        return None
+
+    def _locate(self, data: bytes, done: int, at: int, take: int) -> Mismatch:
+        """The first differing block of ``data[done:done + take]`` (which is ``at`` onwards)."""
+        block = at - at % BLOCK_SIZE
+        while True:
+            lo, hi = max(block, at), min(block + BLOCK_SIZE, at + take)
+            got = data[done + lo - at : done + hi - at]
+            if got != payload_bytes(self.payload, lo, hi):
+                first = done + block - at
+                header = data[first : first + HEADER_SIZE] if block >= at else b""
+                return Mismatch(block, BlockHeader.parse(header))
+            block += BLOCK_SIZE
 
 
 @dataclass(frozen=True)

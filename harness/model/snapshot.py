@@ -107,7 +107,10 @@ def take_snapshot(model: VirtioSerialModel) -> Snapshot:
     ports = {}
     for name, port in model.ports.items():
         guest = port.guest
-        assert guest is not None  # the model's guest always completes the handshake
+        if guest is None:  # the guest never got PORT_ADD (see Behaviour.control_rx_buffers)
+            qemu = QemuPortView(port.guest_connected, port.host_connected, port.throttled)
+            ports[name] = PortView(port.controller, port.nr, port.console, qemu, ABSENT)
+            continue
         poll = model.poll(name) if guest.fd is not None else None
         qemu = QemuPortView(port.guest_connected, port.host_connected, port.throttled)
         ports[name] = PortView(port.controller, port.nr, port.console, qemu, _guest(guest), poll)

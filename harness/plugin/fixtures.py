@@ -24,6 +24,7 @@ from harness.model import Behaviour, MachineDecl
 from harness.plugin.faststart import start as start_guest
 from harness.plugin.kernels import behaviour_for, kernel_id
 from harness.plugin.options import HilSettings
+from harness.plugin.qemu_versions import behaviour_for_qemu
 from harness.scenario.steps import Step
 from harness.scenario.system import RealSystem
 from harness.scenario.vm import VM, RunnerOptions
@@ -147,6 +148,16 @@ def qemu_version(binary: str) -> str:
 def model_mode_release(kernel: str, recipe: str) -> str:
     """A kernel's release without building its image, once per process (apt is slow)."""
     return kernel_release(kernel, recipe)
+
+
+def run_behaviour(config: pytest.Config, release: str | None) -> Behaviour:
+    """The model switches for a kernel release and the QEMU named by --hil-qemu (its
+    `--version`, also in model mode; defaults if it cannot be run), or the defaults with
+    --hil-behaviour=default. Scenarios and the Python API both ask here."""
+    if config.getoption("--hil-behaviour", "auto") == "default":
+        return Behaviour()
+    qemu = qemu_version(config.getoption("--hil-qemu", "qemu-system-x86_64"))
+    return behaviour_for(release, behaviour_for_qemu(qemu))
 
 
 @pytest.fixture(scope="session")
@@ -302,16 +313,15 @@ class VMFactory:
     def _behaviour(self, real: bool) -> Behaviour:
         """The model switches for this test's kernel, as scenarios get them: the booted
         image's release, or in model mode the named kernel's (resolved without a build)."""
-        if self.request.config.getoption("--hil-behaviour", "auto") == "default":
-            return Behaviour()
+        config = self.request.config
         if real:
             image: GuestImage = self.request.getfixturevalue("hil_image")
-            return behaviour_for(image.kernel_version)
+            return run_behaviour(config, image.kernel_version)
         kernel: str | None = self.request.getfixturevalue("hil_kernel")
         if kernel is None:
-            return Behaviour()
+            return run_behaviour(config, None)
         try:
-            return behaviour_for(model_mode_release(kernel, self.settings.image))
+            return run_behaviour(config, model_mode_release(kernel, self.settings.image))
         except ImageBuildError as error:
             pytest.fail(f"kernel {kernel}: {error}", pytrace=False)
 

@@ -17,17 +17,17 @@ import types
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, NotApplicable
 from harness.images.errors import ImageBuildError
-from harness.model import Behaviour, VirtioSerialModel
-from harness.plugin.kernels import Observation, behaviour_for, flatten, kernel_id
+from harness.model import Behaviour
+from harness.plugin.kernels import Observation, flatten, kernel_id
 from harness.scenario.runner import RunnerOptions, ScenarioFailure, ScenarioRunner
 from harness.scenario.schema import Scenario, ScenarioError, Step, load_scenario
 from harness.scenario.system import RealSystem
@@ -305,24 +305,6 @@ def _needs_factory(hil_system_factory: Callable[[], RealSystem]) -> None:
     """Signature carrier: qemu mode gets the backend's factory through pytest's fixtures."""
 
 
-@dataclass
-class _KernelRunner(ScenarioRunner):
-    """The runner with a kernel's behaviour switches in every model it builds (the boot model
-    and a migration's destination), so the runner itself need not know about kernels.
-
-    The switches are set just after the model's boot-time ports were added; the kernel-
-    dependent switches (kernels.KERNEL_CHANGES) only matter after boot (console vtermnos of
-    boot-time consoles are 1, 2, ... either way).
-    """
-
-    behaviour: Behaviour = field(default_factory=Behaviour)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if name == "model" and isinstance(value, VirtioSerialModel):
-            value.behaviour = self.behaviour
-        super().__setattr__(name, value)
-
-
 class ScenarioItem(pytest.Function):
     """A Function item so pytest resolves fixtures (the system factory) the usual way."""
 
@@ -369,13 +351,15 @@ class ScenarioItem(pytest.Function):
                 )
             real = factory()
         options = RunnerOptions(settle_timeout=self.config.getoption("--hil-settle-timeout"))
-        runner = _KernelRunner(self.scenario, real, options, behaviour=self._behaviour())
+        runner = ScenarioRunner(self.scenario, real, options, behaviour=self._behaviour())
         runner.step_context = self._observing(runner)
         try:
             runner.run()
         except ScenarioFailure as failure:
             _attach_failure(failure, real)
             raise
+        except NotApplicable as reason:  # e.g. module_reload on a built-in driver
+            pytest.skip(str(reason))
         except BaseException:
             _attach_artifacts(real)
             raise
@@ -384,13 +368,15 @@ class ScenarioItem(pytest.Function):
                 real.stop()
 
     def _behaviour(self) -> Behaviour:
-        """The switches for this item's kernel (defaults with --hil-behaviour=default)."""
+        """The switches for this item's kernel and for the QEMU named by --hil-qemu (its
+        `--version`, also in model mode; defaults if it cannot be run), or the defaults
+        with --hil-behaviour=default."""
         self.hil_release = self._release()
         if self.hil_release and "hil_kernel" not in dict(self.user_properties):
             self.user_properties.append(("hil_kernel", self.hil_release))  # model mode
-        if self.config.getoption("--hil-behaviour", "auto") == "default":
-            return Behaviour()
-        return behaviour_for(self.hil_release)
+        from harness.plugin.fixtures import run_behaviour
+
+        return run_behaviour(self.config, self.hil_release)
 
     def _release(self) -> str | None:
         """The kernel release: from the booted image, or (model mode, kernel named) resolved
@@ -401,7 +387,9 @@ class ScenarioItem(pytest.Function):
         if self.hil_kernel is None:
             return None
         try:
-            return _model_mode_release(self.config, self.hil_kernel)
+            from harness.plugin.fixtures import model_mode_release
+
+            return model_mode_release(self.hil_kernel, self.config.getoption("--hil-image"))
         except ImageBuildError as error:
             pytest.fail(f"kernel {self.hil_kernel}: {error}", pytrace=False)
 
@@ -427,19 +415,6 @@ class ScenarioItem(pytest.Function):
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, 0, f"scenario {self.name}"
-
-
-_RELEASES = pytest.StashKey[dict[str, str]]()
-
-
-def _model_mode_release(config: pytest.Config, kernel: str) -> str:
-    """Resolved once per process (apt resolution and the kernel package, both cached)."""
-    from harness.images.builder import kernel_release
-
-    releases = config.stash.setdefault(_RELEASES, {})
-    if kernel not in releases:
-        releases[kernel] = kernel_release(kernel, config.getoption("--hil-image", None))
-    return releases[kernel]
 
 
 def _factory_available(node: pytest.Collector) -> bool:

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.backend.settle import settle
-from harness.errors import HarnessError, OperationFailed
+from harness.errors import HarnessError, NotApplicable, OperationFailed
 from harness.model import (
+    Behaviour,
     Completion,
     Difference,
     ModelError,
@@ -33,6 +34,7 @@ from harness.model.payload import slices_bytes
 from harness.scenario.observe import check_differences, sigio_events
 from harness.scenario.schema import Scenario
 from harness.scenario.steps import STEPS, Step, StepCall
+from harness.scenario.streams import StreamBook
 from harness.scenario.system import RealSystem
 
 log = logging.getLogger("hil.scenario")
@@ -101,24 +103,41 @@ class ScenarioRunner:
     real: RealSystem | None = None
     options: RunnerOptions = field(default_factory=RunnerOptions)
     step_context: StepContext = lambda step: nullcontext()
+    #: the switches of the kernel and QEMU under test, for the boot model and every model
+    #: that follows it (a migration's destination takes its source's)
+    behaviour: Behaviour = field(default_factory=Behaviour)
     model: VirtioSerialModel = field(init=False)
     background: list[_Background] = field(init=False, default_factory=list)
     sigio: dict[str, list[frozenset[str]]] = field(init=False, default_factory=dict)
+    streams: StreamBook = field(init=False, default_factory=StreamBook)
     _console_seen: int = field(init=False, default=0)
 
     # ------------------------------------------------------------- driving
     def run(self) -> None:
-        self.model = build_model(self.scenario.machine)
+        self.prepare()
+        for step in self.scenario.steps:
+            self.run_guarded(step)
+        self.finish()
+
+    def prepare(self) -> None:
+        """Build the model and boot the real system (step 0); steps may follow."""
+        self.model = build_model(self.scenario.machine, self.behaviour)
         if self.real is not None:
             with self.step_context(BOOT):
                 self.real.start(self.scenario.machine)
                 self._settle(BOOT)
                 self._check_console(BOOT)
-        for step in self.scenario.steps:
-            log.info("%s: step %d %s", self.scenario.name, step.index, step.label)
-            with self.step_context(step):
+
+    def run_guarded(self, step: Step) -> None:
+        """One step; QEMU dying or the guest falling silent fails it, with the context."""
+        log.info("%s: step %d %s", self.scenario.name, step.index, step.label)
+        with self.step_context(step):
+            try:
                 self.run_step(step)
-        self.finish()
+            except (ScenarioFailure, NotApplicable):
+                raise
+            except HarnessError as error:
+                raise self._lost(step, error) from error
 
     def finish(self) -> None:
         """The end of a scenario: an operation still blocked here was never judged.
@@ -138,14 +157,26 @@ class ScenarioRunner:
                     "was never checked; add the step that completes it, or drop the expectation",
                 )
 
+    def _lost(self, step: Step, error: HarnessError) -> ScenarioFailure:
+        """A harness-level failure mid-step: QEMU's exit status and the console's tail."""
+        if self.real is None:
+            return ScenarioFailure(step, f"{type(error).__name__}: {error}")
+        context = self.real.failure_context()
+        return ScenarioFailure(step, f"{context.headline}: {error}", context.console_tail)
+
     def run_step(self, step: Step) -> None:
+        if self.real is not None:
+            for port in self.streams.due(step.index):
+                self.real.stop_stream_writer(port)
         before = self.model.snapshot()
         prediction = self._predict(step)
+        self.streams.observe(step, prediction.error is None)
         actual = self._apply_real(step, prediction)
         self._judge_error(step, prediction, actual)
         if prediction.error is None and actual.error is None:
             self._judge_value(step, prediction, actual)
         self._record_sigio(step, prediction, before)
+        self._check_console(step)  # a panicked guest fails here, before any agent wait
         self._settle(step)
         self._follow_background(step, prediction)
         if STEPS[step.kind].asserts:
@@ -154,7 +185,7 @@ class ScenarioRunner:
 
     # ------------------------------------------------------------- model side
     def _call(self, step: Step) -> StepCall:
-        return StepCall(step, self.model, self.scenario.name)
+        return StepCall(step, self.model, self.scenario.name, streams=self.streams)
 
     def _predict(self, step: Step) -> Prediction:
         call = self._call(step)
@@ -383,10 +414,14 @@ class ScenarioRunner:
     def _settle(self, step: Step) -> Snapshot:
         """Wait (bounded) for the real system to show the predicted state; return it."""
         predicted = self.model.snapshot()
-        if self.real is None:
+        if self.real is None or self.streams.paused:  # a stopped guest cannot be asked
             return predicted
+        real = self.real
         actual, differences = settle(
-            predicted, self.real.snapshot, self.options.settle_timeout, self.options.poll_interval
+            predicted,
+            lambda: self.streams.blind(predicted, real.snapshot()),
+            self.options.settle_timeout,
+            self.options.poll_interval,
         )
         if differences:
             raise ScenarioFailure(

@@ -83,6 +83,7 @@ class StepCall:
     scenario: str = ""
     read_size: int = 65536
     timeout: float = 60.0
+    streams: Any = None  # the runner's StreamBook (harness.scenario.streams)
 
     @property
     def args(self) -> dict[str, Any]:
@@ -241,7 +242,7 @@ def _model_migrate(call: StepCall) -> Outcome:
     if decl is None:
         dest = clone_configuration(source)
     else:
-        dest = build_model(decl)
+        dest = build_model(decl, source.behaviour)  # the same QEMU and kernel
         for name in dest.ports:
             port = source.ports.get(name)
             if port is not None and port.host_attached:
@@ -473,6 +474,11 @@ for _kind in (
     ),
 ):
     register(_kind)
+
+
+# stream and fault steps register themselves (they import this module's names)
+import harness.scenario.faults  # noqa: E402
+import harness.scenario.streams  # noqa: E402, F401
 
 
 # ------------------------------------------------------------------ docs

@@ -7,7 +7,7 @@ the layers stay ordered: scenario -> model only.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from harness.errors import OperationFailed
 
@@ -15,6 +15,15 @@ if TYPE_CHECKING:
     from harness.model import Backend, MachineDecl, Payload, Snapshot
 
 GuestOp = Literal["read", "write", "open"]
+
+
+class FailureContext(Protocol):
+    """What a failure report needs when the machine itself is the problem."""
+
+    @property
+    def headline(self) -> str: ...  # "QEMU exited with status -9 (SIGKILL)"
+    @property
+    def console_tail(self) -> str: ...
 
 #: Names ``artifacts()`` should use; the plugin attaches whatever is returned.
 ARTIFACT_NAMES = ("serial log", "QMP transcript", "kernel messages", "agent log")
@@ -105,6 +114,32 @@ class RealSystem(Protocol):
 
     def console_problems(self) -> list[str]:
         """Console excerpts with BUG:/WARNING:/Oops/Kernel panic/general protection so far."""
+
+    # -- streams and faults (harness.scenario.streams / harness.scenario.faults) ----------
+    def start_stream(
+        self, port: str, direction: str, seed: int, size: int | None, chunk: int
+    ) -> object:
+        """Start a checked background stream (``host->guest`` or ``guest->host``) on ``port``."""
+
+    def stop_stream_writer(self, port: str) -> None:
+        """Stop the stream's writer now (``until:``); its reader drains at ``stream_end``."""
+
+    def end_stream(self, port: str, stop: bool, timeout: float) -> Any:
+        """Stop the writer if ``stop``, drain, and report what each layer passed."""
+
+    def vm_stop(self) -> None: ...
+    def vm_cont(self) -> None: ...
+    def ssh_drop(self) -> None: ...
+    def module_reload(self) -> None: ...
+
+    def qemu_kill(self) -> None:
+        """SIGKILL QEMU and raise (a HarnessError naming its exit status)."""
+
+    def guest_panic(self) -> None:
+        """Crash the guest kernel (sysrq c); return once the console shows it."""
+
+    def failure_context(self) -> FailureContext:
+        """Why the system stopped answering: QEMU's exit status, else the guest's state."""
 
     def artifacts(self) -> dict[str, str]:
         """Logs to attach on failure, keyed by ARTIFACT_NAMES."""

@@ -171,7 +171,7 @@ class VM:
 
     def __post_init__(self) -> None:
         scenario = Scenario(self.name, "", (), self.machine, (), "")
-        self.runner = _BehaviourRunner(
+        self.runner = ScenarioRunner(
             scenario, self.system, self.options, self.step_context, behaviour=self.behaviour
         )
         self.known_ports = {p.name for p in self.machine.ports}
@@ -657,30 +657,6 @@ class GuestEnd:
 
 
 # ---------------------------------------------------------------------------- helpers
-class _BehaviourRunner(ScenarioRunner):
-    """The runner with a kernel's behaviour switches in every model it builds (boot and a
-    migration's destination), so the runner itself need not know about kernels."""
-
-    behaviour: Behaviour
-
-    def __init__(
-        self,
-        scenario: Scenario,
-        real: RealSystem | None,
-        options: RunnerOptions,
-        step_context: StepContext,
-        *,
-        behaviour: Behaviour,
-    ) -> None:
-        object.__setattr__(self, "behaviour", behaviour)
-        super().__init__(scenario, real, options, step_context)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if name == "model" and isinstance(value, VirtioSerialModel):
-            value.behaviour = self.behaviour
-        super().__setattr__(name, value)
-
-
 def _caller() -> tuple[str, int]:
     """The test's file and line, so a failing step can be found in the test's source."""
     frame = inspect.currentframe()

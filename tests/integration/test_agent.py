@@ -290,7 +290,9 @@ def test_streams_of_one_mib_both_ways_match_the_host_sha256(
     length = 1 << 20
 
     # guest -> host
-    ticket = agent.start_background("send_stream", name="org.test.p1", seed=7, length=length)
+    ticket = agent.start_background(
+        "send_stream", name="org.test.p1", seed=7, length=length, sha256=True
+    )
     received = port.recv_exactly(length, timeout=120)
     sent = agent.wait_ticket(ticket, timeout=60)
     expected = sha256_of(Payload.generated(7, length))

@@ -7,6 +7,7 @@ guest), so it is loaded from its path.
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import hashlib
 import importlib.util
@@ -20,12 +21,20 @@ import threading
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
 from harness.guest import agent_client
 from harness.guest.agent_client import AgentError, decode_reply, encode_request, reply_result
-from harness.model.payload import Payload, generated_block, payload_bytes, sha256_of
+from harness.model.payload import (
+    SPAN_SIZE,
+    Payload,
+    StreamChecker,
+    generated_span,
+    payload_bytes,
+    sha256_of,
+)
 
 AGENT_FILE = Path(agent_client.__file__).parent / "agent" / "hil_agent.py"
 
@@ -132,15 +141,24 @@ def test_parse_dev(hil_agent: ModuleType) -> None:
 # -- payload generator ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("seed", [0, 1, 7, 123456789, -3])
-@pytest.mark.parametrize("index", [0, 1, 17])
-def test_generated_block_matches_the_model(hil_agent: ModuleType, seed: int, index: int) -> None:
-    assert hil_agent.generated_block(seed, index) == generated_block(seed, index)
+@pytest.mark.parametrize("seed", [0, 1, 7, 123456789, -3, (1 << 63) - 1])
+@pytest.mark.parametrize("index", [0, 1, 17, 256, 70_000, (1 << 56) - 1])
+def test_generated_span_matches_the_model(hil_agent: ModuleType, seed: int, index: int) -> None:
+    assert hil_agent.generated_span(seed, index) == generated_span(seed, index)
 
 
 @pytest.mark.parametrize(
     ("offset", "length"),
-    [(0, 0), (0, 1), (0, 65536), (65530, 20), (1000, 200_000), (131072, 65537)],
+    [
+        (0, 0),
+        (0, 1),
+        (0, 65536),
+        (65530, 20),
+        (1000, 200_000),
+        (131072, 65537),
+        (SPAN_SIZE - 10, SPAN_SIZE + 20),
+        (300 * SPAN_SIZE + 5, 3 * SPAN_SIZE),
+    ],
 )
 def test_generated_ranges_match_the_model(hil_agent: ModuleType, offset: int, length: int) -> None:
     payload = Payload.generated(42, offset + length)
@@ -227,7 +245,11 @@ def test_streams_match_the_model_sha256(hil_agent: ModuleType) -> None:
     reader = threading.Thread(target=drain)
     reader.start()
     sent = agent.handle(
-        {"id": 1, "op": "send_stream", "args": {"name": "sock", "seed": 9, "length": length}}
+        {
+            "id": 1,
+            "op": "send_stream",
+            "args": {"name": "sock", "seed": 9, "length": length, "sha256": True},
+        }
     )
     reader.join(10)
     expected = sha256_of(Payload.generated(9, length))
@@ -250,6 +272,260 @@ def test_streams_match_the_model_sha256(hil_agent: ModuleType) -> None:
     a.detach()  # the agent owns the fd now
     agent.close_all()
     b.close()
+
+
+def _doctored(kind: str, payload: Payload, block: int) -> tuple[bytes, int, int]:
+    """``payload``'s bytes with 4 KiB block ``block`` lost, duplicated, swapped with the next
+    one, or with one byte flipped (the stream keeps its length, except for a loss); also where
+    the first bad block is and which block index its header names."""
+    data = bytearray(payload_bytes(payload))
+    at = block * 4096
+    original = bytes(data[at : at + 4096])
+    if kind == "loss":
+        del data[at : at + 4096]
+        return bytes(data), at, block + 1
+    if kind == "duplication":
+        data[at + 4096 : at + 4096] = original
+        del data[-4096:]
+        return bytes(data), at + 4096, block
+    if kind == "reordering":
+        data[at : at + 8192] = data[at + 4096 : at + 8192] + original
+        return bytes(data), at, block + 1
+    data[at + 1000] ^= 0x40
+    return bytes(data), at, block
+
+
+CORRUPTIONS = ("loss", "duplication", "reordering", "corruption")
+
+
+@pytest.mark.parametrize("kind", CORRUPTIONS)
+@pytest.mark.parametrize("bad_block", [0, 5, 300])
+def test_agent_check_stream_locates_each_corruption(
+    hil_agent: ModuleType, kind: str, bad_block: int
+) -> None:
+    """The agent's check_stream op on a socket fed a doctored stream, then EOF."""
+    agent = hil_agent.Agent()
+    a, b = socket.socketpair()
+    _inject(hil_agent, agent, "sock", a.fileno(), False)
+    payload = Payload.generated(77, 2 * SPAN_SIZE + 12345)
+    doctored, bad_offset, found_index = _doctored(kind, payload, bad_block)
+    writer = threading.Thread(target=lambda: (b.sendall(doctored), b.shutdown(socket.SHUT_WR)))
+    writer.start()
+    reply = agent.handle(
+        {
+            "id": 1,
+            "op": "check_stream",
+            "args": {"name": "sock", "seed": 77, "length": payload.length, "timeout": 10},
+        }
+    )
+    writer.join(10)
+    result = reply["result"]
+    assert result["match"] is False
+    assert result["bytes"] == len(doctored)
+    assert result["mismatch"]["offset"] == bad_offset
+    assert result["mismatch"]["found_index"] == found_index
+    assert result["mismatch"]["same_stream"] is True
+    a.detach()
+    agent.close_all()
+    b.close()
+
+
+def test_agent_check_stream_accepts_the_exact_stream_in_pieces(hil_agent: ModuleType) -> None:
+    agent = hil_agent.Agent()
+    a, b = socket.socketpair()
+    _inject(hil_agent, agent, "sock", a.fileno(), False)
+    payload = Payload.generated(5, 3 * SPAN_SIZE + 7)
+    offset = 4000  # not block aligned: a stream may resume anywhere
+
+    def feed() -> None:
+        for chunk in hil_agent.iter_generated(5, offset, payload.length, 12345):
+            b.sendall(chunk)
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    reply = agent.handle(
+        {
+            "id": 1,
+            "op": "check_stream",
+            "args": {
+                "name": "sock",
+                "seed": 5,
+                "offset": offset,
+                "length": payload.length - offset,
+                "timeout": 10,
+            },
+        }
+    )
+    writer.join(10)
+    assert reply["result"]["match"] is True, reply
+    assert reply["result"]["bytes"] == payload.length - offset
+    assert os.get_blocking(a.fileno()), "check_stream restores the fd's flags"
+    a.detach()
+    agent.close_all()
+    b.close()
+
+
+def test_agent_streams_run_both_ways_on_several_fds_in_one_op(hil_agent: ModuleType) -> None:
+    """Two "ports", each checked one way and sent the other, in one streams op."""
+    agent = hil_agent.Agent()
+    pairs = [socket.socketpair() for _ in range(2)]
+    for k, (a, _) in enumerate(pairs):
+        _inject(hil_agent, agent, f"s{k}", a.fileno(), False)
+    length = SPAN_SIZE + 777
+    received = [bytearray(), bytearray()]
+
+    def pump(k: int, b: socket.socket) -> None:
+        payload = hil_agent.generated_bytes(100 + k, length)
+        b.setblocking(True)
+        sender = threading.Thread(target=b.sendall, args=(payload,))
+        sender.start()
+        while len(received[k]) < length:
+            received[k] += b.recv(65536)
+        sender.join(10)
+
+    pumps = [threading.Thread(target=pump, args=(k, b)) for k, (_, b) in enumerate(pairs)]
+    for thread in pumps:
+        thread.start()
+    specs = [
+        {"name": f"s{k}", "dir": d, "seed": (100 if d == "check" else 200) + k, "length": length}
+        for k in range(2)
+        for d in ("check", "send")
+    ]
+    reply = agent.handle({"id": 1, "op": "streams", "args": {"streams": specs, "timeout": 10}})
+    for thread in pumps:
+        thread.join(10)
+    results = reply["result"]
+    assert [r["bytes"] for r in results] == [length] * 4
+    assert [r["match"] for r in results if "match" in r] == [True, True]
+    for k in range(2):
+        assert bytes(received[k]) == payload_bytes(Payload.generated(200 + k, length))
+    for a, b in pairs:
+        a.detach()
+        b.close()
+    agent.close_all()
+
+
+def test_a_stream_does_not_turn_a_concurrent_blocking_send_into_eagain(
+    hil_agent: ModuleType,
+) -> None:
+    """check_stream makes the shared fd non-blocking while it runs; a send_stream on the same
+    port (opened blocking) meanwhile waits in poll() instead of failing with EAGAIN, and the
+    port is blocking again once both are done."""
+    agent = hil_agent.Agent()
+    a, b = socket.socketpair()
+    _inject(hil_agent, agent, "sock", a.fileno(), False)
+    b.settimeout(20)  # a broken agent fails the test instead of hanging it
+    to_agent, from_agent = 3 * SPAN_SIZE, 4 * SPAN_SIZE
+    drained = bytearray()
+
+    def peer_send() -> None:
+        b.sendall(hil_agent.generated_bytes(61, to_agent))
+
+    def peer_drain() -> None:
+        time.sleep(0.5)  # let the agent's sends fill the socket first
+        with contextlib.suppress(TimeoutError):
+            while len(drained) < from_agent:
+                drained.extend(b.recv(65536))
+
+    checking = agent.handle(
+        {
+            "id": 1,
+            "op": "start",
+            "args": {
+                "op": "check_stream",
+                "args": {"name": "sock", "seed": 61, "length": to_agent, "timeout": 10},
+            },
+        }
+    )
+    helpers = [threading.Thread(target=peer_send), threading.Thread(target=peer_drain)]
+    for thread in helpers:
+        thread.start()
+    sent = agent.handle(
+        {"id": 2, "op": "send_stream", "args": {"name": "sock", "seed": 62, "length": from_agent}}
+    )
+    state = agent.handle(
+        {"id": 3, "op": "ticket", "args": {"ticket": checking["result"]["ticket"], "wait": 20}}
+    )
+    for thread in helpers:
+        thread.join(20)
+    assert sent.get("result", sent)["bytes"] == from_agent, sent
+    assert state["result"]["reply"]["result"]["match"] is True, state
+    assert bytes(drained) == payload_bytes(Payload.generated(62, from_agent))
+    assert os.get_blocking(a.fileno())
+    a.detach()
+    agent.close_all()
+    b.close()
+
+
+def _stepped_check(
+    hil_agent: ModuleType, data: bytes, pieces: list[int], seed: int, length: int
+) -> Any:
+    """A check StreamIO on a pipe fed ``data`` in ``pieces`` (sizes), one step per piece, so
+    that every read ends exactly where a piece does (like a partial port buffer)."""
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    port = hil_agent.Port("pipe", "pipe", "test", r, True, False)
+    stream = hil_agent.StreamIO(port, False, seed, 0, length)
+    at = 0
+    try:
+        for size in pieces:
+            os.write(w, data[at : at + size])
+            at += size
+            assert stream.step()
+    finally:
+        os.close(r)
+        os.close(w)
+    return stream
+
+
+def test_check_locates_corruption_in_a_short_last_block(hil_agent: ModuleType) -> None:
+    payload = Payload.generated(31, 8 * 4096)
+    data = bytearray(payload_bytes(payload))
+    data[2 * 4096 + 3000] ^= 1
+    stream = _stepped_check(hil_agent, bytes(data), [2 * 4096 + 3500, 4096], 31, len(data))
+    assert stream.mismatch["offset"] == 2 * 4096
+    assert stream.mismatch["found_index"] == 2
+
+
+def test_check_locates_a_bad_header_cut_short(hil_agent: ModuleType) -> None:
+    payload = Payload.generated(31, 8 * 4096)
+    data = bytearray(payload_bytes(payload))
+    data[4096 + 3] ^= 1
+    stream = _stepped_check(hil_agent, bytes(data), [4096 + 10, 4096], 31, len(data))
+    assert stream.mismatch == {"offset": 4096}
+
+
+def test_check_falls_back_to_memcmp_when_reads_never_line_up(hil_agent: ModuleType) -> None:
+    """Port buffers offset from the blocks: after a few short block reads, plain reads (and a
+    memcmp per read) take over, and still locate a bad block."""
+    payload = Payload.generated(32, 64 * 4096)
+    data = bytearray(payload_bytes(payload))
+    data[50 * 4096 + 77] ^= 1
+    pieces = [100] + [4096] * 63 + [4096 - 100]
+    stream = _stepped_check(hil_agent, bytes(data), pieces, 32, len(data))
+    assert stream.blocks is None, "block reads were given up"
+    assert stream.done == len(data)
+    assert stream.mismatch["offset"] == 50 * 4096
+
+
+def test_check_of_unaligned_reads_accepts_the_exact_stream(hil_agent: ModuleType) -> None:
+    payload = Payload.generated(33, 64 * 4096)
+    pieces = [100] + [4096] * 63 + [4096 - 100]
+    stream = _stepped_check(hil_agent, payload_bytes(payload), pieces, 33, payload.length)
+    assert stream.mismatch is None and stream.done == payload.length
+
+
+@pytest.mark.parametrize("kind", CORRUPTIONS)
+def test_host_checker_locates_each_corruption(kind: str) -> None:
+    payload = Payload.generated(78, SPAN_SIZE + 50_000)
+    checker = StreamChecker(payload)
+    doctored, bad_offset, found_index = _doctored(kind, payload, 260)
+    for at in range(0, len(doctored), 65536):
+        checker.feed(doctored[at : at + 65536])
+    assert checker.mismatch is not None and checker.mismatch.offset == bad_offset
+    assert checker.mismatch.found is not None
+    assert checker.mismatch.found.index == found_index
+    assert checker.received == len(doctored) and not checker.complete
 
 
 # -- the real entry points on this host's interpreters ----------------------------------------

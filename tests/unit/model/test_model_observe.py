@@ -52,17 +52,27 @@ def test_diff_reports_dotted_fields_and_missing_ports(opened):
     assert diff(actual, actual) == []
 
 
+def _recipe(seed, start, stop):
+    """The documented recipe, block by block (slow, independent of the implementation)."""
+    pool = random.Random(seed * 1_000_003).randbytes(1 << 20)
+    out = bytearray()
+    for k in range(start // 4096, (stop + 4095) // 4096):
+        filler = pool[(k % 256) * 4096 + 16 : (k % 256) * 4096 + 4096]
+        out += (seed % (1 << 64)).to_bytes(8, "little") + k.to_bytes(8, "little") + filler
+    first = start - start % 4096
+    return bytes(out[start - first : stop - first])
+
+
 def test_generator_is_the_documented_recipe():
-    # block k of seed s = random.Random(s * 1_000_003 + k).randbytes(65536), truncated
     p = Payload.generated(5, 70000)
-    expected = (
-        random.Random(5 * 1_000_003).randbytes(65536)
-        + random.Random(5 * 1_000_003 + 1).randbytes(65536)
-    )[:70000]
+    expected = _recipe(5, 0, 70000)
     assert payload_bytes(p) == expected
     assert payload_bytes(p, 65530, 65540) == expected[65530:65540]
     assert sha256_of(p, 10, 69999) == hashlib.sha256(expected[10:69999]).hexdigest()
     assert len(p) == 70000
+    far = Payload.generated(-9, 300 << 20)  # span 257: index bytes beyond the first change
+    start = (257 << 20) - 5000
+    assert payload_bytes(far, start, start + 20000) == _recipe(-9, start, start + 20000)
 
 
 def test_payload_validation():

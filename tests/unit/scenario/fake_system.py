@@ -34,6 +34,12 @@ def as_read(result: ReadResult) -> Read:
     return Read(result.length, result.sha256(), slices_bytes(result.slices), result.eof)
 
 
+@dataclass(frozen=True)
+class FakeContext:
+    headline: str
+    console_tail: str
+
+
 class FakeSystem:
     def __init__(
         self,
@@ -110,6 +116,9 @@ class FakeSystem:
 
     def console_problems(self) -> list[str]:
         return list(self.problems)
+
+    def failure_context(self) -> FakeContext:
+        return FakeContext("the fake machine is gone", "console tail:\nlast line")
 
     def artifacts(self) -> dict[str, str]:
         return {

@@ -1,0 +1,413 @@
+"""`python -m harness bench`: what the verified stream path costs against the raw port.
+
+One guest with four ports.  Each figure is measured in the same run on the same guest and ports:
+
+- raw: busybox `dd` on /dev/vportNpM in the guest, the harness's host endpoint on the host
+  (sending generated payloads; draining without hashing or comparing);
+- checked: the agent's check_stream (guest compares every byte with the generated stream) and
+  send_stream (guest generates), the host endpoint's read_checked (host compares every byte);
+- round trip: 1 byte and 4 KiB host -> guest -> host through the agent's echo op, against the
+  same through `cat` in the guest (the minimal echo).
+
+Host -> guest throughput is timed in the guest (the host queues everything first, so the reader
+never waits for the writer); guest -> host is timed on the host from the first byte to the last.
+Several streams at once are timed on the host from the first start to the last completion.  The
+numbers depend on the machine's load: compare the ratios, which come from the same run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shlex
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.backend.endpoint import Checked, HostEndpoint
+from harness.guest.agent_client import AgentClient
+from harness.guest.guest import Credentials, Guest
+from harness.machine.errors import MachineError
+from harness.machine.qemu import ControllerSpec, Machine, MachineSpec, PortSpec
+from harness.model.payload import Payload
+
+MIB = 1 << 20
+PORTS = 4
+_seeds = itertools.count(1000)
+
+# Times a command in the guest with its own monotonic clock (the agent's clock), so that the
+# guest's Python start-up is not counted.  argv: one shell command per stream, run at once.
+_TIMED = (
+    "import os,sys,time\n"
+    "t0=time.monotonic()\n"
+    "pids=[os.spawnv(os.P_NOWAIT,'/bin/sh',['sh','-c',c]) for c in sys.argv[1:]]\n"
+    "bad=[p for p in pids if os.waitpid(p,0)[1]]\n"
+    "print(t0,time.monotonic(),len(bad))\n"
+)
+
+
+class BenchError(MachineError):
+    """A benchmark step did not transfer what it should have."""
+
+
+@dataclass
+class Results:
+    rows: list[tuple[str, float, float]] = field(default_factory=list)  # label, raw, checked
+    totals: list[tuple[str, float, float]] = field(default_factory=list)  # label, total, raw1
+    rtt: dict[str, list[float]] = field(default_factory=dict)  # label -> microseconds
+    load: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def summary(self) -> dict[str, Any]:
+        raw = {label: (r, c) for label, r, c in self.rows}
+        out: dict[str, Any] = {
+            "h2g_raw": raw["h2g 1 port"][0],
+            "h2g_checked": raw["h2g 1 port"][1],
+            "g2h_raw": raw["g2h 1 port"][0],
+            "g2h_checked": raw["g2h 1 port"][1],
+            "h2g_raw_4": raw["h2g 4 ports"][0],
+            "h2g_checked_4": raw["h2g 4 ports"][1],
+            "g2h_raw_4": raw["g2h 4 ports"][0],
+            "g2h_checked_4": raw["g2h 4 ports"][1],
+            "rtt_p50_us": _pct(self.rtt["agent 1 B"], 50),
+            "rtt_p99_us": _pct(self.rtt["agent 1 B"], 99),
+            "rtt_raw_p50_us": _pct(self.rtt["cat 1 B"], 50),
+            "rtt_raw_p99_us": _pct(self.rtt["cat 1 B"], 99),
+            "rtt_4k_p50_us": _pct(self.rtt["agent 4 KiB"], 50),
+            "rtt_4k_p99_us": _pct(self.rtt["agent 4 KiB"], 99),
+            "rtt_4k_raw_p50_us": _pct(self.rtt["cat 4 KiB"], 50),
+            "both_ways_1_port_checked": self.totals[0][1],
+            "both_ways_4_ports_checked": self.totals[1][1],
+            "load": list(self.load),
+        }
+        return {k: round(v, 1) if isinstance(v, float) else v for k, v in out.items()}
+
+    def table(self) -> str:
+        lines = [f"{'path (medians)':<22}{'raw MB/s':>10}{'checked MB/s':>14}{'ratio':>8}"]
+        for label, raw, checked in self.rows:
+            lines.append(f"{label:<22}{raw:>10.1f}{checked:>14.1f}{checked / raw:>8.2f}")
+        for label, total, reference in self.totals:
+            lines.append(
+                f"{label:<22}{'':>10}{total:>14.1f}  (total; single-port raw {reference:.1f})"
+            )
+        lines.append("")
+        lines.append(f"{'round trip (us)':<22}{'p50':>10}{'p99':>10}")
+        for label, samples in self.rtt.items():
+            lines.append(f"{label:<22}{_pct(samples, 50):>10.0f}{_pct(samples, 99):>10.0f}")
+        lines.append("")
+        lines.append("load average at the end: " + " ".join(f"{x:.2f}" for x in self.load))
+        return "\n".join(lines)
+
+
+def _pct(samples: list[float], pct: int) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+
+
+def _mbs(nbytes: int, seconds: float) -> float:
+    return nbytes / max(seconds, 1e-9) / 1e6
+
+
+class Bench:
+    """A booted guest with PORTS socket ports, its agent and one host endpoint per port."""
+
+    def __init__(self, guest: Guest, agent: AgentClient, endpoints: list[HostEndpoint]) -> None:
+        self.guest = guest
+        self.agent = agent
+        self.endpoints = endpoints
+        self.devs = [str(agent.port_info(e.name)["dev"]) for e in endpoints]
+        self.say: Callable[[str], None] = lambda text: None
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _guest_timed(self, commands: list[str], timeout: float) -> float:
+        """Run shell commands at once in the guest; seconds from start to the last exit."""
+        argv = " ".join(shlex.quote(c) for c in commands)
+        result = self.guest.run(f"python3 -c {shlex.quote(_TIMED)} {argv}", timeout=timeout)
+        fields = result.output.split()
+        if not result.ok or len(fields) != 3 or fields[2] != "0":
+            raise BenchError(f"guest command failed: {commands}: {result}")
+        return float(fields[1]) - float(fields[0])
+
+    @contextmanager
+    def _opened(self, count: int) -> Iterator[list[str]]:
+        names = [e.name for e in self.endpoints[:count]]
+        for name in names:
+            self.agent.open(name)
+        try:
+            yield names
+        finally:
+            for name in names:
+                self.agent.close(name)
+
+    # -- throughput ----------------------------------------------------------------------
+
+    def raw_h2g(self, count: int, length: int) -> float:
+        for endpoint in self.endpoints[:count]:
+            endpoint.write(Payload.generated(next(_seeds), length))
+        commands = [
+            f"dd if=/dev/{dev} of=/dev/null bs=64k count={length // 65536} iflag=fullblock "
+            "2>/dev/null"
+            for dev in self.devs[:count]
+        ]
+        seconds = self._guest_timed(commands, timeout=600)
+        for endpoint in self.endpoints[:count]:
+            endpoint.wait_sent(30)
+        return _mbs(count * length, seconds)
+
+    def raw_g2h(self, count: int, length: int) -> float:
+        spans: list[tuple[int, float, float]] = []
+        readers = [_thread(_into(spans, e.drain, length, 60)) for e in self.endpoints[:count]]
+        commands = [
+            f"dd if=/dev/zero of=/dev/{dev} bs=32k count={length // 32768} 2>/dev/null"
+            for dev in self.devs[:count]
+        ]
+        self._guest_timed(commands, timeout=600)
+        _join(readers, 120)
+        if sorted(n for n, _, _ in spans) != [length] * count:
+            raise BenchError(f"raw guest -> host: received {[n for n, _, _ in spans]}")
+        return _mbs(count * length, max(s[2] for s in spans) - min(s[1] for s in spans))
+
+    def _streams(self, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The agent's multiplexed streams op (one guest thread for every stream)."""
+        return list(self.agent.call("streams", 600, args={"streams": specs, "timeout": 60}))
+
+    def checked_h2g(self, count: int, length: int) -> float:
+        with self._opened(count) as names:
+            seeds = [next(_seeds) for _ in names]
+            for endpoint, seed in zip(self.endpoints, seeds, strict=False):
+                endpoint.write(Payload.generated(seed, length))
+            if count == 1:
+                results = [self.agent.check_stream(names[0], seeds[0], length, timeout=60)]
+            else:
+                results = self._streams(
+                    [
+                        {"name": name, "dir": "check", "seed": seed, "length": length}
+                        for name, seed in zip(names, seeds, strict=True)
+                    ]
+                )
+        for result in results:
+            if not result["match"]:
+                raise BenchError(f"checked host -> guest stream failed: {result}")
+        return _mbs(count * length, max(r["t1"] for r in results) - min(r["t0"] for r in results))
+
+    def checked_g2h(self, count: int, length: int) -> float:
+        with self._opened(count) as names:
+            payloads = [Payload.generated(next(_seeds), length) for _ in names]
+            checks: list[Checked] = []
+            readers = [
+                _thread(_into(checks, e.read_checked, p, 60))
+                for e, p in zip(self.endpoints, payloads, strict=False)
+            ]
+            if count == 1:
+                self.agent.send_stream(names[0], _seed(payloads[0]), length)
+            else:
+                self._streams(
+                    [
+                        {"name": name, "dir": "send", "seed": _seed(payload), "length": length}
+                        for name, payload in zip(names, payloads, strict=True)
+                    ]
+                )
+            _join(readers, 120)
+        for check in checks:
+            if not check.ok:
+                raise BenchError(f"checked guest -> host stream failed: {check.describe()}")
+        return _mbs(
+            count * length, max(c.last_at for c in checks) - min(c.first_at for c in checks)
+        )
+
+    def checked_both_ways(self, count: int, length: int) -> float:
+        """Total MB/s with `count` ports streaming checked data both ways at once (timed on
+        the host, agent call included)."""
+        with self._opened(count) as names:
+            started = time.monotonic()
+            checks: list[Checked] = []
+            readers = []
+            specs: list[dict[str, Any]] = []
+            for endpoint, name in zip(self.endpoints, names, strict=False):
+                out, back = (Payload.generated(next(_seeds), length) for _ in range(2))
+                endpoint.write(out)
+                readers.append(_thread(_into(checks, endpoint.read_checked, back, 60)))
+                specs.append({"name": name, "dir": "check", "seed": _seed(out), "length": length})
+                specs.append({"name": name, "dir": "send", "seed": _seed(back), "length": length})
+            results = self._streams(specs)
+            _join(readers, 120)
+            seconds = time.monotonic() - started
+        if not all(c.ok for c in checks) or not all(r.get("match", True) for r in results):
+            raise BenchError(f"checked streams both ways failed: {results} {checks}")
+        return _mbs(2 * count * length, seconds)
+
+    # -- round trips ---------------------------------------------------------------------
+
+    def _round_trips(self, endpoint: HostEndpoint, size: int, count: int) -> list[float]:
+        message = bytes(range(256)) * (size // 256) or b"x" * size
+        samples = []
+        for _ in range(count):
+            began = time.perf_counter()
+            endpoint.write(message)
+            got = endpoint.read(size, 10)
+            samples.append((time.perf_counter() - began) * 1e6)
+            if got.data != message:
+                raise BenchError(f"echo returned {got.length} bytes that differ")
+        return samples
+
+    def rtt_agent(self, size: int, count: int) -> list[float]:
+        endpoint = self.endpoints[0]
+        with self._opened(1) as [name]:
+            ticket = self.agent.start_background(
+                "echo", name=name, size=size, count=count, timeout=30
+            )
+            samples = self._round_trips(endpoint, size, count)
+            self.agent.wait_ticket(ticket, timeout=60)
+        return samples
+
+    def rtt_cat(self, size: int, count: int) -> list[float]:
+        endpoint = self.endpoints[0]
+        dev = self.devs[0]
+        started = self.guest.run(
+            f"cat <>/dev/{dev} >&0 2>/dev/null & echo $!", timeout=30
+        ).output.split()
+        if len(started) != 1:
+            raise BenchError(f"could not start cat on /dev/{dev}: {started}")
+        try:
+            _wait(lambda: self.agent.port_info(endpoint.name)["guest_connected"] == 1, 30)
+            return self._round_trips(endpoint, size, count)
+        finally:
+            self.guest.run(f"kill {started[0]}", timeout=30)
+            _wait(lambda: self.agent.port_info(endpoint.name)["guest_connected"] == 0, 30)
+
+    # -- all -------------------------------------------------------------------------------
+
+    def run(self, length: int, rtt_count: int, repeat: int = 3) -> Results:
+        """Every throughput case ``repeat`` times, raw and checked alternating (the load of a
+        shared machine drifts): the medians are reported."""
+        results = Results()
+        for direction, raw, checked in (
+            ("h2g", self.raw_h2g, self.checked_h2g),
+            ("g2h", self.raw_g2h, self.checked_g2h),
+        ):
+            for count in (1, PORTS):
+                label = f"{direction} {count} port{'s' if count > 1 else ''}"
+                per_port = length if count == 1 else length // count
+                raws, checks = [], []
+                for _ in range(repeat):
+                    raws.append(raw(count, per_port))
+                    checks.append(checked(count, per_port))
+                    self.say(f"{label}: raw {raws[-1]:.1f} MB/s, checked {checks[-1]:.1f} MB/s")
+                results.rows.append((label, statistics.median(raws), statistics.median(checks)))
+        single_raw = min(results.rows[0][1], results.rows[2][1])
+        for count in (1, PORTS):
+            totals = []
+            for _ in range(repeat):
+                totals.append(self.checked_both_ways(count, length // (2 * count)))
+                self.say(f"both ways, {count} port(s): {totals[-1]:.1f} MB/s in total")
+            label = f"both ways {count} port{'s' if count > 1 else ''}"
+            results.totals.append((label, statistics.median(totals), single_raw))
+        for size, size_label in ((1, "1 B"), (4096, "4 KiB")):
+            self.say(f"round trips, {size_label} ...")
+            results.rtt[f"agent {size_label}"] = self.rtt_agent(size, rtt_count)
+            results.rtt[f"cat {size_label}"] = self.rtt_cat(size, rtt_count)
+        results.load = os.getloadavg()
+        return results
+
+
+def _seed(payload: Payload) -> int:
+    assert payload.seed is not None
+    return payload.seed
+
+
+def _into(results: list[Any], function: Callable[..., Any], *args: Any) -> Callable[[], None]:
+    """A thread target that appends ``function(*args)`` to ``results``."""
+
+    def run() -> None:
+        results.append(function(*args))
+
+    return run
+
+
+def _thread(target: Callable[[], Any]) -> threading.Thread:
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread
+
+
+def _join(threads: list[threading.Thread], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.1, deadline - time.monotonic()))
+        if thread.is_alive():
+            raise BenchError(f"a host reader did not finish within {timeout} s")
+
+
+def _wait(check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise BenchError(f"port state did not change within {timeout} s")
+        time.sleep(0.05)
+
+
+@contextmanager
+def booted() -> Iterator[Bench]:
+    """One fresh guest with PORTS connected socket ports, shut down afterwards."""
+    from harness.images.builder import build_image
+    from harness.machine.accel import choose_accel
+
+    image = build_image()
+    choice = choose_accel("auto", "qemu-system-x86_64", image.kernel, image.initramfs)
+    print(f"hil: {choice.describe()}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="hil-bench-") as workdir:
+        root = Path(workdir)
+        ports = [
+            PortSpec(f"bench.{i}", "vser0", i + 1, False, root / f"{i}.sock", f"bench{i}")
+            for i in range(PORTS)
+        ]
+        spec = MachineSpec(
+            image.kernel,
+            image.initramfs,
+            image.cmdline,
+            accel=choice.accel,
+            controllers=[ControllerSpec("vser0")],
+            ports=ports,
+        )
+        guest = Guest(
+            Machine(spec, root, "bench"),
+            Credentials(str(image.client_key), image.host_public_key),
+        )
+        endpoints = [HostEndpoint(p.name, p.chardev_path) for p in ports if p.chardev_path]
+        agent: AgentClient | None = None
+        try:
+            guest.boot()
+            agent = AgentClient(guest).start()
+            for endpoint in endpoints:
+                agent.wait_port(endpoint.name)
+                endpoint.connect()
+            yield Bench(guest, agent, endpoints)
+        finally:
+            for endpoint in endpoints:
+                if endpoint.connected:
+                    endpoint.close()
+            if agent is not None:
+                agent.disconnect()
+            guest.shutdown()
+
+
+def bench(mib: int = 128, rtt_count: int = 200, as_json: bool = False, repeat: int = 3) -> int:
+    """Boot one guest, measure, print the table (and a JSON line); 0 on success."""
+    print(f"{mib} MiB per direction and case, medians of {repeat}", flush=True)
+    with booted() as runner:
+        runner.say = lambda text: print(text, flush=True)
+        results = runner.run(mib * MIB, rtt_count, repeat)
+    print(results.table())
+    if as_json:
+        print(json.dumps(results.summary(), sort_keys=True))
+    return 0
+
+
+__all__ = ["Bench", "BenchError", "Results", "bench", "booted"]

@@ -1,0 +1,307 @@
+"""Real background streams: a seeded byte stream on one port, flowing while other steps run.
+
+``host_stream`` (host -> guest): the host endpoint sends the generated stream, the guest agent
+receives it with a ``flow`` op (stoppable, never stuck in the kernel) and reports its count and
+SHA-256.  ``guest_stream`` (guest -> host): the agent sends, a consumer thread here takes what
+arrives and compares every byte with the generator at its offset.
+
+``end()`` stops the writer where needed, lets the reader drain, and reports what each layer
+passed (writer, host socket, guest driver counters, reader), so the scenario layer can judge
+``sent = delivered + discarded`` against the model (``harness.model.streams``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from harness.backend.endpoint import HostEndpoint, unread_by_peer
+from harness.guest.agent_client import AgentClient, AgentError
+from harness.machine.errors import MachineError
+from harness.model.device import G2H, H2G
+from harness.model.payload import Payload, iter_chunks, sha256_of
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+UNBOUNDED = 1 << 40  # an `until` stream's length: never reached
+QUIET = 2.0  # a reader with nothing new for this long has drained what will come
+_ids = itertools.count(1)
+
+
+@dataclass
+class StreamReport:
+    """What the real system measured for one stream (None: not measurable, e.g. lost)."""
+
+    sent: int | None
+    delivered: int | None
+    prefix_ok: bool
+    writer_error: str | None = None
+    socket: int | None = None  # bytes that passed the host socket
+    driver: int | None = None  # guest debugfs counter change
+    notes: list[str] = field(default_factory=list)
+
+
+class _Consumer(threading.Thread):
+    """Takes what the host end receives and checks it against the stream, byte for byte."""
+
+    def __init__(self, endpoint: HostEndpoint, seed: int) -> None:
+        super().__init__(daemon=True, name=f"stream-{endpoint.name}")
+        self.endpoint, self.seed = endpoint, seed
+        self.count = 0
+        self.mismatch: int | None = None
+        self.last_data = time.monotonic()
+        self._stop_flag = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_flag.is_set():
+            data = self.endpoint.take(1 << 16, 0.2)
+            if not data:
+                continue
+            if self.mismatch is None:
+                want = b"".join(
+                    iter_chunks(
+                        Payload.generated(self.seed, UNBOUNDED), self.count, self.count + len(data)
+                    )
+                )
+                if want != data:
+                    bad = next(i for i, (a, b) in enumerate(zip(want, data, strict=True)) if a != b)
+                    self.mismatch = self.count + bad
+            self.count += len(data)
+            self.last_data = time.monotonic()
+
+    def stop(self) -> None:
+        self._stop_flag.set()
+        self.join(timeout=5)
+
+
+@dataclass
+class RealStream:
+    port: str
+    direction: str
+    seed: int
+    size: int | None
+    flow: str
+    ticket: int
+    endpoint: HostEndpoint
+    sent_before: int
+    driver_before: int | None
+    consumer: _Consumer | None = None
+    progress: int | None = None  # the guest end's count just before a reset, if one came
+
+
+class StreamRunner:
+    """The streams of one real system; it asks the system for its agent and host ends."""
+
+    def __init__(
+        self,
+        agent: Callable[[], AgentClient],
+        endpoint: Callable[[str], HostEndpoint],
+    ) -> None:
+        self._agent, self._endpoint = agent, endpoint
+        self.streams: dict[str, RealStream] = {}
+
+    def _counter(self, port: str, direction: str) -> int | None:
+        """The guest driver's count of the stream's direction (debugfs), None if absent."""
+        try:
+            entries = self._agent().list_ports()
+        except (AgentError, MachineError):
+            return None
+        for entry in entries:
+            if entry.get("name") == port:
+                # bytes_received counts every buffer the driver took, discarded ones included
+                key = "bytes_sent" if direction == G2H else "bytes_received"
+                return int(entry.get(key) or 0)
+        return None
+
+    def start(self, port: str, direction: str, seed: int, size: int | None, chunk: int) -> str:
+        """Start the reader first, then the writer; returns the stream's handle."""
+        endpoint = self._endpoint(port)
+        agent = self._agent()
+        flow = f"{port}#{next(_ids)}"
+        length = -1 if size is None else size
+        driver = self._counter(port, direction)
+        if direction == H2G:
+            before = endpoint.bytes_sent
+            args: dict[str, Any] = {"name": port, "flow": flow, "direction": "in", "chunk": chunk}
+            ticket = _start_flow(agent, {**args, "length": length})
+            endpoint.write(Payload.generated(seed, UNBOUNDED if size is None else size))
+            stream = RealStream(port, direction, seed, size, flow, ticket, endpoint, before, driver)
+        else:
+            consumer = _Consumer(endpoint, seed)
+            consumer.start()
+            args = {"name": port, "flow": flow, "direction": "out", "seed": seed, "chunk": chunk}
+            ticket = _start_flow(agent, {**args, "length": length})
+            stream = RealStream(
+                port,
+                direction,
+                seed,
+                size,
+                flow,
+                ticket,
+                endpoint,
+                endpoint.bytes_received,
+                driver,
+                consumer,
+            )
+        self.streams[port] = stream
+        return port
+
+    def note_progress(self) -> None:
+        """Before the guest resets: what each guest end had counted (kept for the report)."""
+        for stream in self.streams.values():
+            try:
+                stream.progress = int(self._agent().call("flow_state", flow=stream.flow)["bytes"])
+            except (AgentError, MachineError):
+                stream.progress = None
+
+    def stop_writer(self, port: str) -> None:
+        """``until:``: the writer stops now, the reader goes on until ``stream_end``."""
+        stream = self.streams[port]
+        if stream.direction == H2G:
+            stream.endpoint.drop_pending()
+        else:
+            self._agent().call("flow_stop", flow=stream.flow)
+
+    def end(self, port: str, stop: bool, timeout: float) -> StreamReport:
+        """Stop the writer if asked (an `until` stream, or one a fault cut), drain, measure."""
+        stream = self.streams.pop(port)
+        if stream.direction == H2G:
+            return self._end_h2g(stream, stop, timeout)
+        return self._end_g2h(stream, stop, timeout)
+
+    def _flow_result(self, stream: RealStream, stop: bool, timeout: float) -> dict[str, Any] | None:
+        """The agent's result for the flow; None when the agent lost it (the guest rebooted)."""
+        agent = self._agent()
+        try:
+            if stop:
+                agent.call("flow_stop", flow=stream.flow)
+            state = agent.ticket(stream.ticket, wait=timeout)
+        except AgentError:
+            return None
+        if not state["done"]:
+            agent.call("flow_stop", flow=stream.flow)
+            state = agent.ticket(stream.ticket, wait=5)
+        reply = state.get("reply") or {}
+        if not reply.get("ok"):
+            return None
+        result: dict[str, Any] = reply["result"]
+        return result
+
+    def _end_h2g(self, stream: RealStream, stop: bool, timeout: float) -> StreamReport:
+        endpoint = stream.endpoint
+        notes = []
+        if stop and endpoint.connected:
+            dropped = endpoint.drop_pending()
+            if stream.size is not None:  # an open-ended stream has no "rest" to speak of
+                notes.append(f"host writer stopped ({dropped} queued bytes never sent)")
+        sent = endpoint.bytes_sent - stream.sent_before
+        self._wait_reader(stream, sent, timeout)
+        result = self._flow_result(stream, True, timeout)
+        sent = endpoint.bytes_sent - stream.sent_before
+        unread = None
+        if endpoint.connected and endpoint.inode is not None:
+            unread = unread_by_peer({endpoint.inode}).get(endpoint.inode, 0)
+            endpoint.drop_pending()
+        driver = self._counter(stream.port, H2G)
+        if result is None:
+            notes.append(
+                f"the guest end's count was lost with the agent ({stream.progress} bytes "
+                "received just before the reset)"
+            )
+            return StreamReport(sent, None, False, None, None, None, notes)
+        delivered = int(result["bytes"])
+        prefix = sha256_of(Payload.generated(stream.seed, UNBOUNDED), 0, delivered)
+        return StreamReport(
+            sent,
+            delivered,
+            prefix == result["sha256"],
+            result.get("error"),
+            None if unread is None else sent - unread,
+            _delta(stream.driver_before, driver),
+            notes,
+        )
+
+    def _wait_reader(self, stream: RealStream, sent: int, timeout: float) -> None:
+        """Until the guest reader has what was sent, or nothing new arrived for QUIET s."""
+        agent = self._agent()
+        deadline = time.monotonic() + timeout
+        last, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            try:
+                state = agent.call("flow_state", flow=stream.flow)
+            except AgentError:
+                return
+            got = int(state["bytes"])
+            caught_up = state["done"] or got >= stream.endpoint.bytes_sent - stream.sent_before
+            if caught_up and (stream.endpoint.pending_out == 0 or not stream.endpoint.connected):
+                return
+            if got != last:
+                last, since = got, time.monotonic()
+            elif time.monotonic() - since > QUIET:
+                return
+            time.sleep(0.1)
+
+    def _end_g2h(self, stream: RealStream, stop: bool, timeout: float) -> StreamReport:
+        consumer = stream.consumer
+        assert consumer is not None
+        result = self._flow_result(stream, stop, timeout)
+        sent = None if result is None else int(result["bytes"])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if sent is not None and consumer.count >= sent:
+                break
+            if time.monotonic() - consumer.last_data > QUIET:
+                break
+            time.sleep(0.05)
+        consumer.stop()
+        driver = self._counter(stream.port, G2H)
+        notes = []
+        if result is None:
+            notes.append(
+                f"the guest writer's count was lost with the agent ({stream.progress} bytes "
+                "written just before the reset)"
+            )
+        if consumer.mismatch is not None:
+            notes.append(f"first wrong byte at offset {consumer.mismatch}")
+            notes += [f"host end: {line}" for line in stream.endpoint.migration_log]
+        socket_bytes = stream.endpoint.bytes_received - stream.sent_before
+        return StreamReport(
+            sent,
+            consumer.count,
+            consumer.mismatch is None,
+            None if result is None else result.get("error"),
+            socket_bytes if socket_bytes >= 0 else None,
+            _delta(stream.driver_before, driver),
+            notes,
+        )
+
+    def stop_all(self) -> None:
+        """Teardown: end consumers so no thread outlives the system."""
+        for stream in self.streams.values():
+            if stream.consumer is not None:
+                stream.consumer.stop()
+        self.streams.clear()
+
+
+def _start_flow(agent: AgentClient, args: dict[str, Any]) -> int:
+    return int(agent.call("start", args={"op": "flow", "args": args})["ticket"])
+
+
+def _delta(before: int | None, after: int | None) -> int | None:
+    """A debugfs counter's change; None when unknown or reset (the driver was reloaded)."""
+    if before is None or after is None or after < before:
+        return None
+    return after - before
+
+
+def prefix_sha256(seed: int, length: int) -> str:
+    """SHA-256 of the stream's first ``length`` bytes (for tests and reports)."""
+    digest = hashlib.sha256()
+    for chunk in iter_chunks(Payload.generated(seed, UNBOUNDED), 0, length):
+        digest.update(chunk)
+    return digest.hexdigest()

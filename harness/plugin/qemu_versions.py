@@ -1,0 +1,75 @@
+"""The QEMU under test as the model sees it: which behaviour switches its version sets.
+
+Like the kernel mapping (kernels.KERNEL_CHANGES), each entry is a QEMU change our steps can
+observe, so the oracle predicts what *this* QEMU does.  Pure functions: the version string
+comes from `qemu-system-x86_64 --version` (fixtures.qemu_version).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Any
+
+from harness.model import Behaviour
+
+Version = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class QemuChange:
+    """From `since` up to (not including) `until`, the model's `switch` takes `value`.
+    `until` None: every later version too.  `evidence` says where the change comes from."""
+
+    since: Version
+    until: Version | None
+    switch: str
+    value: object
+    evidence: str
+
+
+#: Every virtqueue 1024 entries: QEMU 10.0.13's virtio_add_queue ignores the device's size.
+_MAX_QUEUES = ((10, 0, 13), (10, 1, 0))
+_MAX_QUEUES_EVIDENCE = (
+    "virtio_add_queue sets vring.num = VIRTQUEUE_MAX_SIZE (1024) for every queue of every "
+    "device in 10.0.13 (see control_rx_buffers); Linux fill_queue fills every slot"
+)
+
+#: Oldest first.  Versions outside every range keep the Behaviour defaults (Debian 12's 7.2).
+QEMU_CHANGES: tuple[QemuChange, ...] = (
+    QemuChange(
+        *_MAX_QUEUES,
+        "control_rx_buffers",
+        1024,
+        "QEMU 10.0.13 (stable; Debian 13's 1:10.0.13+ds-0+deb13u1) sets every virtqueue to "
+        "VIRTQUEUE_MAX_SIZE in virtio_add_queue ('Always set to max queue size for qemu "
+        "<11.1'; most likely the CVE-2026-50626 fix 'virtio-mmio: fix QUEUE_NUM_MAX'), so "
+        "virtio-serial's control rx queue has 1024 entries instead of 32 and the guest "
+        "prefills 1024 buffers. Observed: `info virtio-queue-status` queue 2 num 1024 on "
+        "10.0.13, 32 on 7.2.22; scenario findings/lost_port_open_on_reboot loses PORT_OPEN "
+        "for ports 8-24 on 7.2.22 and none on 10.0.13. Other stable branches unverified",
+    ),
+    QemuChange(*_MAX_QUEUES, "guest_outvq_buffers", 1024, _MAX_QUEUES_EVIDENCE),
+    QemuChange(*_MAX_QUEUES, "guest_rx_capacity", 1024 * 4096, _MAX_QUEUES_EVIDENCE),
+)
+
+
+def qemu_version_tuple(version: str | None) -> Version | None:
+    """(major, minor, micro) of a `--version` string such as "7.2.22 (Debian ...)"."""
+    match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version or "")
+    if not match:
+        return None
+    return int(match[1]), int(match[2]), int(match[3] or 0)
+
+
+def behaviour_for_qemu(version: str | None, base: Behaviour | None = None) -> Behaviour:
+    """The model switches for a QEMU version; an unknown version keeps the defaults."""
+    behaviour = base or Behaviour()
+    found = qemu_version_tuple(version)
+    if found is None:
+        return behaviour
+    for change in QEMU_CHANGES:
+        if found >= change.since and (change.until is None or found < change.until):
+            switch: dict[str, Any] = {change.switch: change.value}
+            behaviour = replace(behaviour, **switch)
+    return behaviour

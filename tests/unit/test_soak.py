@@ -1,0 +1,47 @@
+"""The soak's pure parts: its seeded plan, its table, its growth bounds and its SVG plot."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from harness.scenario.steps import STEPS
+from harness.soak import BOUNDS, COLUMNS, IN, OUT, Sample, SoakPlan, growth, svg_plot, table
+
+
+def sample(round_: int, **changes: float) -> Sample:
+    base = Sample(round_, 1.0, "vm_stop", 10.0, 100.0, 40, 80.0, 20, 300.0, 30.0)
+    return replace(base, **changes)
+
+
+def test_the_plan_is_seeded_and_made_of_registered_steps() -> None:
+    one, two = SoakPlan(7), SoakPlan(7)
+    rounds = [one.round() for _ in range(20)]
+    assert rounds == [two.round() for _ in range(20)]
+    for steps, faults in rounds:
+        assert steps[:2] == [("host_stream", {"port": IN}), ("guest_stream", {"port": OUT})]
+        assert ("stream_end", {"port": IN}) in steps and faults
+        assert all(kind in STEPS for kind, _ in steps)
+    assert any("migrate" in faults for _, faults in rounds)
+    assert SoakPlan(8).round() != SoakPlan(7).round() or SoakPlan(9).round() != SoakPlan(7).round()
+
+
+def test_table_has_a_row_per_sample_under_the_columns() -> None:
+    lines = table([sample(1), sample(2)]).splitlines()
+    assert lines[0].split() == list(COLUMNS)
+    assert len(lines) == 4 and lines[3].split()[0] == "2"
+
+
+def test_growth_past_a_bound_is_reported_from_the_first_sample_after_warm_up() -> None:
+    flat = [sample(1, harness_rss_mib=10.0), sample(2), sample(3, harness_fds=20 + 2)]
+    assert growth(flat) == []
+    grown = sample(3, qemu_fds=40 + BOUNDS["qemu_fds"] + 1)
+    (problem,) = growth([sample(1), sample(2), grown])
+    assert problem.startswith("qemu_fds grew by") and "from round 2" in problem
+    assert growth([sample(1)]) == []
+
+
+def test_the_plot_is_an_svg_with_one_line_per_series() -> None:
+    svg = svg_plot([sample(1), sample(2, qemu_rss_mib=120.0)])
+    assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
+    assert svg.count("<polyline") == len(COLUMNS) - 4
+    assert "qemu_rss_mib: 100.0 .. 120.0" in svg
