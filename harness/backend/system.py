@@ -118,7 +118,7 @@ class QemuSystem:
             "scenario", memory_mib=machine.memory, controllers=controllers, ports=boot_ports
         )
         self.ports = PortManager(self.guest.machine)
-        self.agent = AgentClient(self.guest).start()
+        self.agent = AgentClient(self.guest, transport="tcp").start()
         named = {c.id for c in machine.controllers if c.max_ports > 1}
         for port in boot_ports:
             if port.controller in named:
