@@ -15,6 +15,7 @@ import itertools
 import json
 import re
 import select
+import socket
 import time
 from typing import Any, Literal
 
@@ -34,6 +35,10 @@ IDEMPOTENT_OPS = frozenset(
 )
 
 AgentChannel = Literal["ssh", "serial"]
+#: How requests reach the daemon: an SSH exec channel running `hil_agent.py bridge`, or the
+#: daemon's TCP listener through the QEMU user-net forward (no SSH: milliseconds after a
+#: restore; SSH is then only used to start a daemon that is not running yet).
+AgentTransport = Literal["ssh", "tcp"]
 
 
 class AgentError(HarnessError):
@@ -105,14 +110,56 @@ def _short(data: object, limit: int = 400) -> str:
     return text if len(text) <= limit else f"{text[:limit]}...(+{len(text) - limit} chars)"
 
 
+class _SocketChannel:
+    """A TCP connection to the daemon with the part of paramiko.Channel's interface that the
+    request loop uses, so both transports share it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.closed = False
+        self.eof_received = False
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def recv_ready(self) -> bool:
+        return bool(select.select([self._sock], [], [], 0)[0])
+
+    def recv(self, size: int) -> bytes:
+        data = self._sock.recv(size)
+        self.eof_received = self.eof_received or not data
+        return data
+
+    def sendall(self, data: bytes) -> None:
+        self._sock.sendall(data)
+
+    def recv_stderr_ready(self) -> bool:
+        return False
+
+    def recv_stderr(self, size: int) -> bytes:
+        return b""
+
+    def exit_status_ready(self) -> bool:
+        return False
+
+    exit_status = -1  # only read when exit_status_ready()
+
+    def close(self) -> None:
+        self.closed = True
+        self._sock.close()
+
+
 class AgentClient:
-    def __init__(self, guest: Guest, start_timeout: float = 60) -> None:
+    def __init__(
+        self, guest: Guest, start_timeout: float = 60, transport: AgentTransport = "ssh"
+    ) -> None:
         self.guest = guest
         self.start_timeout = start_timeout
+        self.transport = transport
         self.log: list[str] = []
         self.reconnects = 0
         self._ids = itertools.count(1)
-        self._channel: paramiko.Channel | None = None
+        self._channel: paramiko.Channel | _SocketChannel | None = None
         self._buffer = b""
 
     # -- connection ------------------------------------------------------------------------
@@ -130,17 +177,28 @@ class AgentClient:
         return transport if transport is not None and transport.is_active() else None
 
     def start(self) -> AgentClient:
-        """Ensure the daemon runs, then open the persistent bridge channel."""
+        """Ensure the daemon runs, then open the persistent bridge channel (with transport
+        "tcp": connect to a running daemon directly; only if none answers, start it over SSH)."""
+        if self.transport == "tcp" and self.open_direct() is not None:
+            return self
         if self._transport() is None:
-            self._note("ssh transport down: reconnecting")
+            lazy = self.guest.ssh is None  # never connected (restored guest): not a reconnect
+            self._note("ssh not connected yet: connecting" if lazy else "ssh down: reconnecting")
             self.guest.connect_ssh(self.start_timeout)
-            self.reconnects += 1
+            self.reconnects += 0 if lazy else 1
         result = self.guest.run(f"{AGENT_COMMAND} ensure", timeout=self.start_timeout)
         if result.exit_code != 0:
             raise AgentConnectionError(
                 f"`{AGENT_COMMAND} ensure` failed ({result.exit_code}): "
                 f"{result.output}{result.stderr}"
             )
+        if self.transport == "tcp":
+            if self.open_direct() is None:
+                raise AgentConnectionError(
+                    "the guest agent runs but does not answer on its TCP forward "
+                    f"(host port {self.guest.machine.agent_port})"
+                )
+            return self
         transport = self._transport()
         assert transport is not None
         channel = transport.open_session(timeout=self.start_timeout)
@@ -150,6 +208,35 @@ class AgentClient:
         self._note("bridge channel open")
         return self
 
+    def open_direct(
+        self, timeout: float = 5.0, op: str = "ping", args: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """Connect to the daemon's TCP listener and send `op` as the probe (the forward
+        accepts even when nothing listens in the guest, then closes): the reply, or None."""
+        port = self.guest.machine.agent_port
+        if port is None:
+            return None
+        self._drop_channel()
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        except OSError:
+            return None
+        sock.settimeout(None)
+        self._channel = _SocketChannel(sock)
+        ident = next(self._ids)
+        try:
+            reply = self._request_ssh(ident, op, args or {}, timeout)
+        except (OSError, AgentConnectionError, AgentTimeout) as error:
+            self._note(f"tcp transport not answering: {error!r}")
+            self._drop_channel()
+            return None
+        self._note(f"tcp channel open (host port {port})")
+        return reply
+
+    def _link_down(self) -> bool:
+        """The bridge's carrier is gone: the SSH transport (the TCP channel notices EOF)."""
+        return self.transport == "ssh" and self._transport() is None
+
     def _drop_channel(self) -> None:
         if self._channel is not None:
             with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
@@ -157,9 +244,9 @@ class AgentClient:
         self._channel = None
         self._buffer = b""
 
-    def _ready(self) -> paramiko.Channel:
+    def _ready(self) -> paramiko.Channel | _SocketChannel:
         channel = self._channel
-        if channel is None or channel.closed or self._transport() is None:
+        if channel is None or channel.closed or self._link_down():
             self._note("bridge down: restarting ensure + bridge")
             self._drop_channel()
             self.start()
@@ -227,7 +314,9 @@ class AgentClient:
             self._note(f"<- {_short(reply)}")
             return reply
 
-    def _readline(self, channel: paramiko.Channel, deadline: float, op: str, ident: int) -> bytes:
+    def _readline(
+        self, channel: paramiko.Channel | _SocketChannel, deadline: float, op: str, ident: int
+    ) -> bytes:
         while b"\n" not in self._buffer:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -247,7 +336,7 @@ class AgentClient:
                 )
             else:
                 select.select([channel], [], [], min(remaining, 0.2))
-                if self._transport() is None:
+                if self._link_down():
                     raise AgentConnectionError("SSH transport went down")
                 continue
             if not data:

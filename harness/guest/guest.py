@@ -77,7 +77,9 @@ class Guest:
     def run(self, command: str, timeout: float = 30, channel: Channel = "ssh") -> CommandResult:
         if channel == "serial":
             return self.serial.run(command, timeout)
-        assert self.ssh is not None, "SSH not connected"
+        if self.ssh is None:  # a guest restored from a saved state connects SSH on first use
+            self.connect_ssh(max(timeout, 30.0))
+        assert self.ssh is not None
         return self.ssh.run(command, timeout)
 
     def shutdown(self) -> str:

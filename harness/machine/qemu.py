@@ -28,9 +28,18 @@ log = logging.getLogger("hil.machine")
 
 Accel = Literal["kvm", "tcg"]
 KVM_CPU = "host,-arch-capabilities"  # plain `host` fails on some nested hypervisors (MSR 0x10a)
-_USERNET_PORT = re.compile(
-    r"TCP\[HOST_FORWARD\]\s+\d+\s+127\.0\.0\.1\s+(\d+)\s+10\.0\.2\.15\s+22\b"
-)
+RAM_BACKEND_ID = "hil-ram"  # one RAM block name for every guest, so any two can migrate
+GUEST_AGENT_PORT = 7011  # the guest agent's TCP listener (hil_agent.TCP_ADDRESS)
+
+
+def _usernet_forward(guest_port: int) -> re.Pattern[str]:
+    return re.compile(
+        rf"TCP\[HOST_FORWARD\]\s+\d+\s+127\.0\.0\.1\s+(\d+)\s+10\.0\.2\.15\s+{guest_port}\b"
+    )
+
+
+_USERNET_PORT = _usernet_forward(22)
+_USERNET_AGENT_PORT = _usernet_forward(GUEST_AGENT_PORT)
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,15 @@ def port_device_id(name: str) -> str:
     return f"port-{cleaned}"
 
 
+def ram_backend(spec: MachineSpec) -> str:
+    """The guest RAM's memory backend: anonymous, or a file (see MachineSpec.ram_file)."""
+    size = f"id={RAM_BACKEND_ID},size={spec.memory_mib}M"
+    if spec.ram_file is None:
+        return f"memory-backend-ram,{size}"
+    share = "on" if spec.ram_file_shared else "off"
+    return f"memory-backend-file,{size},mem-path={spec.ram_file},share={share}"
+
+
 def port_chardev_args(port: PortSpec) -> list[str]:
     """-chardev/-device arguments for a boot-time port (same properties as hotplug uses)."""
     args: list[str] = []
@@ -100,6 +118,8 @@ class MachineSpec:
     ports: list[PortSpec] = field(default_factory=list)
     ssh: bool = True
     incoming: str | None = None  # e.g. "unix:/path" or "defer": start waiting for a migration
+    ram_file: Path | None = None  # guest RAM in this file (fast start); None: anonymous memory
+    ram_file_shared: bool = False  # share=on: the file is the RAM; off: a private COW template
     extra_args: list[str] = field(default_factory=list)
 
 
@@ -126,8 +146,10 @@ class Machine:
         self.qmp: QmpSession | None = None
         self.console: Console | None = None
         self.ssh_port: int | None = None
+        self.agent_port: int | None = None  # host end of the guest agent's TCP forward
         self.qemu_version: dict[str, Any] = {}
         self.started_at: float | None = None
+        self.spawned_at: float | None = None  # monotonic time QEMU was executed
         workdir.mkdir(parents=True, exist_ok=True)
         self.qmp_log = workdir / f"{name}.qmp.jsonl"
         self.console_log = workdir / f"{name}.console.log"
@@ -147,7 +169,9 @@ class Machine:
             "-display",
             "none",
             "-machine",
-            self.machine_type,
+            f"{self.machine_type},memory-backend={RAM_BACKEND_ID}",
+            "-object",
+            ram_backend(spec),
             "-accel",
             spec.accel,
             "-m",
@@ -176,7 +200,8 @@ class Machine:
         if spec.ssh:
             argv += [
                 "-netdev",
-                "user,id=net0,hostfwd=tcp:127.0.0.1:0-:22",
+                "user,id=net0,hostfwd=tcp:127.0.0.1:0-:22,"
+                f"hostfwd=tcp:127.0.0.1:0-10.0.2.15:{GUEST_AGENT_PORT}",
                 "-device",
                 "virtio-net-pci,netdev=net0,romfile=",
             ]
@@ -197,6 +222,7 @@ class Machine:
         argv = self.argv(qmp_theirs.fileno(), console_theirs.fileno())
         (self.workdir / f"{self.name}.cmdline").write_text(" ".join(argv) + "\n")
         log.info("%s: starting QEMU: %s", self.name, shlex.join(argv))
+        self.spawned_at = time.monotonic()
         try:
             self.process = spawn(
                 argv,
@@ -217,7 +243,7 @@ class Machine:
         except MachineError as error:
             raise self._startup_failure(str(error)) from None
         if self.spec.ssh:
-            self.ssh_port = self._forwarded_ssh_port()
+            self.ssh_port, self.agent_port = self._forwarded_ports()
         if not self.spec.incoming:
             self.resume()
 
@@ -282,13 +308,15 @@ class Machine:
             f"stderr: {stderr or '(empty)'}"
         )
 
-    def _forwarded_ssh_port(self) -> int:
+    def _forwarded_ports(self) -> tuple[int, int | None]:
+        """(SSH, guest agent) host ports of the user-net forwards (ephemeral, per QEMU)."""
         assert self.qmp is not None
         usernet = self.qmp.hmp("info usernet")
         match = _USERNET_PORT.search(usernet)
         if match is None:
             raise MachineError(f"{self.name}: no SSH host forward in `info usernet`:\n{usernet}")
-        return int(match.group(1))
+        agent = _USERNET_AGENT_PORT.search(usernet)
+        return int(match.group(1)), int(agent.group(1)) if agent else None
 
     # -- stop ----------------------------------------------------------------------------
 

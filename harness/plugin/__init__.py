@@ -20,7 +20,11 @@ MARKERS = (
     "slow: long-running case (large payloads, many loops)",
     "cross_qemu: migrates to another QEMU; runs only with --hil-qemu-destination",
 )
+#: Imported here, in this order, so each is loaded first as a plugin (pytest's assertion
+#: rewriter warns about a plugin module another module imported before): fixtures imports
+#: faststart.
 _LAYERS = (
+    "harness.plugin.faststart",
     "harness.plugin.fixtures",
     "harness.plugin.scenarios",
     "harness.plugin.report",

@@ -23,6 +23,7 @@ from harness.machine.qemu import ControllerSpec, Machine, MachineSpec
 from harness.machine.qemu_spec import default_machine_type
 from harness.machine.qemu_spec import qemu_version as _qemu_version
 from harness.model import Behaviour, MachineDecl
+from harness.plugin.faststart import start as start_guest
 from harness.plugin.kernels import behaviour_for, kernel_id
 from harness.plugin.options import HilSettings
 from harness.plugin.qemu_versions import behaviour_for_qemu
@@ -234,7 +235,7 @@ class GuestPool:
         guest = Guest(machine, Credentials(str(self.image.client_key), self.image.host_public_key))
         self.guests.append(guest)
         if boot:
-            guest.boot(self.settings.boot_timeout)
+            start_guest(guest, self.settings, self.image)  # --hil-start: boot or restore
         return guest
 
     def shutdown_all(self) -> None:

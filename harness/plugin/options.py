@@ -10,10 +10,13 @@ from harness.images.errors import ImageBuildError
 from harness.images.kernel import KERNEL_SPEC_FORMS, parse_kernel_spec
 from harness.images.qemu_pkg import DEFAULT_QEMU, QEMU_SPEC_FORMS, parse_qemu_spec
 from harness.images.recipe import DEFAULT_RECIPE
+from harness.machine.snapshot_cache import DEFAULT_CAP_BYTES
 
 ACCEL_CHOICES = ("auto", "kvm", "tcg")
 BACKEND_CHOICES = ("model", "qemu")
 BEHAVIOUR_CHOICES = ("auto", "default")
+START_CHOICES = ("snapshot", "boot")
+DEFAULT_STATE_CACHE_MIB = DEFAULT_CAP_BYTES // 2**20
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -91,6 +94,26 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="SECONDS",
         help="how long a guest may take from start to SSH-ready",
     )
+    group.addoption(
+        "--hil-start",
+        choices=START_CHOICES,
+        default="snapshot",
+        help="snapshot: the first guest of a kind boots and its ready state is saved; later "
+        "ones start from it (cached across runs); boot: every guest boots",
+    )
+    group.addoption(
+        "--hil-state-cache-mib",
+        type=int,
+        default=DEFAULT_STATE_CACHE_MIB,
+        metavar="MIB",
+        help="size cap of the saved guest states (least recently used go first)",
+    )
+    group.addoption(
+        "--hil-state-dir",
+        default=None,
+        metavar="DIR",
+        help="where saved guest states live (default: states/ in the image cache)",
+    )
 
 
 def check_qemu_specs(config: pytest.Config) -> None:
@@ -132,6 +155,9 @@ class HilSettings:
     boot_timeout: float
     qemu_destination: str | None = None
     machine_type: str | None = None
+    start: str = "snapshot"
+    state_cache_mib: int = DEFAULT_STATE_CACHE_MIB
+    state_dir: str | None = None
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> HilSettings:
@@ -143,6 +169,9 @@ class HilSettings:
             boot_timeout=config.getoption("--hil-boot-timeout"),
             qemu_destination=config.getoption("--hil-qemu-destination"),
             machine_type=config.getoption("--hil-machine-type"),
+            start=config.getoption("--hil-start"),
+            state_cache_mib=config.getoption("--hil-state-cache-mib"),
+            state_dir=config.getoption("--hil-state-dir"),
         )
 
     @property

@@ -47,6 +47,10 @@ RUN_DIR = os.environ.get("HIL_AGENT_RUN_DIR", "/run")  # overridable for host-si
 SOCKET_PATH = f"{RUN_DIR}/hil-agent.sock"
 LOCK_PATH = f"{RUN_DIR}/hil-agent.lock"
 LOG_PATH = f"{RUN_DIR}/hil-agent.log"
+# Also served on TCP at the guest's user-net address: the host reaches it through a QEMU
+# hostfwd without SSH (a guest restored from a snapshot answers in milliseconds). Binding to
+# 10.0.2.15 only means a host-side test run never listens on the host's network.
+TCP_ADDRESS = ("10.0.2.15", 7011)
 SYSFS_PORTS = "/sys/class/virtio-ports"
 DEBUGFS_PORTS = "/sys/kernel/debug/virtio-ports"
 PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
@@ -1214,6 +1218,18 @@ class Agent:
 
     # misc --------------------------------------------------------------------------------
 
+    def op_resumed(self, args: dict[str, Any]) -> dict[str, Any]:
+        """After a restore from a saved state: the host's wall clock (the guest's stood still
+        while the state was on disk) and fresh entropy (every guest restored from one state
+        would otherwise share its random pool). Mixing into /dev/urandom credits nothing."""
+        clock = _arg(args, "time", kind=(int, float))
+        seed = base64.b64decode(_arg(args, "entropy", kind=str))
+        skew = clock - time.time()
+        time.clock_settime(time.CLOCK_REALTIME, clock)
+        with open("/dev/urandom", "wb") as pool:
+            pool.write(seed)
+        return {"skew": round(skew, 3), "entropy": len(seed)}
+
     def op_sleep(self, args: dict[str, Any]) -> dict[str, Any]:
         seconds = _arg(args, "seconds", kind=(int, float))
         time.sleep(seconds)
@@ -1276,15 +1292,32 @@ def serve_forever() -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(SOCKET_PATH)
     listener.listen(16)
+    listeners: list[Any] = [listener, *tcp_listener()]
     log(f"serving on {SOCKET_PATH} (pid {os.getpid()}, python {sys.version.split()[0]})")
     while True:
-        readable, _, _ = select.select([listener.fileno(), wake_r], [], [])
+        readable, _, _ = select.select([*listeners, wake_r], [], [])
         if wake_r in readable:
             with contextlib.suppress(OSError):
                 os.read(wake_r, 4096)
-        if listener.fileno() in readable:
-            conn, _ = listener.accept()
-            threading.Thread(target=serve_connection, args=(agent, conn), daemon=True).start()
+        for ready in listeners:
+            if ready in readable:
+                conn, _ = ready.accept()
+                threading.Thread(target=serve_connection, args=(agent, conn), daemon=True).start()
+
+
+def tcp_listener() -> list[socket.socket]:
+    """The TCP listener at TCP_ADDRESS, or none where that address does not exist (a host)."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(TCP_ADDRESS)
+    except OSError as error:
+        listener.close()
+        log(f"no TCP listener at {TCP_ADDRESS}: {error}")
+        return []
+    listener.listen(16)
+    log(f"serving on tcp {TCP_ADDRESS[0]}:{TCP_ADDRESS[1]}")
+    return [listener]
 
 
 def log(message: str) -> None:
