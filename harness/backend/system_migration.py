@@ -75,8 +75,17 @@ class Migrating(SystemBase):
     def _destination_ports(
         self, destination: MachineDecl | None, ports: PortManager
     ) -> dict[str, PortPlug]:
-        """The destination's ports: the source's own (ids pinned from qtree) unless overridden."""
-        _, qtree_ports = ports.qtree()
+        """The destination's ports: the source's own (ids pinned from qtree) unless overridden.
+
+        In the source's plug order, not qtree's (which lists a bus's newest device first): QEMU
+        keeps ports in plug order and saves them in it, so a destination started in qtree order
+        would reverse the order on every hop, and its stream would no longer match the model's.
+        """
+        _, listed = ports.qtree()
+        plugged = {name: index for index, name in enumerate(self._ports)}
+        qtree_ports = dict(
+            sorted(listed.items(), key=lambda item: plugged.get(item[0], len(plugged)))
+        )
         wanted = (
             [
                 PortDecl(
@@ -172,6 +181,8 @@ class Migrating(SystemBase):
         self.guest = target
         self.ports = PortManager(target.machine)
         target.connect_ssh(self.boot_timeout)
+        if self.agent is not None:
+            self.agent.disconnect()  # the source's channel: its socket would leak per hop
         self.agent = AgentClient(target).start()
 
 

@@ -138,6 +138,8 @@ class QmpSession:
             self._call(self._stop_pump(), timeout, "the QMP event pump to stop")
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self._loop.close()  # its selector and self-pipe: fds that would leak per machine
 
     async def _start_pump(self) -> asyncio.Task[None]:
         return asyncio.get_running_loop().create_task(self._pump_events())
