@@ -34,6 +34,9 @@ def timed_run(start: str, state_dir: Path, extra: list[str]) -> tuple[float, int
     elapsed = time.monotonic() - started
     lines = result.stdout.strip().splitlines()
     print(f"  {start}: {lines[-1] if lines else result.stderr.strip()[-500:]}", flush=True)
+    for line in lines:
+        if line.startswith(("FAILED ", "ERROR ")):
+            print(f"    {line}", flush=True)
     guests = [(mode, float(seconds)) for mode, seconds in _START_LINE.findall(result.stdout)]
     return elapsed, result.returncode, guests
 
