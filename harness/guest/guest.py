@@ -77,7 +77,9 @@ class Guest:
     def run(self, command: str, timeout: float = 30, channel: Channel = "ssh") -> CommandResult:
         if channel == "serial":
             return self.serial.run(command, timeout)
-        if self.ssh is None:  # a guest restored from a saved state connects SSH on first use
+        if self.ssh is None or not self.ssh.connected:
+            # a guest restored from a saved state connects SSH on first use, and a session
+            # that was dropped (ssh_drop, a network hiccup) is reopened the same way
             self.connect_ssh(max(timeout, 30.0))
         assert self.ssh is not None
         return self.ssh.run(command, timeout)

@@ -80,6 +80,12 @@ class SshChannel:
         return client
 
     @property
+    def connected(self) -> bool:
+        """Whether a command can be run now: a dropped or timed-out session must be reopened."""
+        transport = self._client.get_transport() if self._client is not None else None
+        return transport is not None and transport.is_active()
+
+    @property
     def client(self) -> paramiko.SSHClient:
         if self._client is None:
             raise MachineError("SSH is not connected: call connect() first")
