@@ -498,18 +498,28 @@ class VirtioSerialModel:
         return frozenset(mask)
 
     def guest_reset(self) -> Outcome:
-        """Driver reload / reboot: opens dropped, buffers lost, QEMU guest_reset, handshake."""
+        """Driver reload / reboot: opens dropped, buffers lost, QEMU guest_reset, handshake.
+
+        The driver probes the controllers in PCI slot order, but only a controller without
+        MULTIPORT makes its console inside probe (add_port(portdev, 0)); a MULTIPORT one
+        learns its ports from control messages that a workqueue handles after the probes.
+        So every non-MULTIPORT port 0 takes its vtermno first, then the MULTIPORT consoles
+        follow, device by device (observed on 6.1 after reboot and after rmmod/insmod,
+        found by exploration: a hot-plugged max_ports=1 controller's console got vtermno 1,
+        the first controller's virtconsole 2)."""
         for name in list(self._blocked_ports()):
             self._fail_blocked(name, E.ModelError(E.KILLED, "guest reset"))
         for port in [*self.removed.values(), *self.stale]:
             port.guest = None  # the reset process held the last fd of unplugged ports
         self._vterms_in_use.clear()
         self._vterm_counter = 0
-        for ctrl in self.controllers.values():  # probe order = PCI slot order
+        controllers = list(self.controllers.values())  # PCI slot order
+        for ctrl in controllers:
             if not ctrl.multiport:
                 ctrl.guest0 = self._probe_console()
             for name in ctrl.ports:
                 self._reset_port(self.ports[name], ctrl.multiport)
+        for ctrl in controllers:
             if ctrl.multiport:
                 self._probe(ctrl)
         return self._outcome()
@@ -518,9 +528,8 @@ class VirtioSerialModel:
 
     def boot(self) -> Outcome:
         """Power-on after the boot devices were added: the driver probes the controllers in
-        PCI slot order and runs each one's handshake (observed on 6.1: consoles get vtermnos
-        device by device, then by port id).  For a machine nobody touched yet this is
-        exactly a reset."""
+        PCI slot order (see guest_reset for the vtermno order).  For a machine nobody
+        touched yet this is exactly a reset."""
         return self.guest_reset()
 
     def _reset_port(self, port: Port, multiport: bool) -> None:

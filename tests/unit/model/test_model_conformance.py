@@ -43,6 +43,24 @@ def test_port_0_console_takes_the_first_vtermno_so_later_consoles_are_one_higher
     assert vterm == {guest_only_key("c1", 0): 1, "con2": 2, "con2b": 3, "con31": 4}
 
 
+@pytest.mark.parametrize("when", ["boot", "reset after hotplug"])
+def test_probe_consoles_take_their_vtermnos_before_multiport_consoles(when: str) -> None:
+    """Found by exploration on 6.1 (boot, reboot and rmmod/insmod): a max_ports=1 controller
+    in a later PCI slot still gets vtermno 1, since its console is made inside probe, and the
+    first controller's virtconsole waits for its control handshake and gets 2."""
+    m = _controllers(4)
+    m.hotplug("con", controller="c4", console=True)
+    if when == "boot":
+        m.hotplug_controller("c1", max_ports=1)
+        m.boot()
+    else:
+        m.boot()
+        m.hotplug_controller("c1", max_ports=1)
+        m.guest_reset()
+    vterm = {k: v.guest.console_vtermno for k, v in m.snapshot().ports.items()}
+    assert vterm == {guest_only_key("c1", 0): 1, "con": 2}
+
+
 def test_multiport_controllers_have_no_port_the_guest_made_itself():
     m = _controllers(2, 31, 32, 33, 64)
     m.boot()
