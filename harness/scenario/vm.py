@@ -45,17 +45,21 @@ from harness.errors import HarnessError, OperationFailed
 from harness.model import (
     DEFAULT_MAX_PORTS,
     Behaviour,
-    ControllerDecl,
-    MachineDecl,
     ModelError,
     Outcome,
-    PortDecl,
     ReadResult,
     Snapshot,
     VirtioSerialModel,
 )
+
+# Part of the public API (``harness.__all__`` lists it): re-exported by name.
+from harness.model import ControllerDecl as ControllerDecl
+from harness.model import MachineDecl as MachineDecl
+from harness.model import PortDecl as PortDecl
 from harness.model.payload import slices_bytes
-from harness.scenario.runner import RunnerOptions, ScenarioFailure, ScenarioRunner
+from harness.scenario.runner import RunnerOptions as RunnerOptions
+from harness.scenario.runner import ScenarioFailure as ScenarioFailure
+from harness.scenario.runner import ScenarioRunner
 from harness.scenario.schema import Scenario
 from harness.scenario.steps import (
     CHECK_CONTROLLER_FIELDS,
@@ -68,22 +72,6 @@ from harness.scenario.steps import (
     StepCall,
 )
 from harness.scenario.system import RealSystem
-
-__all__ = [
-    "VM",
-    "BackgroundOp",
-    "Controller",
-    "ControllerDecl",
-    "GuestEnd",
-    "HostEnd",
-    "MachineDecl",
-    "OperationBlocks",
-    "OperationError",
-    "Port",
-    "PortDecl",
-    "RunnerOptions",
-    "ScenarioFailure",
-]
 
 MigrationMode = Literal["live", "paused", "file"]
 Data = bytes | str
