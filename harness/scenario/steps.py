@@ -335,22 +335,27 @@ def port_kind(
     )
 
 
+def _same_named(name: str, does: str) -> StepKind:
+    """A port step that is the model's and the real system's method of its own name, called
+    with the port alone."""
+
+    def model(call: StepCall) -> Outcome:
+        operation: Callable[[str], Outcome] = getattr(call.model, name)
+        return operation(call.port)
+
+    def real(system: RealSystem, call: StepCall) -> object:
+        operation: Callable[[str], object] = getattr(system, name)
+        return operation(call.port)
+
+    return port_kind(name, model, real, does)
+
+
 _DATA = {"port": PORT, "data": Arg("str"), "size": SIZE}
 _READ = {"port": PORT, "expect": Arg("str"), "eof": BOOL, "max_bytes": MAX_BYTES}
 
 for _kind in (
-    port_kind(
-        "host_open",
-        lambda c: c.model.host_open(c.port),
-        lambda r, c: r.host_open(c.port),
-        "connect the chardev socket",
-    ),
-    port_kind(
-        "host_close",
-        lambda c: c.model.host_close(c.port),
-        lambda r, c: r.host_close(c.port),
-        "disconnect the chardev socket",
-    ),
+    _same_named("host_open", "connect the chardev socket"),
+    _same_named("host_close", "disconnect the chardev socket"),
     port_kind(
         "host_write",
         lambda c: c.model.host_write(c.port, c.payload()),
@@ -389,18 +394,8 @@ for _kind in (
         keys={"port": PORT, "nonblocking": BOOL},
         arguments="port, `nonblocking:`",
     ),
-    port_kind(
-        "guest_close",
-        lambda c: c.model.guest_close(c.port),
-        lambda r, c: r.guest_close(c.port),
-        "close the guest fd",
-    ),
-    port_kind(
-        "guest_seek",
-        lambda c: c.model.guest_seek(c.port),
-        lambda r, c: r.guest_seek(c.port),
-        "lseek on the guest fd (ESPIPE)",
-    ),
+    _same_named("guest_close", "close the guest fd"),
+    _same_named("guest_seek", "lseek on the guest fd (ESPIPE)"),
     port_kind(
         "guest_read",
         lambda c: c.model.guest_read(c.port, c.args.get("max_bytes")),
@@ -440,12 +435,7 @@ for _kind in (
         provides=lambda a: ((a["name"],), ()),
         defaults=_first_controller,
     ),
-    port_kind(
-        "unplug",
-        lambda c: c.model.unplug(c.port),
-        lambda r, c: r.unplug(c.port),
-        "device_del (waits for DEVICE_DELETED)",
-    ),
+    _same_named("unplug", "device_del (waits for DEVICE_DELETED)"),
     StepKind(
         "hotplug_controller",
         {"id": NAME, "max_ports": MAX_PORTS},
