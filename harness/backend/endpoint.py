@@ -312,16 +312,11 @@ class HostEndpoint:
         with self._lock:
             while length is None or count < length:
                 if self._inbox:
-                    chunk = self._inbox.popleft()
-                    take = chunk if length is None else chunk[: length - count]
-                    if len(take) < len(chunk):
-                        self._inbox.appendleft(chunk[len(take) :])
-                    self._inbox_size -= len(take)
+                    take = self._pop(None if length is None else length - count)
                     digest.update(take)
                     count += len(take)
                     if count <= keep_limit:
                         kept += take
-                    self._lock.notify_all()
                     continue
                 if self._eof or self._sock is None:
                     break
@@ -354,12 +349,7 @@ class HostEndpoint:
         with self._lock:
             while checker.received < want:
                 if self._inbox:
-                    chunk = self._inbox.popleft()
-                    take = chunk[: want - checker.received]
-                    if len(take) < len(chunk):
-                        self._inbox.appendleft(chunk[len(take) :])
-                    self._inbox_size -= len(take)
-                    self._lock.notify_all()
+                    take = self._pop(want - checker.received)
                     last_at = time.monotonic()
                     first_at = first_at or last_at
                     self._lock.release()  # compare outside the lock: the receiver goes on
@@ -391,15 +381,9 @@ class HostEndpoint:
         with self._lock:
             while count < length:
                 if self._inbox:
-                    chunk = self._inbox.popleft()
-                    if len(chunk) > length - count:
-                        self._inbox.appendleft(chunk[length - count :])
-                        chunk = chunk[: length - count]
-                    self._inbox_size -= len(chunk)
-                    count += len(chunk)
+                    count += len(self._pop(length - count))
                     last_at = time.monotonic()
                     first_at = first_at or last_at
-                    self._lock.notify_all()
                     continue
                 if self._eof or self._sock is None:
                     break
@@ -431,13 +415,18 @@ class HostEndpoint:
                 if remaining <= 0 or self._eof:
                     return b""
                 self._lock.wait(remaining)
-            chunk = self._inbox.popleft()
-            if len(chunk) > limit:
-                self._inbox.appendleft(chunk[limit:])
-                chunk = chunk[:limit]
-            self._inbox_size -= len(chunk)
-            self._lock.notify_all()
-            return chunk
+            return self._pop(limit)
+
+    def _pop(self, limit: int | None) -> bytes:
+        """(Lock held, inbox not empty) the first received chunk, at most ``limit`` bytes of it
+        (the rest stays first in line); wakes the receiver, which may have room again."""
+        chunk = self._inbox.popleft()
+        if limit is not None and len(chunk) > limit:
+            self._inbox.appendleft(chunk[limit:])
+            chunk = chunk[:limit]
+        self._inbox_size -= len(chunk)
+        self._lock.notify_all()
+        return chunk
 
     def _receive_loop(self, sock: socket.socket) -> None:
         while True:
