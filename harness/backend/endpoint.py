@@ -348,25 +348,17 @@ class HostEndpoint:
         began = time.monotonic()
         with self._lock:
             while checker.received < want:
-                if self._inbox:
-                    take = self._pop(want - checker.received)
-                    last_at = time.monotonic()
-                    first_at = first_at or last_at
-                    self._lock.release()  # compare outside the lock: the receiver goes on
-                    try:
-                        checker.feed(take)
-                    finally:
-                        self._lock.acquire()
-                    continue
-                if self._eof or self._sock is None:
+                since = last_at or began
+                take = self._next(checker.received, want, since, timeout, "checked read got")
+                if take is None:
                     break
-                if not self._wait_data(last_at or began, timeout):
-                    raise ReadTimeout(
-                        f"host end of {self.name}: checked read got {checker.received} of "
-                        f"{want} bytes, then nothing for {timeout:.0f} s",
-                        checker.received,
-                        want,
-                    )
+                last_at = time.monotonic()
+                first_at = first_at or last_at
+                self._lock.release()  # compare outside the lock: the receiver goes on
+                try:
+                    checker.feed(take)
+                finally:
+                    self._lock.acquire()
             eof = self._eof and not self._inbox
         return Checked(
             payload, start, checker.received, checker.mismatch, eof, first_at, last_at or first_at
@@ -380,30 +372,31 @@ class HostEndpoint:
         began = time.monotonic()
         with self._lock:
             while count < length:
-                if self._inbox:
-                    count += len(self._pop(length - count))
-                    last_at = time.monotonic()
-                    first_at = first_at or last_at
-                    continue
-                if self._eof or self._sock is None:
+                chunk = self._next(count, length, last_at or began, timeout, "drained")
+                if chunk is None:
                     break
-                if not self._wait_data(last_at or began, timeout):
-                    raise ReadTimeout(
-                        f"host end of {self.name}: drained {count} of {length} bytes, then "
-                        f"nothing for {timeout:.0f} s",
-                        count,
-                        length,
-                    )
+                count += len(chunk)
+                last_at = time.monotonic()
+                first_at = first_at or last_at
         return count, first_at, last_at or first_at
 
-    def _wait_data(self, since: float, timeout: float) -> bool:
-        """Wait (lock held) for the receiver; False once nothing arrived for ``timeout``
-        seconds ``since`` the last byte (or since the read began when none arrived yet)."""
-        remaining = since + timeout - time.monotonic()
-        if remaining <= 0:
-            return False
-        self._lock.wait(remaining)
-        return True
+    def _next(self, got: int, want: int, since: float, timeout: float, what: str) -> bytes | None:
+        """(Lock held) up to ``want - got`` bytes once some arrived; None at EOF.  ReadTimeout
+        ("{what} {got} of {want} bytes") once nothing arrived for ``timeout`` seconds ``since``
+        the last byte (or since the read began when none arrived yet)."""
+        while not self._inbox:
+            if self._eof or self._sock is None:
+                return None
+            remaining = since + timeout - time.monotonic()
+            if remaining <= 0:
+                raise ReadTimeout(
+                    f"host end of {self.name}: {what} {got} of {want} bytes, then nothing for "
+                    f"{timeout:.0f} s",
+                    got,
+                    want,
+                )
+            self._lock.wait(remaining)
+        return self._pop(want - got)
 
     def take(self, limit: int, timeout: float) -> bytes:
         """Up to ``limit`` received bytes, waiting at most ``timeout`` for the first one;
