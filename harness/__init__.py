@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+#: The one list of the public API's names; ``harness.scenario.vm`` defines or re-exports each.
 __all__ = [
     "VM",
     "BackgroundOp",

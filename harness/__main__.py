@@ -42,30 +42,19 @@ def run_scenarios(pytest_args: list[str]) -> int:
 
 
 def smoke() -> int:
-    from harness.guest.guest import Credentials, Guest
+    from harness.guest.guest import ImageGuests
     from harness.images.builder import build_image
     from harness.logs import print_progress
-    from harness.machine.accel import choose_accel
-    from harness.machine.qemu import ControllerSpec, Machine, MachineSpec
+    from harness.machine.qemu import ControllerSpec
 
     print_progress()  # image build, QEMU and guest progress
     started = time.monotonic()
     image = build_image()
     print(f"image: {image.directory} ({time.monotonic() - started:.1f} s)")
-    choice = choose_accel("auto", "qemu-system-x86_64", image.kernel, image.initramfs)
-    print(f"hil: {choice.describe()}")
+    guests = ImageGuests.auto(image)
+    print(f"hil: {guests.choice.describe()}")
     with tempfile.TemporaryDirectory(prefix="hil-smoke-") as workdir:
-        spec = MachineSpec(
-            image.kernel,
-            image.initramfs,
-            image.cmdline,
-            accel=choice.accel,
-            controllers=[ControllerSpec("vser0")],
-        )
-        guest = Guest(
-            Machine(spec, Path(workdir), "smoke"),
-            Credentials(str(image.client_key), image.host_public_key),
-        )
+        guest = guests.guest(Path(workdir), "smoke", controllers=[ControllerSpec("vser0")])
         try:
             guest.boot()
             ssh = guest.run("uname -r")

@@ -256,24 +256,15 @@ def machine() -> MachineDecl:
 def _system(workdir: Path) -> Any:
     """A QemuSystem on the default image, as the pytest plugin would make it."""
     from harness.backend.system import QemuSystem
-    from harness.guest.guest import Credentials, Guest
+    from harness.guest.guest import Guest, ImageGuests
     from harness.images.builder import build_image
-    from harness.machine.accel import choose_accel
-    from harness.machine.qemu import Machine, MachineSpec
 
-    image = build_image()
-    accel = choose_accel("auto", "qemu-system-x86_64", image.kernel, image.initramfs)
-    print(f"hil: {accel.describe()}", flush=True)
+    guests = ImageGuests.auto(build_image())
+    print(f"hil: {guests.choice.describe()}", flush=True)
     count = iter(range(1, 1 << 30))
 
     def create(name: str = "guest", boot: bool = True, **overrides: Any) -> Guest:
-        spec = MachineSpec(
-            image.kernel, image.initramfs, image.cmdline, accel=accel.accel, **overrides
-        )
-        guest = Guest(
-            Machine(spec, workdir / f"{name}-{next(count)}", name),
-            Credentials(str(image.client_key), image.host_public_key),
-        )
+        guest = guests.guest(workdir / f"{name}-{next(count)}", name, **overrides)
         if boot:
             guest.boot()
         return guest

@@ -33,9 +33,9 @@ from typing import Any
 
 from harness.backend.endpoint import Checked, HostEndpoint
 from harness.guest.agent_client import AgentClient
-from harness.guest.guest import Credentials, Guest
+from harness.guest.guest import Guest, ImageGuests
 from harness.machine.errors import MachineError
-from harness.machine.qemu import ControllerSpec, Machine, MachineSpec, PortSpec
+from harness.machine.qemu import ControllerSpec, PortSpec
 from harness.model.payload import Payload
 
 MIB = 1 << 20
@@ -357,29 +357,16 @@ def _wait(check: Callable[[], bool], timeout: float) -> None:
 def booted() -> Iterator[Bench]:
     """One fresh guest with PORTS connected socket ports, shut down afterwards."""
     from harness.images.builder import build_image
-    from harness.machine.accel import choose_accel
 
-    image = build_image()
-    choice = choose_accel("auto", "qemu-system-x86_64", image.kernel, image.initramfs)
-    print(f"hil: {choice.describe()}", flush=True)
+    guests = ImageGuests.auto(build_image())
+    print(f"hil: {guests.choice.describe()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="hil-bench-") as workdir:
         root = Path(workdir)
         ports = [
             PortSpec(f"bench.{i}", "vser0", i + 1, False, root / f"{i}.sock", f"bench{i}")
             for i in range(PORTS)
         ]
-        spec = MachineSpec(
-            image.kernel,
-            image.initramfs,
-            image.cmdline,
-            accel=choice.accel,
-            controllers=[ControllerSpec("vser0")],
-            ports=ports,
-        )
-        guest = Guest(
-            Machine(spec, root, "bench"),
-            Credentials(str(image.client_key), image.host_public_key),
-        )
+        guest = guests.guest(root, "bench", controllers=[ControllerSpec("vser0")], ports=ports)
         endpoints = [HostEndpoint(p.name, p.chardev_path) for p in ports if p.chardev_path]
         agent: AgentClient | None = None
         try:

@@ -312,16 +312,11 @@ class HostEndpoint:
         with self._lock:
             while length is None or count < length:
                 if self._inbox:
-                    chunk = self._inbox.popleft()
-                    take = chunk if length is None else chunk[: length - count]
-                    if len(take) < len(chunk):
-                        self._inbox.appendleft(chunk[len(take) :])
-                    self._inbox_size -= len(take)
+                    take = self._pop(None if length is None else length - count)
                     digest.update(take)
                     count += len(take)
                     if count <= keep_limit:
                         kept += take
-                    self._lock.notify_all()
                     continue
                 if self._eof or self._sock is None:
                     break
@@ -353,30 +348,17 @@ class HostEndpoint:
         began = time.monotonic()
         with self._lock:
             while checker.received < want:
-                if self._inbox:
-                    chunk = self._inbox.popleft()
-                    take = chunk[: want - checker.received]
-                    if len(take) < len(chunk):
-                        self._inbox.appendleft(chunk[len(take) :])
-                    self._inbox_size -= len(take)
-                    self._lock.notify_all()
-                    last_at = time.monotonic()
-                    first_at = first_at or last_at
-                    self._lock.release()  # compare outside the lock: the receiver goes on
-                    try:
-                        checker.feed(take)
-                    finally:
-                        self._lock.acquire()
-                    continue
-                if self._eof or self._sock is None:
+                since = last_at or began
+                take = self._next(checker.received, want, since, timeout, "checked read got")
+                if take is None:
                     break
-                if not self._wait_data(last_at or began, timeout):
-                    raise ReadTimeout(
-                        f"host end of {self.name}: checked read got {checker.received} of "
-                        f"{want} bytes, then nothing for {timeout:.0f} s",
-                        checker.received,
-                        want,
-                    )
+                last_at = time.monotonic()
+                first_at = first_at or last_at
+                self._lock.release()  # compare outside the lock: the receiver goes on
+                try:
+                    checker.feed(take)
+                finally:
+                    self._lock.acquire()
             eof = self._eof and not self._inbox
         return Checked(
             payload, start, checker.received, checker.mismatch, eof, first_at, last_at or first_at
@@ -390,36 +372,31 @@ class HostEndpoint:
         began = time.monotonic()
         with self._lock:
             while count < length:
-                if self._inbox:
-                    chunk = self._inbox.popleft()
-                    if len(chunk) > length - count:
-                        self._inbox.appendleft(chunk[length - count :])
-                        chunk = chunk[: length - count]
-                    self._inbox_size -= len(chunk)
-                    count += len(chunk)
-                    last_at = time.monotonic()
-                    first_at = first_at or last_at
-                    self._lock.notify_all()
-                    continue
-                if self._eof or self._sock is None:
+                chunk = self._next(count, length, last_at or began, timeout, "drained")
+                if chunk is None:
                     break
-                if not self._wait_data(last_at or began, timeout):
-                    raise ReadTimeout(
-                        f"host end of {self.name}: drained {count} of {length} bytes, then "
-                        f"nothing for {timeout:.0f} s",
-                        count,
-                        length,
-                    )
+                count += len(chunk)
+                last_at = time.monotonic()
+                first_at = first_at or last_at
         return count, first_at, last_at or first_at
 
-    def _wait_data(self, since: float, timeout: float) -> bool:
-        """Wait (lock held) for the receiver; False once nothing arrived for ``timeout``
-        seconds ``since`` the last byte (or since the read began when none arrived yet)."""
-        remaining = since + timeout - time.monotonic()
-        if remaining <= 0:
-            return False
-        self._lock.wait(remaining)
-        return True
+    def _next(self, got: int, want: int, since: float, timeout: float, what: str) -> bytes | None:
+        """(Lock held) up to ``want - got`` bytes once some arrived; None at EOF.  ReadTimeout
+        ("{what} {got} of {want} bytes") once nothing arrived for ``timeout`` seconds ``since``
+        the last byte (or since the read began when none arrived yet)."""
+        while not self._inbox:
+            if self._eof or self._sock is None:
+                return None
+            remaining = since + timeout - time.monotonic()
+            if remaining <= 0:
+                raise ReadTimeout(
+                    f"host end of {self.name}: {what} {got} of {want} bytes, then nothing for "
+                    f"{timeout:.0f} s",
+                    got,
+                    want,
+                )
+            self._lock.wait(remaining)
+        return self._pop(want - got)
 
     def take(self, limit: int, timeout: float) -> bytes:
         """Up to ``limit`` received bytes, waiting at most ``timeout`` for the first one;
@@ -431,13 +408,18 @@ class HostEndpoint:
                 if remaining <= 0 or self._eof:
                     return b""
                 self._lock.wait(remaining)
-            chunk = self._inbox.popleft()
-            if len(chunk) > limit:
-                self._inbox.appendleft(chunk[limit:])
-                chunk = chunk[:limit]
-            self._inbox_size -= len(chunk)
-            self._lock.notify_all()
-            return chunk
+            return self._pop(limit)
+
+    def _pop(self, limit: int | None) -> bytes:
+        """(Lock held, inbox not empty) the first received chunk, at most ``limit`` bytes of it
+        (the rest stays first in line); wakes the receiver, which may have room again."""
+        chunk = self._inbox.popleft()
+        if limit is not None and len(chunk) > limit:
+            self._inbox.appendleft(chunk[limit:])
+            chunk = chunk[:limit]
+        self._inbox_size -= len(chunk)
+        self._lock.notify_all()
+        return chunk
 
     def _receive_loop(self, sock: socket.socket) -> None:
         while True:

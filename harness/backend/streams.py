@@ -12,7 +12,6 @@ passed (writer, host socket, guest driver counters, reader), so the scenario lay
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import threading
 import time
@@ -297,11 +296,3 @@ def _delta(before: int | None, after: int | None) -> int | None:
     if before is None or after is None or after < before:
         return None
     return after - before
-
-
-def prefix_sha256(seed: int, length: int) -> str:
-    """SHA-256 of the stream's first ``length`` bytes (for tests and reports)."""
-    digest = hashlib.sha256()
-    for chunk in iter_chunks(Payload.generated(seed, UNBOUNDED), 0, length):
-        digest.update(chunk)
-    return digest.hexdigest()

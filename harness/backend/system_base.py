@@ -79,7 +79,6 @@ class SystemBase:
         self._sigio: dict[str, list[frozenset[str]]] = {}  # by agent handle
         self.migrations: list[MigrationStats] = []
         self._fds: dict[str, list[GuestFd]] = {}  # by port name, oldest first
-        self._console_mark = 0
         self._kernel_messages: list[str] = []
         self.streams = StreamRunner(lambda: self._need_guest()[1], self.host_endpoint)
         self.lost = False  # the machine stopped answering: artifacts skip the agent

@@ -484,15 +484,6 @@ class AgentClient:
         )
         return result_object(result, "check_stream")
 
-    def echo(self, name: str, size: int, count: int, timeout: float = 30) -> dict[str, Any]:
-        """Echo `count` messages of `size` bytes back on the port (round-trip probes)."""
-        result = self.call(
-            "echo",
-            timeout + 5,
-            args={"name": name, "size": size, "count": count, "timeout": timeout},
-        )
-        return result_object(result, "echo")
-
     def recv_stream(
         self,
         name: str,
@@ -512,6 +503,3 @@ class AgentClient:
 
     def kmsg(self) -> list[dict[str, Any]]:
         return result_list(self.call("kmsg"), "kmsg")
-
-    def dmesg_problems(self) -> list[dict[str, Any]]:
-        return result_list(self.call("dmesg_problems"), "dmesg_problems")

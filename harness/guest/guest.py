@@ -5,11 +5,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from harness.guest.ssh import SshChannel
+from harness.machine.accel import AccelChoice, choose_accel
 from harness.machine.console import CommandResult, Console
-from harness.machine.qemu import Machine
+from harness.machine.qemu import Machine, MachineSpec
+
+if TYPE_CHECKING:
+    from harness.images.builder import GuestImage
 
 Channel = Literal["ssh", "serial"]
 log = logging.getLogger("hil.guest")
@@ -22,6 +27,32 @@ class Credentials:
 
     client_key: str
     host_public_key: str
+
+    @classmethod
+    def of(cls, image: GuestImage) -> Credentials:
+        return cls(str(image.client_key), image.host_public_key)
+
+
+@dataclass(frozen=True)
+class ImageGuests:
+    """Guests of one built image on one accelerator, for the tools that boot outside pytest
+    (``python -m harness smoke``, the bench, the soak); the plugin has its own GuestFactory."""
+
+    image: GuestImage
+    choice: AccelChoice
+
+    @classmethod
+    def auto(cls, image: GuestImage) -> ImageGuests:
+        """KVM where a probe boot of ``image`` works, else TCG (``choice`` says why)."""
+        return cls(image, choose_accel("auto", "qemu-system-x86_64", image.kernel, image.initramfs))
+
+    def guest(self, workdir: Path, name: str, **spec: Any) -> Guest:
+        """A guest (not booted yet) working in ``workdir``; ``spec``: more MachineSpec fields."""
+        image = self.image
+        machine = MachineSpec(
+            image.kernel, image.initramfs, image.cmdline, accel=self.choice.accel, **spec
+        )
+        return Guest(Machine(machine, workdir, name), Credentials.of(image))
 
 
 @dataclass

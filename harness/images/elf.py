@@ -25,11 +25,6 @@ class ElfDeps:
     needed: tuple[str, ...]
 
 
-def is_elf(path: Path) -> bool:
-    with path.open("rb") as f:
-        return f.read(4) == b"\x7fELF"
-
-
 def read_deps(path: Path) -> ElfDeps:
     data = path.read_bytes()
     if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:

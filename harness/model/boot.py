@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from harness.model.behaviour import Behaviour
-from harness.model.declarations import MachineDecl
+from harness.model.declarations import MachineDecl, PortDecl
 from harness.model.device import VirtioSerialModel
 
 
@@ -16,12 +16,17 @@ def build_model(machine: MachineDecl, behaviour: Behaviour | None = None) -> Vir
     for controller in machine.controllers:
         model.hotplug_controller(controller.id, controller.max_ports)
     for port in machine.ports:
-        model.hotplug(
-            port.name,
-            controller=port.controller,
-            nr=port.nr,
-            console=port.console,
-            backend=port.backend,
-        )
+        plug_declared(model, port)
     model.boot()  # the guest driver probes the controllers only now, in PCI slot order
     return model
+
+
+def plug_declared(model: VirtioSerialModel, port: PortDecl) -> int:
+    """Add a declared port as its ``-device`` line would (ModelError where QEMU refuses)."""
+    return model.hotplug(
+        port.name,
+        controller=port.controller,
+        nr=port.nr,
+        console=port.console,
+        backend=port.backend,
+    )

@@ -30,8 +30,6 @@ from harness.model import errors as E
 from harness.model.device import Chunk, Controller, Port, VirtioSerialModel
 from harness.model.payload import Payload, Slice
 
-SECTION_NAME = "virtio-console"
-SECTION_VERSION = 3
 ELEMENT_MAGIC = b"VQE1"
 
 

@@ -232,7 +232,7 @@ class GuestPool:
 
     def create(self, name: str = "guest", boot: bool = True, **overrides: Any) -> Guest:
         machine = Machine(self.spec(**overrides), self.workdir / f"{name}-{len(self.guests)}", name)
-        guest = Guest(machine, Credentials(str(self.image.client_key), self.image.host_public_key))
+        guest = Guest(machine, Credentials.of(self.image))
         self.guests.append(guest)
         if boot:
             start_guest(guest, self.settings, self.image)  # --hil-start: boot or restore

@@ -52,14 +52,16 @@ def release_tuple(release: str | None) -> tuple[int, int] | None:
 
 def behaviour_for(release: str | None, base: Behaviour | None = None) -> Behaviour:
     """The model switches for a kernel release; an unknown release keeps the defaults."""
-    behaviour = base or Behaviour()
     version = release_tuple(release)
-    if version is None:
-        return behaviour
-    for change in KERNEL_CHANGES:
-        if version >= change.since:
-            behaviour = replace(behaviour, **{change.switch: change.value})  # type: ignore[arg-type]
-    return behaviour
+    changes = [c for c in KERNEL_CHANGES if version is not None and version >= c.since]
+    return with_switches(base, ((c.switch, c.value) for c in changes))
+
+
+def with_switches(base: Behaviour | None, switches: Iterable[tuple[str, object]]) -> Behaviour:
+    """``base`` (default: the defaults) with each (switch, value) set, later ones winning."""
+    behaviour = base or Behaviour()
+    values: dict[str, Any] = dict(switches)
+    return replace(behaviour, **values) if values else behaviour
 
 
 def switched(behaviour: Behaviour) -> dict[str, object]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from harness.guest.faststart import START_MODES
 from harness.images.errors import ImageBuildError
 from harness.images.kernel import KERNEL_SPEC_FORMS, parse_kernel_spec
 from harness.images.qemu_pkg import DEFAULT_QEMU, QEMU_SPEC_FORMS, parse_qemu_spec
@@ -15,7 +16,6 @@ from harness.machine.snapshot_cache import DEFAULT_CAP_BYTES
 ACCEL_CHOICES = ("auto", "kvm", "tcg")
 BACKEND_CHOICES = ("model", "qemu")
 BEHAVIOUR_CHOICES = ("auto", "default")
-START_CHOICES = ("snapshot", "boot")
 DEFAULT_STATE_CACHE_MIB = DEFAULT_CAP_BYTES // 2**20
 
 
@@ -96,7 +96,7 @@ def add_options(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--hil-start",
-        choices=START_CHOICES,
+        choices=START_MODES,
         default="snapshot",
         help="snapshot: the first guest of a kind boots and its ready state is saved; later "
         "ones start from it (cached across runs); boot: every guest boots",

@@ -8,10 +8,10 @@ comes from `qemu-system-x86_64 --version` (fixtures.qemu_version).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
 from harness.model import Behaviour
+from harness.plugin.kernels import with_switches
 
 Version = tuple[int, int, int]
 
@@ -64,12 +64,10 @@ def qemu_version_tuple(version: str | None) -> Version | None:
 
 def behaviour_for_qemu(version: str | None, base: Behaviour | None = None) -> Behaviour:
     """The model switches for a QEMU version; an unknown version keeps the defaults."""
-    behaviour = base or Behaviour()
     found = qemu_version_tuple(version)
-    if found is None:
-        return behaviour
-    for change in QEMU_CHANGES:
-        if found >= change.since and (change.until is None or found < change.until):
-            switch: dict[str, Any] = {change.switch: change.value}
-            behaviour = replace(behaviour, **switch)
-    return behaviour
+    changes = [c for c in QEMU_CHANGES if found is not None and _within(found, c)]
+    return with_switches(base, ((c.switch, c.value) for c in changes))
+
+
+def _within(version: Version, change: QemuChange) -> bool:
+    return version >= change.since and (change.until is None or version < change.until)

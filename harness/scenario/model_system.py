@@ -68,10 +68,13 @@ class ModelSystem:
         self.current = step
         yield
 
-    def replay(self) -> Outcome:
-        """Run the current step's pristine model operation on this system's model."""
+    def replay(self, operation: str) -> Outcome:
+        """Run the current step's pristine model operation on this system's model.
+
+        ``operation`` is the RealSystem method being played (a subclass may fail it instead).
+        """
         if self.current is None:
-            raise RuntimeError("ModelSystem runs only under the runner's step_context")
+            raise RuntimeError(f"ModelSystem ran {operation} outside the runner's step_context")
         call = StepCall(self.current, self.model, self.scenario)
         before = self.model.snapshot()
         try:
@@ -87,7 +90,7 @@ class ModelSystem:
         for port, view in after.ports.items():
             old = before.ports.get(port)
             if view.poll is not None and (old is None or old.poll is None):
-                self.sigio_log[port] = []
+                self.sigio_log[port] = []  # a fresh guest fd: its SIGIO history starts empty
         for port, mask in sigio_events(before, after):
             self.sigio_log.setdefault(port, []).append(mask)
         return outcome
@@ -100,7 +103,7 @@ class ModelSystem:
         """Nothing runs: nothing to stop."""
 
     def start_guest_op(self, op: str, port: str, **args: object) -> object:
-        outcome = self.replay()
+        outcome = self.replay(f"guest_{op}")
         return outcome.pending.ticket if outcome.pending is not None else -1
 
     def guest_op_state(self, handle: object) -> tuple[bool, object, str | None]:
@@ -124,7 +127,7 @@ class ModelSystem:
 
 def _operation(name: str) -> Callable[..., object]:
     def operation(self: ModelSystem, *args: Any, **kwargs: Any) -> object:
-        value = self.replay().value
+        value = self.replay(name).value
         return as_read(value) if isinstance(value, ReadResult) else value
 
     operation.__name__ = name

@@ -26,6 +26,7 @@ from harness.model import (
     VirtioSerialModel,
     build_model,
 )
+from harness.model.boot import plug_declared
 from harness.scenario.steps import (
     MAX_PORTS,
     NR,
@@ -310,13 +311,7 @@ def _check_machine_boots(
                 _did_you_mean(port.controller, list(model.controllers)),
             )
         try:
-            model.hotplug(
-                port.name,
-                controller=port.controller,
-                nr=port.nr,
-                console=port.console,
-                backend=port.backend,
-            )
+            plug_declared(model, port)
         except ModelError as error:
             message = f"QEMU would refuse to boot with port {port.name!r}: {error.text}"
             hint = "hotplug it in a step with expect_error instead"

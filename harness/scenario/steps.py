@@ -308,116 +308,111 @@ def _migrated(args: Mapping[str, Any]) -> tuple[Iterable[str], Iterable[str]]:
     return (p.name for p in dest.ports), (c.id for c in dest.controllers)
 
 
-def _port_kind(name: str, model: ModelOp, real: RealOp, does: str, **more: Any) -> StepKind:
-    """The common shape: one port, given as a bare name or as ``{port: NAME}``."""
+def port_kind(
+    name: str,
+    model: ModelOp,
+    real: RealOp,
+    does: str,
+    *,
+    keys: Mapping[str, Arg] | None = None,
+    arguments: str = "port",
+    shorthand: str | None = "port",
+    **more: Any,
+) -> StepKind:
+    """The common shape: a step about one port (``port:`` required, naming a port), by default
+    with no other key and given as a bare name or as ``{port: NAME}``."""
     return StepKind(
         name,
-        {"port": PORT},
+        {"port": PORT} if keys is None else keys,
         model,
         real,
-        "port",
+        arguments,
         does,
-        shorthand="port",
+        shorthand=shorthand,
         required=("port",),
         refers={"port": "port"},
         **more,
     )
 
 
+def _same_named(name: str, does: str) -> StepKind:
+    """A port step that is the model's and the real system's method of its own name, called
+    with the port alone."""
+
+    def model(call: StepCall) -> Outcome:
+        operation: Callable[[str], Outcome] = getattr(call.model, name)
+        return operation(call.port)
+
+    def real(system: RealSystem, call: StepCall) -> object:
+        operation: Callable[[str], object] = getattr(system, name)
+        return operation(call.port)
+
+    return port_kind(name, model, real, does)
+
+
 _DATA = {"port": PORT, "data": Arg("str"), "size": SIZE}
 _READ = {"port": PORT, "expect": Arg("str"), "eof": BOOL, "max_bytes": MAX_BYTES}
 
 for _kind in (
-    _port_kind(
-        "host_open",
-        lambda c: c.model.host_open(c.port),
-        lambda r, c: r.host_open(c.port),
-        "connect the chardev socket",
-    ),
-    _port_kind(
-        "host_close",
-        lambda c: c.model.host_close(c.port),
-        lambda r, c: r.host_close(c.port),
-        "disconnect the chardev socket",
-    ),
-    StepKind(
+    _same_named("host_open", "connect the chardev socket"),
+    _same_named("host_close", "disconnect the chardev socket"),
+    port_kind(
         "host_write",
-        _DATA,
         lambda c: c.model.host_write(c.port, c.payload()),
         lambda r, c: r.host_write(c.port, c.payload()),
-        "port, `data:` text **or** `size:` bytes",
         "queue bytes on the socket (never blocks)",
-        required=("port",),
-        refers={"port": "port"},
+        keys=_DATA,
+        arguments="port, `data:` text **or** `size:` bytes",
+        shorthand=None,
         validate=_one_payload,
     ),
-    StepKind(
+    port_kind(
         "host_read",
-        {"port": PORT, "expect": Arg("str"), "max_bytes": MAX_BYTES},
         lambda c: c.model.host_read(c.port, c.args.get("max_bytes")),
         lambda r, c: r.host_read(c.port, c.read_size, c.timeout),
-        "port, `expect:`, `max_bytes:`",
         "read what the model says QEMU delivered; length + SHA-256 compared",
-        shorthand="port",
-        required=("port",),
-        refers={"port": "port"},
+        keys={"port": PORT, "expect": Arg("str"), "max_bytes": MAX_BYTES},
+        arguments="port, `expect:`, `max_bytes:`",
     ),
-    _port_kind(
+    port_kind(
         "host_stall",
         lambda c: c.model.set_host_backpressure(c.port, True),
         lambda r, c: r.host_stall(c.port, True),
         "stop reading the socket (a busy host): QEMU throttles the port once it is full",
     ),
-    _port_kind(
+    port_kind(
         "host_resume",
         lambda c: c.model.set_host_backpressure(c.port, False),
         lambda r, c: r.host_stall(c.port, False),
         "read the socket again: the port unthrottles and held guest data flows",
     ),
-    StepKind(
+    port_kind(
         "guest_open",
-        {"port": PORT, "nonblocking": BOOL},
         lambda c: c.model.guest_open(c.port, c.args.get("nonblocking", False)),
         lambda r, c: r.guest_open(c.port, c.args.get("nonblocking", False)),
-        "port, `nonblocking:`",
         "open `/dev/vportNpM` in the guest",
-        shorthand="port",
-        required=("port",),
-        refers={"port": "port"},
+        keys={"port": PORT, "nonblocking": BOOL},
+        arguments="port, `nonblocking:`",
     ),
-    _port_kind(
-        "guest_close",
-        lambda c: c.model.guest_close(c.port),
-        lambda r, c: r.guest_close(c.port),
-        "close the guest fd",
-    ),
-    _port_kind(
-        "guest_seek",
-        lambda c: c.model.guest_seek(c.port),
-        lambda r, c: r.guest_seek(c.port),
-        "lseek on the guest fd (ESPIPE)",
-    ),
-    StepKind(
+    _same_named("guest_close", "close the guest fd"),
+    _same_named("guest_seek", "lseek on the guest fd (ESPIPE)"),
+    port_kind(
         "guest_read",
-        _READ,
         lambda c: c.model.guest_read(c.port, c.args.get("max_bytes")),
         lambda r, c: r.guest_read(c.port, c.read_size, c.timeout),
-        "port, `expect:`, `eof:`, `max_bytes:`",
         "read what the model says is deliverable (in the background if it blocks)",
-        shorthand="port",
-        required=("port",),
-        refers={"port": "port"},
+        keys=_READ,
+        arguments="port, `expect:`, `eof:`, `max_bytes:`",
         background=lambda r, c: r.start_guest_op("read", c.port, max_bytes=c.args.get("max_bytes")),
     ),
-    StepKind(
+    port_kind(
         "guest_write",
-        _DATA,
         lambda c: c.model.guest_write(c.port, c.payload()),
         lambda r, c: r.guest_write(c.port, c.payload(), c.timeout),
-        "port, `data:` or `size:`",
         "write (32 KiB per call, looped; in the background if it blocks)",
-        required=("port",),
-        refers={"port": "port"},
+        keys=_DATA,
+        arguments="port, `data:` or `size:`",
+        shorthand=None,
         validate=_one_payload,
         background=lambda r, c: r.start_guest_op("write", c.port, payload=c.payload()),
         compares_count=True,
@@ -440,12 +435,7 @@ for _kind in (
         provides=lambda a: ((a["name"],), ()),
         defaults=_first_controller,
     ),
-    _port_kind(
-        "unplug",
-        lambda c: c.model.unplug(c.port),
-        lambda r, c: r.unplug(c.port),
-        "device_del (waits for DEVICE_DELETED)",
-    ),
+    _same_named("unplug", "device_del (waits for DEVICE_DELETED)"),
     StepKind(
         "hotplug_controller",
         {"id": NAME, "max_ports": MAX_PORTS},

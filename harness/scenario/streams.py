@@ -30,6 +30,7 @@ from harness.scenario.steps import (
     StepCall,
     StepKind,
     payload_seed,
+    port_kind,
     register,
 )
 
@@ -217,16 +218,13 @@ def _stream_kind(direction: str, name: str, does: str) -> StepKind:
     def real(system: RealSystem, call: StepCall) -> None:
         _real_start(system, call, direction)
 
-    return StepKind(
+    return port_kind(
         name,
-        _STREAM_KEYS,
         model,
         real,
-        "port, `size:` **or** `until:` step (none: until its `stream_end`), `chunk:`",
         does + "; checked at `stream_end`",
-        shorthand="port",
-        required=("port",),
-        refers={"port": "port"},
+        keys=_STREAM_KEYS,
+        arguments="port, `size:` **or** `until:` step (none: until its `stream_end`), `chunk:`",
         validate=_stream_shape,
     )
 
@@ -237,15 +235,10 @@ register(
 )
 
 register(
-    StepKind(
+    port_kind(
         "stream_end",
-        {"port": PORT},
         lambda c: (_book(c).end(c), Outcome())[1],
         _real_end,
-        "port",
         "stop an open-ended stream, drain it, check sent = delivered + discarded (model)",
-        shorthand="port",
-        required=("port",),
-        refers={"port": "port"},
     )
 )

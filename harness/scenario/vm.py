@@ -39,23 +39,28 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from harness.errors import HarnessError, OperationFailed
 from harness.model import (
     DEFAULT_MAX_PORTS,
     Behaviour,
-    ControllerDecl,
-    MachineDecl,
     ModelError,
     Outcome,
-    PortDecl,
+    PortView,
     ReadResult,
     Snapshot,
     VirtioSerialModel,
 )
+
+# Part of the public API (``harness.__all__`` lists it): re-exported by name.
+from harness.model import ControllerDecl as ControllerDecl
+from harness.model import MachineDecl as MachineDecl
+from harness.model import PortDecl as PortDecl
 from harness.model.payload import slices_bytes
-from harness.scenario.runner import RunnerOptions, ScenarioFailure, ScenarioRunner
+from harness.scenario.runner import RunnerOptions as RunnerOptions
+from harness.scenario.runner import ScenarioFailure as ScenarioFailure
+from harness.scenario.runner import ScenarioRunner
 from harness.scenario.schema import Scenario
 from harness.scenario.steps import (
     CHECK_CONTROLLER_FIELDS,
@@ -68,22 +73,6 @@ from harness.scenario.steps import (
     StepCall,
 )
 from harness.scenario.system import RealSystem
-
-__all__ = [
-    "VM",
-    "BackgroundOp",
-    "Controller",
-    "ControllerDecl",
-    "GuestEnd",
-    "HostEnd",
-    "MachineDecl",
-    "OperationBlocks",
-    "OperationError",
-    "Port",
-    "PortDecl",
-    "RunnerOptions",
-    "ScenarioFailure",
-]
 
 MigrationMode = Literal["live", "paused", "file"]
 Data = bytes | str
@@ -497,14 +486,35 @@ class Port:
 
 
 @dataclass(frozen=True)
-class HostEnd:
-    """The host end: the test's connection to the port's chardev unix socket."""
+class _End:
+    """What both ends of a port share: the port, its view in the snapshot, steps about it."""
 
     port: Port
 
+    def __enter__(self) -> Self:
+        return self
+
+    def _view(self) -> PortView | None:
+        return self.port.vm.snapshot().ports.get(self.port.name)
+
+    def _cleanup_allowed(self) -> bool:
+        """No cleanup step after a failed one (the failure is what the test reports)."""
+        return self.port.vm.failed_at is None
+
+    def _step(
+        self, kind: str, args: dict[str, Any], expect_error: str | None, background: bool = False
+    ) -> object:
+        port_args = {"port": self.port.name, **args}
+        return self.port.vm.step(kind, port_args, expect_error, background=background)
+
+
+@dataclass(frozen=True)
+class HostEnd(_End):
+    """The host end: the test's connection to the port's chardev unix socket."""
+
     @property
     def connected(self) -> bool:
-        view = self.port.vm.snapshot().ports.get(self.port.name)
+        view = self._view()
         return view is not None and view.qemu is not None and view.qemu.host_connected
 
     def open(self, *, expect_error: str | None = None) -> HostEnd:
@@ -536,9 +546,6 @@ class HostEnd:
         args = _read_args(max_bytes, expect, None)
         return _bytes(self._step("host_read", args, expect_error))
 
-    def _cleanup_allowed(self) -> bool:
-        return self.port.vm.failed_at is None
-
     def stall(self) -> None:
         """Stop reading the socket: QEMU's writes go short and the port throttles."""
         self._step("host_stall", {}, None)
@@ -557,26 +564,18 @@ class HostEnd:
             if self._cleanup_allowed():
                 self.resume()
 
-    def __enter__(self) -> HostEnd:
-        return self
-
     def __exit__(self, *exc: object) -> None:
         if self._cleanup_allowed() and self.connected:
             self.close()
 
-    def _step(self, kind: str, args: dict[str, Any], expect_error: str | None) -> object:
-        return self.port.vm.step(kind, {"port": self.port.name, **args}, expect_error)
-
 
 @dataclass(frozen=True)
-class GuestEnd:
+class GuestEnd(_End):
     """The guest end: the guest agent's fd on /dev/vportNpM."""
-
-    port: Port
 
     @property
     def is_open(self) -> bool:
-        view = self.port.vm.snapshot().ports.get(self.port.name)
+        view = self._view()
         return view is not None and view.poll is not None
 
     def open(self, *, nonblocking: bool = False, expect_error: str | None = None) -> GuestEnd:
@@ -615,8 +614,8 @@ class GuestEnd:
         ``expect``/``eof``/``expect_error`` are judged when it ends (an unplug ends a blocked
         read with ENODEV); still blocked at the end of the test with one of them, it fails.
         """
-        args = {"port": self.port.name, **_read_args(max_bytes, expect, eof)}
-        return _started(self.port.vm.step("guest_read", args, expect_error, background=True))
+        args = _read_args(max_bytes, expect, eof)
+        return _started(self._step("guest_read", args, expect_error, background=True))
 
     def write(
         self, data: Data | None = None, *, size: int | None = None, expect_error: str | None = None
@@ -637,8 +636,8 @@ class GuestEnd:
     ) -> BackgroundOp:
         """A write that may block: returns a BackgroundOp a later step completes
         (``expect_error``: how it ends, as for ``start_read``)."""
-        args = {"port": self.port.name, **_data_args(data, size)}
-        return _started(self.port.vm.step("guest_write", args, expect_error, background=True))
+        args = _data_args(data, size)
+        return _started(self._step("guest_write", args, expect_error, background=True))
 
     def seek(self, *, expect_error: str | None = None) -> None:
         """lseek() on the fd (a port is a stream: ESPIPE)."""
@@ -647,18 +646,12 @@ class GuestEnd:
     def poll(self) -> frozenset[str] | None:
         """The fd's poll mask (None: not open), after the three-way comparison agreed on it."""
         self.port.vm.check()
-        view = self.port.vm.snapshot().ports.get(self.port.name)
+        view = self._view()
         return None if view is None else view.poll
 
-    def __enter__(self) -> GuestEnd:
-        return self
-
     def __exit__(self, *exc: object) -> None:
-        if self.port.vm.failed_at is None and self.is_open:
+        if self._cleanup_allowed() and self.is_open:
             self.close()
-
-    def _step(self, kind: str, args: dict[str, Any], expect_error: str | None) -> object:
-        return self.port.vm.step(kind, {"port": self.port.name, **args}, expect_error)
 
 
 # ---------------------------------------------------------------------------- helpers

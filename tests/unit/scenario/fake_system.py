@@ -1,37 +1,23 @@
-"""A RealSystem made of a second model instance, with hooks to inject one disagreement.
+"""The explorer's ModelSystem (a second model instance as the real system), with hooks to inject
+one disagreement: a tampered snapshot, a failing operation, console problems, a background
+operation reported done too early.
 
-Derived from the step registry: every step operation of the RealSystem protocol replays the
-current step kind's *model* operation on the fake's own model (the runner tells the fake which
-step is running through its public ``step_context`` hook; see ``run_fake``).  A new step kind
-therefore needs no change here.
+Like ModelSystem, every step operation of the RealSystem protocol replays the current step
+kind's model operation on the fake's own model (the runner tells the fake which step is running
+through its public ``step_context`` hook; see ``run_fake``), so a new step kind needs no change
+here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
-from harness.model import MachineDecl, ModelError, Outcome, ReadResult, Snapshot, build_model
-from harness.model.payload import slices_bytes
-from harness.scenario.observe import sigio_events
+from harness.model import Outcome, Snapshot
+from harness.scenario.model_system import ModelSystem
 from harness.scenario.runner import RunnerOptions, ScenarioRunner, run_scenario
 from harness.scenario.schema import Scenario
-from harness.scenario.steps import STEPS, Step, StepCall
-from harness.scenario.system import RealSystem, StepFailure
-
-
-@dataclass(frozen=True)
-class Read:
-    length: int
-    sha256: str
-    data: bytes | None
-    eof: bool
-
-
-def as_read(result: ReadResult) -> Read:
-    return Read(result.length, result.sha256(), slices_bytes(result.slices), result.eof)
+from harness.scenario.system import StepFailure
 
 
 @dataclass(frozen=True)
@@ -40,79 +26,36 @@ class FakeContext:
     console_tail: str
 
 
-class FakeSystem:
+class FakeSystem(ModelSystem):
     def __init__(
         self,
         tamper: Callable[[Snapshot], Snapshot] | None = None,
         fail: dict[str, str] | None = None,
     ) -> None:
+        super().__init__("")
         self.tamper = tamper
         self.fail = fail or {}  # method name -> error text to raise instead of running
         self.problems: list[str] = []
-        self.done: dict[int, tuple[object, str | None]] = {}
         self.early: set[int] = set()  # tickets to report as done although still blocked
-        self.sigio_log: dict[str, list[frozenset[str]]] = {}
-        self.stopped = False
-        self.scenario = ""
-        self.current: Step | None = None
 
-    @contextmanager
-    def step_context(self, step: Step) -> Iterator[None]:
-        """The runner's step hook: remember which step the next operation belongs to."""
-        self.current = step
-        yield
-
-    # -- the replay every step operation shares
-    def replay(self, name: str) -> Outcome:
-        """Run the current step's model operation on this fake's model, as a real system."""
-        if name in self.fail:
-            raise StepFailure(self.fail[name])
-        assert self.current is not None, "run the fake through run_fake()"
-        call = StepCall(self.current, self.model, self.scenario)
-        before = self.model.snapshot()
-        try:
-            outcome = STEPS[self.current.kind].model(call)
-        except ModelError as error:
-            raise StepFailure(error.text) from None
-        self.model = call.model
-        after = self.model.snapshot()
-        for done in outcome.completed:
-            result = as_read(done.result) if isinstance(done.result, ReadResult) else done.result
-            self.done[done.ticket] = (result, done.error.text if done.error else None)
-        for port, view in after.ports.items():
-            old = before.ports.get(port)
-            if view.poll is not None and (old is None or old.poll is None):
-                self.sigio_log[port] = []  # a fresh guest fd: its SIGIO history starts empty
-        for port, mask in sigio_events(before, after):
-            self.sigio_log.setdefault(port, []).append(mask)
-        return outcome
-
-    # -- what is not a step operation
-    def start(self, machine: MachineDecl) -> None:
-        self.model = build_model(machine)
-
-    def stop(self) -> None:
-        self.stopped = True
+    def replay(self, operation: str) -> Outcome:
+        if operation in self.fail:
+            raise StepFailure(self.fail[operation])
+        return super().replay(operation)
 
     def start_guest_op(self, op: str, port: str, **args: object) -> object:
-        outcome = self.replay(f"guest_{op}")
-        assert outcome.pending is not None
-        return outcome.pending.ticket
+        handle = super().start_guest_op(op, port, **args)
+        assert handle != -1, "the runner started in the background what the model says completes"
+        return handle
 
     def guest_op_state(self, handle: object) -> tuple[bool, object, str | None]:
         if handle in self.early:
             return True, None, None
-        if isinstance(handle, int) and handle in self.done:
-            result, error = self.done[handle]
-            return True, result, error
-        return False, None, None
+        return super().guest_op_state(handle)
 
     def snapshot(self) -> Snapshot:
-        snap = self.model.snapshot()
+        snap = super().snapshot()
         return self.tamper(snap) if self.tamper else snap
-
-    def sigio(self, port: str) -> list[frozenset[str]]:
-        return list(self.sigio_log.get(port, []))
 
     def console_problems(self) -> list[str]:
         return list(self.problems)
@@ -127,21 +70,6 @@ class FakeSystem:
             "kernel messages": "",
             "agent log": "ok",
         }
-
-
-def _operation(name: str) -> Callable[..., object]:
-    def operation(self: FakeSystem, *args: Any, **kwargs: Any) -> object:
-        value = self.replay(name).value
-        return as_read(value) if isinstance(value, ReadResult) else value
-
-    operation.__name__ = name
-    return operation
-
-
-# Every RealSystem method the fake does not define itself is a step operation: replay it.
-for _name, _member in vars(RealSystem).items():
-    if callable(_member) and not _name.startswith("_") and _name not in vars(FakeSystem):
-        setattr(FakeSystem, _name, _operation(_name))
 
 
 def run_fake(

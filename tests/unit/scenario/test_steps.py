@@ -17,7 +17,7 @@ from harness.model import (
 )
 from harness.scenario.runner import ScenarioFailure, run_scenario
 from harness.scenario.schema import ScenarioError, parse_scenario
-from harness.scenario.steps import PORT, STEPS, StepCall, StepKind, register, steps_table
+from harness.scenario.steps import STEPS, StepCall, StepKind, port_kind, register, steps_table
 from harness.scenario.system import RealSystem
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -37,17 +37,7 @@ def _reopen_real(system: RealSystem, call: StepCall) -> None:
 def guest_reopen() -> Iterator[StepKind]:
     """A toy step kind defined here and nowhere else: close and open the guest fd again."""
     kind = register(
-        StepKind(
-            "guest_reopen",
-            {"port": PORT},
-            _reopen_model,
-            _reopen_real,
-            "port",
-            "close and open the guest fd",
-            shorthand="port",
-            required=("port",),
-            refers={"port": "port"},
-        )
+        port_kind("guest_reopen", _reopen_model, _reopen_real, "close and open the guest fd")
     )
     yield kind
     del STEPS[kind.name]
