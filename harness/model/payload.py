@@ -59,6 +59,9 @@ class Payload:
     def __len__(self) -> int:
         return self.length
 
+    def __deepcopy__(self, memo: dict[int, object]) -> Payload:
+        return self  # immutable: a copied model may share it (a migration copies fast)
+
 
 def as_payload(value: Payload | bytes) -> Payload:
     """Accept raw bytes wherever a Payload is expected (scenario convenience)."""
@@ -243,6 +246,9 @@ class Slice:
     def data(self) -> bytes:
         return payload_bytes(self.payload, self.start, self.end)
 
+    def __deepcopy__(self, memo: dict[int, object]) -> Slice:
+        return self  # immutable, like its payload
+
 
 def slices_sha256(slices: Iterable[Slice]) -> str:
     """Hex SHA-256 of the concatenation of ``slices``."""
@@ -265,6 +271,13 @@ class SliceQueue:
         self.nbytes = 0
         for piece in slices:
             self.push(piece)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> SliceQueue:
+        """A new queue of the same (immutable) slices."""
+        copied = SliceQueue()
+        copied._items = deque(self._items)
+        copied.nbytes = self.nbytes
+        return copied
 
     def push(self, piece: Slice) -> None:
         if piece.length == 0:
