@@ -323,11 +323,14 @@ class CoverageResult:
 
 
 @contextmanager
-def model_coverage() -> Iterator[CoverageResult]:
-    """Branch coverage of harness/model reached inside the block (coverage.py's API).
+def model_coverage(exploration: Exploration) -> Iterator[CoverageResult]:
+    """Branch coverage of harness/model reached by ``exploration`` run inside the block.
 
-    The model is imported before measuring starts, so its module-level lines (def, class)
-    count as missed: the number is a lower bound of what the exploration reached.
+    Traced only while the exploration runs the model (``Exploration.measure``: each
+    example's boot and each step), not during hypothesis's own work: Python 3.11's tracer
+    sees every call, and tracing hypothesis too halved the steps per second.  All model code
+    runs there, so the number is the same.  The model is imported before measuring starts,
+    so its module-level lines (def, class) count as missed: the number is a lower bound.
     """
     result = CoverageResult()
     try:
@@ -344,13 +347,24 @@ def model_coverage() -> Iterator[CoverageResult]:
     try:
         cov = coverage.Coverage(branch=True, include=[include], data_file=None)
         cov.start()
+        cov.stop()
     except Exception:  # coverage.py cannot trace here (e.g. in-process pytester): no number
         yield result
         return
+
+    @contextmanager
+    def measuring() -> Iterator[None]:
+        cov.start()
+        try:
+            yield
+        finally:
+            cov.stop()
+
+    exploration.measure = measuring
     try:
         yield result
     finally:
-        cov.stop()
+        exploration.measure = nullcontext
         try:
             result.percent = cov.report(file=io.StringIO())
         except coverage.CoverageException:
@@ -486,6 +500,8 @@ class Exploration:
     exclude: frozenset[str] = frozenset()  # step kinds not drawn (besides NOT_DRAWN)
     #: wraps each example (an allure step, a mutant); called with the example number
     example_context: Callable[[int], AbstractContextManager[Any]] = lambda n: nullcontext()
+    #: wraps every stretch that runs the model (boot, each step): see ``model_coverage``
+    measure: Callable[[], AbstractContextManager[Any]] = nullcontext
     stats: Stats = field(init=False)
     _failing: list[Step] | None = field(init=False, default=None)
     _failure: str = field(init=False, default="")
@@ -620,6 +636,11 @@ def build_state_machine(exploration: Exploration) -> type[RuleBasedStateMachine]
             ex = self.exploration
             if ex.time_left() <= 0 and not ex.failing:
                 reject()  # time is up and nothing to shrink: hypothesis drops this example
+            with ex.measure():
+                self._boot(swarm)
+
+        def _boot(self, swarm: int) -> None:
+            ex = self.exploration
             ex.stats.examples += 1
             self.context = ex.example_context(ex.stats.examples)
             self.context.__enter__()
@@ -645,6 +666,10 @@ def build_state_machine(exploration: Exploration) -> type[RuleBasedStateMachine]
         @rule(choice=STEP_CHOICE)
         def step(self, choice: int) -> None:
             """One step: its kind, then its arguments, from the integer drawn for it."""
+            with self.exploration.measure():
+                self._step(choice)
+
+        def _step(self, choice: int) -> None:
             choices = Choices(choice)
             kind = choices.pick(self.kinds)
             if kind == "check":
