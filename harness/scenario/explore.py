@@ -1,14 +1,14 @@
 """Random step sequences judged by the model, shrunk to a YAML scenario on disagreement.
 
-A hypothesis ``RuleBasedStateMachine`` whose rules are the step registry: one rule per
-registered step kind (``STEPS``), its arguments drawn from the kind's ``keys`` (``ARG_POLICY``
-says how to draw a key by name, else by its type), so a new step kind joins exploration with
-no change here.  Every example builds ``Step`` objects and drives ``ScenarioRunner.run_step``
-on the model and the real system, exactly as a scenario runs.  A step the model predicts
-fails is drawn too: its ``expect_error`` is the model's text, so the real system must fail
-the same way.  When the runner raises ``ScenarioFailure``, hypothesis shrinks the example by
-replaying it; the last (minimal) failing sequence is written as a scenario file that plain
-``pytest FILE`` reruns.
+A hypothesis ``RuleBasedStateMachine`` over the step registry (``STEPS``): hypothesis draws one
+integer per step (``Choices``), which picks the kind and its arguments from the kind's ``keys``
+(``ARG_POLICY`` says how to draw a key by name, else by its type), so a new step kind joins
+exploration with no change here. Every example builds ``Step`` objects and drives
+``ScenarioRunner.run_step`` on the model and the real system, exactly as a scenario runs. A
+step the model predicts fails is drawn too: its ``expect_error`` is the model's text, so the
+real system must fail the same way. When the runner raises ``ScenarioFailure``, hypothesis
+shrinks the example by replaying it; the last (minimal) failing sequence is written as a
+scenario file that plain ``pytest FILE`` reruns.
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ EXPLORE_MACHINE = MachineDecl(
 #: Names hotplug may use besides the known ones (a known one is a duplicate-name error).
 NEW_PORTS = ("ex3", "ex4")
 NEW_CONTROLLERS = ("vser1", "vser2")
-#: Step kinds that are not drawn as plain rules: ``check`` is drawn by ``rule_check``;
+#: Step kinds whose arguments are not drawn from their keys: ``check`` takes the model's
+#: poll and SIGIO history (``_check_args``);
 #: qemu_kill and guest_panic end a scenario by design; vm_stop freezes the guest until a
 #: vm_cont (drawn apart, every later guest step would wait out its timeout); streams have a
 #: rule of their own (no data step on a streamed port before its stream_end) not drawn yet.
