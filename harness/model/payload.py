@@ -59,9 +59,6 @@ class Payload:
     def __len__(self) -> int:
         return self.length
 
-    def __deepcopy__(self, memo: dict[int, object]) -> Payload:
-        return self  # immutable: a copied model may share it (a migration copies fast)
-
 
 def as_payload(value: Payload | bytes) -> Payload:
     """Accept raw bytes wherever a Payload is expected (scenario convenience)."""
@@ -247,7 +244,7 @@ class Slice:
         return payload_bytes(self.payload, self.start, self.end)
 
     def __deepcopy__(self, memo: dict[int, object]) -> Slice:
-        return self  # immutable, like its payload
+        return self  # immutable, payload too: a copied model may share it (migration copies)
 
 
 def slices_sha256(slices: Iterable[Slice]) -> str:
