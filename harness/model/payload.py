@@ -243,6 +243,9 @@ class Slice:
     def data(self) -> bytes:
         return payload_bytes(self.payload, self.start, self.end)
 
+    def __deepcopy__(self, memo: dict[int, object]) -> Slice:
+        return self  # immutable, payload too: a copied model may share it (migration copies)
+
 
 def slices_sha256(slices: Iterable[Slice]) -> str:
     """Hex SHA-256 of the concatenation of ``slices``."""
@@ -265,6 +268,13 @@ class SliceQueue:
         self.nbytes = 0
         for piece in slices:
             self.push(piece)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> SliceQueue:
+        """A new queue of the same (immutable) slices."""
+        copied = SliceQueue()
+        copied._items = deque(self._items)
+        copied.nbytes = self.nbytes
+        return copied
 
     def push(self, piece: Slice) -> None:
         if piece.length == 0:

@@ -73,7 +73,7 @@ def test_explore(
         options=options,
     )
     mutant = planted(hil_explore_mutant) if hil_explore_mutant else nullcontext()
-    with mutant, model_coverage() as coverage:
+    with mutant, model_coverage(exploration) as coverage:
         stats = exploration.run()
     stats.coverage = coverage.percent
     request.node.user_properties.append((SUMMARY_KEY, stats.summary()))

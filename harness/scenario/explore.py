@@ -1,35 +1,34 @@
 """Random step sequences judged by the model, shrunk to a YAML scenario on disagreement.
 
-A hypothesis ``RuleBasedStateMachine`` whose rules are the step registry: one rule per
-registered step kind (``STEPS``), its arguments drawn from the kind's ``keys`` (``ARG_POLICY``
-says how to draw a key by name, else by its type), so a new step kind joins exploration with
-no change here.  Every example builds ``Step`` objects and drives ``ScenarioRunner.run_step``
-on the model and the real system, exactly as a scenario runs.  A step the model predicts
-fails is drawn too: its ``expect_error`` is the model's text, so the real system must fail
-the same way.  When the runner raises ``ScenarioFailure``, hypothesis shrinks the example by
-replaying it; the last (minimal) failing sequence is written as a scenario file that plain
-``pytest FILE`` reruns.
+A hypothesis ``RuleBasedStateMachine`` over the step registry (``STEPS``): hypothesis draws one
+integer per step (``Choices``), which picks the kind and its arguments from the kind's ``keys``
+(``ARG_POLICY`` says how to draw a key by name, else by its type), so a new step kind joins
+exploration with no change here. Every example builds ``Step`` objects and drives
+``ScenarioRunner.run_step`` on the model and the real system, exactly as a scenario runs. A
+step the model predicts fails is drawn too: its ``expect_error`` is the model's text, so the
+real system must fail the same way. When the runner raises ``ScenarioFailure``, hypothesis
+shrinks the example by replaying it; the last (minimal) failing sequence is written as a
+scenario file that plain ``pytest FILE`` reruns.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import pickle
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, Phase, reject, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
-from hypothesis.errors import Flaky, FlakyStrategyDefinition
+from hypothesis.errors import Flaky, FlakyStrategyDefinition, Unsatisfiable
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
@@ -40,18 +39,18 @@ from hypothesis.stateful import (
 from harness.errors import HarnessError
 from harness.model import (
     BACKENDS,
+    Completion,
     ControllerDecl,
     MachineDecl,
-    ModelError,
     PortDecl,
     Snapshot,
     VirtioSerialModel,
     build_model,
 )
 from harness.model.behaviour import Behaviour
-from harness.scenario.runner import RunnerOptions, ScenarioFailure, ScenarioRunner
+from harness.scenario.runner import Prediction, RunnerOptions, ScenarioFailure, ScenarioRunner
 from harness.scenario.schema import Scenario, parse_scenario
-from harness.scenario.steps import MIGRATION_MODES, STEPS, Arg, Step, StepCall, StepKind
+from harness.scenario.steps import MIGRATION_MODES, STEPS, Arg, Step, StepKind
 from harness.scenario.system import RealSystem
 
 #: The name every explored example runs under: ``size:`` payloads are seeded by scenario name
@@ -70,7 +69,8 @@ EXPLORE_MACHINE = MachineDecl(
 #: Names hotplug may use besides the known ones (a known one is a duplicate-name error).
 NEW_PORTS = ("ex3", "ex4")
 NEW_CONTROLLERS = ("vser1", "vser2")
-#: Step kinds that are not drawn as plain rules: ``check`` is drawn by ``rule_check``;
+#: Step kinds whose arguments are not drawn from their keys: ``check`` takes the model's
+#: poll and SIGIO history (``_check_args``);
 #: qemu_kill and guest_panic end a scenario by design; vm_stop freezes the guest until a
 #: vm_cont (drawn apart, every later guest step would wait out its timeout); streams have a
 #: rule of their own (no data step on a streamed port before its stream_end) not drawn yet.
@@ -90,6 +90,9 @@ MODEL_OPTIONS = RunnerOptions(
     settle_timeout=0.0, poll_interval=0.0, op_timeout=0.0, quiet_timeout=0.0
 )
 PHASES = (Phase.reuse, Phase.generate, Phase.shrink)
+#: Examples per hypothesis run, on a real system and where nothing waits (``MODEL_OPTIONS``).
+REAL_RUN_EXAMPLES = 5
+MODEL_RUN_EXAMPLES = 200
 
 
 @dataclass
@@ -98,29 +101,67 @@ class Pools:
 
     ports: set[str]
     controllers: set[str]
+    #: the port of the last step run: the next step stays on it 3 times in 4, because
+    #: bugs live in sequences on one port (open, write, close it), rare when each step
+    #: picks among all ports afresh
+    last_port: str | None = None
 
 
-Drawer = Callable[[st.DataObject, Pools], Any]
+_MASK64 = (1 << 64) - 1
 
 
-def _draw_port(data: st.DataObject, pools: Pools) -> Any:
-    return data.draw(st.sampled_from(sorted(pools.ports)))
+class Choices:
+    """Every choice of one step, from the one integer hypothesis drew for it (splitmix64).
+
+    Why not a hypothesis draw per choice: each costs tens of microseconds, a rule selection
+    hundreds, and a step made ten of them; one integer per step keeps exploration at
+    thousands of steps per second.  Shrinking is unchanged where it matters: hypothesis
+    deletes whole steps (rule calls), and tries smaller integers, each a different step.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.state = seed & _MASK64
+
+    def below(self, n: int) -> int:
+        """A number in ``range(n)``; the next value of the stream."""
+        self.state = z = (self.state + 0x9E3779B97F4A7C15) & _MASK64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        return (z ^ (z >> 31)) % n
+
+    def pick(self, values: Sequence[Any]) -> Any:
+        return values[self.below(len(values))]
+
+    def flag(self) -> bool:
+        return self.below(2) == 1
 
 
-def _draw_new_port(data: st.DataObject, pools: Pools) -> Any:
-    return data.draw(st.sampled_from(sorted(pools.ports | set(NEW_PORTS))))
+#: What hypothesis draws per step: the seed of its ``Choices``.
+STEP_CHOICE = st.integers(0, _MASK64)
+
+Drawer = Callable[[Choices, Pools], Any]
 
 
-def _draw_controller(data: st.DataObject, pools: Pools) -> Any:
-    return data.draw(st.sampled_from(sorted(pools.controllers)))
+def _draw_port(choices: Choices, pools: Pools) -> Any:
+    if pools.last_port in pools.ports and choices.below(4):
+        return pools.last_port
+    return choices.pick(sorted(pools.ports))
 
 
-def _draw_new_controller(data: st.DataObject, pools: Pools) -> Any:
-    return data.draw(st.sampled_from(sorted(pools.controllers | set(NEW_CONTROLLERS))))
+def _draw_new_port(choices: Choices, pools: Pools) -> Any:
+    return choices.pick(sorted(pools.ports | set(NEW_PORTS)))
 
 
-def _fixed(strategy: st.SearchStrategy[Any]) -> Drawer:
-    return lambda data, pools: data.draw(strategy)
+def _draw_controller(choices: Choices, pools: Pools) -> Any:
+    return choices.pick(sorted(pools.controllers))
+
+
+def _draw_new_controller(choices: Choices, pools: Pools) -> Any:
+    return choices.pick(sorted(pools.controllers | set(NEW_CONTROLLERS)))
+
+
+def _fixed(values: Sequence[Any]) -> Drawer:
+    return lambda choices, pools: choices.pick(values)
 
 
 #: How a key is drawn, by (kind, key) first, then by key; None: never drawn.
@@ -130,12 +171,12 @@ ARG_POLICY: dict[tuple[str, str] | str, Drawer | None] = {
     ("unplug_controller", "id"): _draw_controller,
     "controller": _draw_controller,
     "port": _draw_port,
-    "nr": _fixed(st.integers(0, 5)),
-    "max_ports": _fixed(st.sampled_from((1, 2, 4, 31, 0))),
-    "size": _fixed(st.sampled_from(SIZES)),
-    "max_bytes": _fixed(st.sampled_from((1, 100, 5000))),
-    "backend": _fixed(st.sampled_from(BACKENDS)),
-    "mode": _fixed(st.sampled_from(MIGRATION_MODES)),
+    "nr": _fixed(range(0, 6)),
+    "max_ports": _fixed((1, 2, 4, 31, 0)),
+    "size": _fixed(SIZES),
+    "max_bytes": _fixed((1, 100, 5000)),
+    "backend": _fixed(BACKENDS),
+    "mode": _fixed(MIGRATION_MODES),
     "destination": None,
     **{key: None for key in EXPECTATION_KEYS},
 }
@@ -146,12 +187,12 @@ ALWAYS = frozenset({"size"})
 def _by_type(arg: Arg) -> Drawer | None:
     """Keys no policy names: draw from the Arg's own type and range."""
     if arg.type == "bool":
-        return _fixed(st.booleans())
+        return _fixed((False, True))
     if arg.type == "int":
         low = arg.low or 0
-        return _fixed(st.integers(low, low + 8 if arg.high is None else min(arg.high, low + 8)))
+        return _fixed(range(low, 1 + (low + 8 if arg.high is None else min(arg.high, low + 8))))
     if arg.type == "str" and arg.choices:
-        return _fixed(st.sampled_from(arg.choices))
+        return _fixed(arg.choices)
     return None  # str without choices (a name we cannot invent), machine, masks: not drawn
 
 
@@ -178,18 +219,36 @@ def _in_range(arg: Arg, value: Any) -> Any:
     return value
 
 
-def draw_args(data: st.DataObject, kind: StepKind, pools: Pools) -> dict[str, Any] | None:
-    """Arguments for ``kind``; None when a required key cannot be drawn."""
+@dataclass(frozen=True)
+class KeyPlan:
+    """How one key of a kind is drawn: worked out once per kind, not once per step."""
+
+    key: str
+    arg: Arg
+    draw: Drawer | None
+    required: bool
+
+
+def key_plans(kind: StepKind) -> tuple[KeyPlan, ...]:
+    return tuple(
+        KeyPlan(key, arg, drawer(kind, key), key in kind.required or key in ALWAYS)
+        for key, arg in kind.keys.items()
+    )
+
+
+def draw_args(
+    choices: Choices, kind: StepKind, pools: Pools, plans: tuple[KeyPlan, ...] | None = None
+) -> dict[str, Any] | None:
+    """Arguments for ``kind`` (``plans``: its ``key_plans``, if already worked out); None when
+    a required key cannot be drawn."""
     args: dict[str, Any] = {}
-    for key in kind.keys:
-        draw = drawer(kind, key)
-        required = key in kind.required or key in ALWAYS
-        if draw is None:
-            if required:
+    for plan in key_plans(kind) if plans is None else plans:
+        if plan.draw is None:
+            if plan.required:
                 return None
             continue
-        if required or data.draw(st.booleans()):
-            args[key] = _in_range(kind.keys[key], draw(data, pools))
+        if plan.required or choices.flag():
+            args[plan.key] = _in_range(plan.arg, plan.draw(choices, pools))
     if kind.validate is not None and kind.validate(args) is not None:
         return None
     return args
@@ -265,11 +324,14 @@ class CoverageResult:
 
 
 @contextmanager
-def model_coverage() -> Iterator[CoverageResult]:
-    """Branch coverage of harness/model reached inside the block (coverage.py's API).
+def model_coverage(exploration: Exploration) -> Iterator[CoverageResult]:
+    """Branch coverage of harness/model reached by ``exploration`` run inside the block.
 
-    The model is imported before measuring starts, so its module-level lines (def, class)
-    count as missed: the number is a lower bound of what the exploration reached.
+    Traced only while the exploration runs the model (``Exploration.measure``: each
+    example's boot and each step), not during hypothesis's own work: Python 3.11's tracer
+    sees every call, and tracing hypothesis too halved the steps per second.  All model code
+    runs there, so the number is the same.  The model is imported before measuring starts,
+    so its module-level lines (def, class) count as missed: the number is a lower bound.
     """
     result = CoverageResult()
     try:
@@ -286,13 +348,24 @@ def model_coverage() -> Iterator[CoverageResult]:
     try:
         cov = coverage.Coverage(branch=True, include=[include], data_file=None)
         cov.start()
+        cov.stop()
     except Exception:  # coverage.py cannot trace here (e.g. in-process pytester): no number
         yield result
         return
+
+    @contextmanager
+    def measuring() -> Iterator[None]:
+        cov.start()
+        try:
+            yield
+        finally:
+            cov.stop()
+
+    exploration.measure = measuring
     try:
         yield result
     finally:
-        cov.stop()
+        exploration.measure = nullcontext
         try:
             result.percent = cov.report(file=io.StringIO())
         except coverage.CoverageException:
@@ -304,9 +377,13 @@ class InvariantBroken(HarnessError, AssertionError):
     """The model broke one of its own rules (model-only exploration checks these)."""
 
 
-def check_invariants(model: VirtioSerialModel) -> None:
-    """No negative counters, conservation per direction, legal connection states."""
-    snap = model.snapshot()
+def check_invariants(model: VirtioSerialModel, snap: Snapshot | None = None) -> None:
+    """No negative counters, conservation per direction, legal connection states.
+
+    ``snap``: the model's snapshot when the caller has it already (the runner's, after a step).
+    """
+    if snap is None:
+        snap = model.snapshot()
     for name, view in snap.ports.items():
         guest = view.guest
         for field_name in ("bytes_sent", "bytes_received", "bytes_discarded", "console_vtermno"):
@@ -424,11 +501,20 @@ class Exploration:
     exclude: frozenset[str] = frozenset()  # step kinds not drawn (besides NOT_DRAWN)
     #: wraps each example (an allure step, a mutant); called with the example number
     example_context: Callable[[int], AbstractContextManager[Any]] = lambda n: nullcontext()
+    #: wraps every stretch that runs the model (boot, each step): see ``model_coverage``
+    measure: Callable[[], AbstractContextManager[Any]] = nullcontext
     stats: Stats = field(init=False)
     _failing: list[Step] | None = field(init=False, default=None)
     _failure: str = field(init=False, default="")
     _first_failing: int = field(init=False, default=0)
     _start: float = field(init=False, default=0.0)
+    _machine_cls: type[RuleBasedStateMachine] | None = field(init=False, default=None)
+
+    def examples_per_run(self) -> int:
+        """Examples per hypothesis run (each run costs a fixed setup; the seed moves on per
+        run): few where an example boots a real guest, many where nothing waits."""
+        fast = self.real_factory is None or self.options == MODEL_OPTIONS
+        return MODEL_RUN_EXAMPLES if fast else REAL_RUN_EXAMPLES
 
     def run(self) -> Stats:
         """Explore until the time or the example budget is spent, or a finding is written."""
@@ -456,9 +542,10 @@ class Exploration:
 
     def _run_chunk(self, chunk: int) -> bool:
         """One hypothesis run of a few examples; False after a finding (stop there)."""
-        size = 5 if self.real_factory is not None else 50
-        size = min(size, self.max_examples - self.stats.examples)
-        machine_cls = build_state_machine(self)
+        size = min(self.examples_per_run(), self.max_examples - self.stats.examples)
+        if self._machine_cls is None:
+            self._machine_cls = build_state_machine(self)
+        machine_cls = self._machine_cls
         hypothesis_seed(self.seed * 100003 + chunk)(machine_cls)
         db: ExampleDatabase | None = None
         if self.database is not None:
@@ -478,10 +565,10 @@ class Exploration:
         except (ScenarioFailure, InvariantBroken) as failure:
             self._record_finding(failure)
             return False
-        except (Flaky, FlakyStrategyDefinition):
+        except (Flaky, FlakyStrategyDefinition, Unsatisfiable):
             if self.time_left() > 0:
                 raise
-            return False  # hypothesis noticed the idle examples after the time bound: done
+            return False  # hypothesis noticed the examples dropped after the time bound: done
         return True
 
     def _record_finding(self, failure: BaseException) -> None:
@@ -500,8 +587,34 @@ class Exploration:
         self._failing, self._failure = list(steps), str(failure)
 
 
+def drawable_kinds(exploration: Exploration) -> tuple[str, ...]:
+    """The step kinds one step may be: the registry's, ``check`` among them, in its order."""
+    return tuple(k for k in STEPS if k == "check" or k not in NOT_DRAWN | exploration.exclude)
+
+
+def swarm_kinds(kinds: tuple[str, ...], swarm: int) -> tuple[str, ...]:
+    """The kinds one example draws from (swarm testing, as hypothesis does for rules).
+
+    An example that never closes, or never migrates, goes deeper where it does go: each kind
+    is left out with a probability drawn per example.  ``swarm`` 0 (where shrinking heads)
+    leaves none out, and one kind always stays.
+    """
+    if swarm == 0:
+        return kinds
+    choices = Choices(swarm)
+    odds = choices.below(255)
+    kept = tuple(kind for kind in kinds if choices.below(255) >= odds)
+    return kept or (choices.pick(kinds),)
+
+
 def build_state_machine(exploration: Exploration) -> type[RuleBasedStateMachine]:
-    """A state machine class with one rule per drawable step kind of the registry."""
+    """A state machine class whose one rule runs one step of any drawable kind.
+
+    Hypothesis draws one integer per step (``STEP_CHOICE``); its ``Choices`` pick the kind
+    and the arguments.  The kinds, and how each key is drawn, are worked out here once.
+    """
+    kinds = drawable_kinds(exploration)
+    plans = {name: key_plans(STEPS[name]) for name in kinds if name != "check"}
 
     class Explore(RuleBasedStateMachine):
         def __init__(self) -> None:
@@ -515,15 +628,20 @@ def build_state_machine(exploration: Exploration) -> type[RuleBasedStateMachine]
             self.real: RealSystem | None = None
             self.context: AbstractContextManager[Any] = nullcontext()
             self.state = ""
-            self.idle = False  # time is up: this example does nothing
             self.runner = _new_runner(exploration)
+            self.kinds = kinds
 
-        @initialize()
-        def boot(self) -> None:
+        @initialize(swarm=STEP_CHOICE)
+        def boot(self, swarm: int) -> None:
+            """A fresh model (and real system); ``swarm`` picks the kinds this example uses."""
             ex = self.exploration
-            if ex.time_left() <= 0 and not ex.failing:  # time up, nothing to shrink: idle
-                self.idle = True
-                return
+            if ex.time_left() <= 0 and not ex.failing:
+                reject()  # time is up and nothing to shrink: hypothesis drops this example
+            with ex.measure():
+                self._boot(swarm)
+
+        def _boot(self, swarm: int) -> None:
+            ex = self.exploration
             ex.stats.examples += 1
             self.context = ex.example_context(ex.stats.examples)
             self.context.__enter__()
@@ -534,6 +652,7 @@ def build_state_machine(exploration: Exploration) -> type[RuleBasedStateMachine]
                 if step_hook is not None:
                     self.runner.step_context = step_hook
                 self.real.start(ex.machine)
+            self.kinds = swarm_kinds(kinds, swarm)
             self.runner.model = build_model(ex.machine, ex.behaviour)
             self.state = abstract_state(self.runner.model.snapshot())
             ex.stats.states.add(self.state)
@@ -545,46 +664,98 @@ def build_state_machine(exploration: Exploration) -> type[RuleBasedStateMachine]
             finally:
                 self.context.__exit__(None, None, None)
 
-        def run(self, kind: str, args: dict[str, Any], data: st.DataObject) -> None:
-            """Predict on a copy for expect_error, then run the step as a scenario would.
+        @rule(choice=STEP_CHOICE)
+        def step(self, choice: int) -> None:
+            """One step: its kind, then its arguments, from the integer drawn for it."""
+            with self.exploration.measure():
+                self._step(choice)
 
-            Most predicted errors are skipped (drawn, so shrinking can keep one): errors are
+        def _step(self, choice: int) -> None:
+            choices = Choices(choice)
+            kind = choices.pick(self.kinds)
+            if kind == "check":
+                args = self._check_args(choices)
+            else:
+                args = self._step_args(choices, STEPS[kind], plans[kind])
+            if args is not None:
+                self.run(kind, args, choices)
+
+        def _step_args(
+            self, choices: Choices, kind: StepKind, key_plans: tuple[KeyPlan, ...]
+        ) -> dict[str, Any] | None:
+            args = draw_args(choices, kind, self.pools, key_plans)
+            if args is None:
+                return None
+            if kind.defaults is not None:
+                args = kind.defaults(args, self.exploration.machine)
+            if kind.background is not None and args.get("port") in self.blocked_ports():
+                return None  # one blocked operation per port: the agent runs one per fd
+            return args
+
+        def _check_args(self, choices: Choices) -> dict[str, Any] | None:
+            """poll + SIGIO history of a port with an open guest fd, as the model says."""
+            snap = self.runner.predicted or self.runner.model.snapshot()
+            open_ports = sorted(n for n, v in snap.ports.items() if v.poll is not None)
+            if not open_ports:
+                return None
+            port = choices.pick(open_ports)
+            args: dict[str, Any] = {"port": port, "poll": snap.ports[port].poll}
+            if port in self.runner.sigio:
+                args["sigio"] = tuple(_collapse(self.runner.sigio[port]))
+            return args
+
+        def run(self, kind: str, args: dict[str, Any], choices: Choices) -> None:
+            """Run the step as a scenario would, its expect_error the model's prediction.
+
+            Most predicted errors are dropped (drawn, so shrinking can keep one): errors are
             cheap to reach, and sequences of valid steps reach the deeper states.
             """
-            if self.idle:
-                return
             index = len(self.steps) + 1
             probe = Step(index, kind, args, None, "<explore>", index, 1)
-            expect_error, endings = _predict(self.runner, probe)
-            if expect_error is not None and data.draw(st.integers(0, ERROR_ODDS - 1)):
-                return
-            step = replace(probe, expect_error=expect_error)
-            self._expect_endings(endings)
-            self.steps.append(step)
+
+            def decide(step: Step, prediction: Prediction) -> Step | None:
+                if prediction.error is not None and choices.below(ERROR_ODDS):
+                    return None
+                self._expect_endings(prediction.completed)
+                error = prediction.error
+                step = replace(step, expect_error=error.text if error is not None else None)
+                self._record(step)
+                return step
+
             ex = self.exploration
-            ex.stats.steps += 1
-            ex.stats.errors_drawn += expect_error is not None
             try:
-                with self.runner.step_context(step):
-                    self.runner.run_step(step)
+                with self.runner.step_context(probe):
+                    step = self.runner.run_step(probe, decide)
+                if step is None:
+                    return
                 if ex.invariants:
-                    check_invariants(self.runner.model)
+                    check_invariants(self.runner.model, self.runner.predicted)
                     ex.stats.invariant_checks += 1
             except (ScenarioFailure, InvariantBroken) as failure:
                 ex.note_failure(self.steps, failure)
                 raise
+            if isinstance(args.get("port"), str):
+                self.pools.last_port = args["port"]
             provides = STEPS[kind].provides
-            if provides is not None and expect_error is None:
+            if provides is not None and step.expect_error is None:
                 ports, controllers = provides(args)
                 self.pools.ports.update(ports)
                 self.pools.controllers.update(controllers)
-            state = abstract_state(self.runner.model.snapshot())
+            state = abstract_state(self.runner.predicted or self.runner.model.snapshot())
             ex.stats.states.add(state)
             ex.stats.transitions.add((self.state, kind, state))
             self.state = state
 
-        def _expect_endings(self, endings: Mapping[int, str]) -> None:
+        def _record(self, step: Step) -> None:
+            """The step joins the example (a failure in it is the example's last step)."""
+            self.steps.append(step)
+            ex = self.exploration
+            ex.stats.steps += 1
+            ex.stats.errors_drawn += step.expect_error is not None
+
+        def _expect_endings(self, completed: tuple[Completion, ...]) -> None:
             """A blocked step that this step ends with an error gets that expect_error."""
+            endings = {c.ticket: c.error.text for c in completed if c.error is not None}
             for job in self.runner.background:
                 text = endings.get(job.pending.ticket)
                 if text is None:
@@ -595,24 +766,6 @@ def build_state_machine(exploration: Exploration) -> type[RuleBasedStateMachine]
         def blocked_ports(self) -> set[str]:
             return {p.port for p in self.runner.model.blocked()}
 
-        @rule(data=st.data())
-        def rule_check(self, data: st.DataObject) -> None:
-            """poll + SIGIO history of a port with an open guest fd, as the model says."""
-            if self.idle:
-                return
-            snap = self.runner.model.snapshot()
-            open_ports = sorted(n for n, v in snap.ports.items() if v.poll is not None)
-            if not open_ports:
-                return
-            port = data.draw(st.sampled_from(open_ports))
-            args: dict[str, Any] = {"port": port, "poll": snap.ports[port].poll}
-            if port in self.runner.sigio:
-                args["sigio"] = tuple(_collapse(self.runner.sigio[port]))
-            self.run("check", args, data)
-
-    for kind in STEPS.values():
-        if kind.name not in NOT_DRAWN | exploration.exclude:
-            setattr(Explore, f"rule_{kind.name}", _kind_rule(kind))
     return Explore
 
 
@@ -624,37 +777,6 @@ def _collapse(masks: list[frozenset[str]]) -> Iterator[frozenset[str]]:
         last = mask
 
 
-def _kind_rule(kind: StepKind) -> Any:
-    def step_rule(self: Any, data: st.DataObject) -> None:
-        if self.idle:
-            return
-        args = draw_args(data, kind, self.pools)
-        if args is None:
-            return
-        defaults = kind.defaults
-        if defaults is not None:
-            args = defaults(args, self.exploration.machine)
-        port = args.get("port")
-        if kind.background is not None and port in self.blocked_ports():
-            return  # one blocked operation per port: the agent runs one per fd
-        self.run(kind.name, args, data)
-
-    step_rule.__name__ = f"rule_{kind.name}"
-    return rule(data=st.data())(step_rule)
-
-
 def _new_runner(exploration: Exploration) -> ScenarioRunner:
     scenario = Scenario(EXPLORE_NAME, "", (), exploration.machine, ())
     return ScenarioRunner(scenario, None, exploration.options, behaviour=exploration.behaviour)
-
-
-def _predict(runner: ScenarioRunner, step: Step) -> tuple[str | None, dict[int, str]]:
-    """The model's error for ``step`` and the errors blocked operations end with, on a copy."""
-    state = (runner.model, runner.streams)
-    model, streams = pickle.loads(pickle.dumps(state, pickle.HIGHEST_PROTOCOL))
-    call = StepCall(step, model, EXPLORE_NAME, streams=streams)
-    try:
-        outcome = STEPS[step.kind].model(call)
-    except ModelError as error:
-        return error.text, {}
-    return None, {c.ticket: c.error.text for c in outcome.completed if c.error is not None}

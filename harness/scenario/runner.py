@@ -79,6 +79,10 @@ class Prediction:
     completed: tuple[Completion, ...] = ()
 
 
+#: The explorer's say on a step, given the model's prediction: see ``run_step``.
+Decide = Callable[[Step, Prediction], Step | None]
+
+
 @dataclass
 class _Background:
     """A guest operation the model predicts is blocked, running for real in the background."""
@@ -111,6 +115,8 @@ class ScenarioRunner:
     background: list[_Background] = field(init=False, default_factory=list)
     sigio: dict[str, list[frozenset[str]]] = field(init=False, default_factory=dict)
     streams: StreamBook = field(init=False, default_factory=StreamBook)
+    #: the model's snapshot after the last step run (what the real system settled on)
+    predicted: Snapshot | None = field(init=False, default=None)
     _console_seen: int = field(init=False, default=0)
 
     # ------------------------------------------------------------- driving
@@ -126,7 +132,7 @@ class ScenarioRunner:
         if self.real is not None:
             with self.step_context(BOOT):
                 self.real.start(self.scenario.machine)
-                self._settle(BOOT)
+                self._settle(BOOT, self.model.snapshot())
                 self._check_console(BOOT)
 
     def run_guarded(self, step: Step) -> None:
@@ -165,24 +171,41 @@ class ScenarioRunner:
         context = self.real.failure_context()
         return ScenarioFailure(step, f"{context.headline}: {error}", context.console_tail)
 
-    def run_step(self, step: Step) -> None:
+    def run_step(self, step: Step, decide: Decide | None = None) -> Step | None:
+        """Run one step; return it as run (None: dropped by ``decide``).
+
+        ``decide`` (the explorer) sees the model's prediction before anything runs for real
+        and returns the step to run, with the expect_error it chose, or None to drop a step
+        the model predicts fails (a failing model operation changes nothing, so dropping it
+        leaves no trace).  One prediction serves both, instead of one on a copy first.
+        """
+        before = self.model.snapshot()
+        prediction = self._predict(step)
+        if decide is not None:
+            decided = decide(step, prediction)
+            if decided is None:
+                if prediction.error is None:
+                    raise AssertionError(f"{step.label}: only a failing step can be dropped")
+                return None
+            step = decided
         if self.real is not None:
             for port in self.streams.due(step.index):
                 self.real.stop_stream_writer(port)
-        before = self.model.snapshot()
-        prediction = self._predict(step)
         self.streams.observe(step, prediction.error is None)
         actual = self._apply_real(step, prediction)
         self._judge_error(step, prediction, actual)
         if prediction.error is None and actual.error is None:
             self._judge_value(step, prediction, actual)
-        self._record_sigio(step, prediction, before)
+        after = self.model.snapshot()
+        self._record_sigio(step, prediction, before, after)
         self._check_console(step)  # a panicked guest fails here, before any agent wait
-        self._settle(step)
+        self._settle(step, after)
         self._follow_background(step, prediction)
         if STEPS[step.kind].asserts:
             self._check(step)
         self._check_console(step)
+        self.predicted = after
+        return step
 
     # ------------------------------------------------------------- model side
     def _call(self, step: Step) -> StepCall:
@@ -421,9 +444,8 @@ class ScenarioRunner:
             )
 
     # ------------------------------------------------------------- snapshots
-    def _settle(self, step: Step) -> Snapshot:
+    def _settle(self, step: Step, predicted: Snapshot) -> Snapshot:
         """Wait (bounded) for the real system to show the predicted state; return it."""
-        predicted = self.model.snapshot()
         if self.real is None or self.streams.paused:  # a stopped guest cannot be asked
             return predicted
         real = self.real
@@ -461,10 +483,12 @@ class ScenarioRunner:
                 step, "the real system disagrees with the scenario", format_diff(bad)
             )
 
-    def _record_sigio(self, step: Step, prediction: Prediction, before: Snapshot) -> None:
+    def _record_sigio(
+        self, step: Step, prediction: Prediction, before: Snapshot, after: Snapshot
+    ) -> None:
         if step.kind == "guest_open" and prediction.error is None:
             self.sigio[step.args["port"]] = []
-        for port, mask in sigio_events(before, self.model.snapshot()):
+        for port, mask in sigio_events(before, after):
             masks = self.sigio.setdefault(port, [])
             if not masks or masks[-1] != mask:
                 masks.append(mask)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import random
 
@@ -104,6 +105,18 @@ def test_load_matches_ports_by_id_not_name():
     dest.hotplug_controller("c")
     dest.hotplug("z", controller="c")
     assert [e.port for e in load(dest, save(source), source=source)] == ["z"]
+
+
+def test_a_copied_model_shares_slices_and_copies_their_queues():
+    """Slices (and their payloads) are immutable, so a migration's deep copy shares them
+    rather than rebuilding each one; the queues holding them are copied."""
+    piece = Slice(Payload.literal(b"abcdef"), 0, 6)
+    queue = SliceQueue([piece])
+    copied_queue, copied_piece = copy.deepcopy((queue, piece))
+    assert copied_piece is piece
+    assert copied_queue == queue and copied_queue is not queue
+    copied_queue.take(2)
+    assert (queue.nbytes, copied_queue.nbytes) == (6, 4)
 
 
 def test_generated_payload_in_a_popped_element_survives_migration():

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
+from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
 import pytest
 
-from harness.model import build_model
+from harness.model import ModelError, Outcome, build_model
 from harness.model.device import G2H
 from harness.scenario.explore import (
     EXPLORE_MACHINE,
@@ -25,9 +27,9 @@ from harness.scenario.model_system import (
     mutant_explains,
 )
 from harness.scenario.mutants import MUTANTS, planted
-from harness.scenario.runner import ScenarioFailure, run_scenario
-from harness.scenario.schema import load_scenario, parse_scenario
-from harness.scenario.steps import Step
+from harness.scenario.runner import ScenarioFailure, ScenarioRunner, run_scenario
+from harness.scenario.schema import Scenario, load_scenario, parse_scenario
+from harness.scenario.steps import STEPS, ModelOp, Step, StepCall
 from harness.scenario.system import RealSystem
 
 #: A ceiling only: the seeded hunt stops at its finding, which does not depend on the time
@@ -146,3 +148,44 @@ def test_replug_discards_the_old_host_socket_data_once() -> None:
     model.hotplug("ex1", controller="vser0")
     check_invariants(model)
     assert model.discarded(G2H) == 1
+
+
+def test_a_step_the_model_refuses_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The explorer drops most predicted errors after predicting them on the live model
+    (``ScenarioRunner.run_step``'s ``decide``), which is only sound if a failing model
+    operation leaves the model exactly as it was: check that for every error explored."""
+    refused: list[str] = []
+
+    def atomic(op: ModelOp) -> ModelOp:
+        def checked(call: StepCall) -> Outcome:
+            before = pickle.dumps((call.model, call.streams))
+            try:
+                return op(call)
+            except ModelError:
+                assert pickle.dumps((call.model, call.streams)) == before, call.step.label
+                refused.append(call.step.kind)
+                raise
+
+        return checked
+
+    for name, kind in list(STEPS.items()):
+        monkeypatch.setitem(STEPS, name, replace(kind, model=atomic(kind.model)))
+    stats = Exploration(seed=3, seconds=600, max_examples=100, out_dir=tmp_path).run()
+    assert not stats.findings, stats.summary()
+    assert len(set(refused)) >= 10  # most kinds were refused at least once
+
+
+def test_runner_drops_only_a_step_the_model_refuses() -> None:
+    runner = ScenarioRunner(Scenario("drop", "", (), EXPLORE_MACHINE, ()))
+    runner.prepare()
+    close = Step(1, "guest_close", {"port": "ex1"}, None, "", 1, 1)  # not open: EBADF
+    assert runner.run_step(close, lambda step, prediction: None) is None
+    assert runner.predicted is None  # nothing ran
+    open_ = Step(1, "guest_open", {"port": "ex1"}, None, "", 1, 1)
+    with pytest.raises(AssertionError, match="only a failing step can be dropped"):
+        runner.run_step(open_, lambda step, prediction: None)
+    open_other = replace(open_, args={"port": "ex2"})
+    assert runner.run_step(open_other, lambda step, prediction: step) == open_other
+    assert runner.predicted is not None and runner.predicted.ports["ex2"].poll is not None
