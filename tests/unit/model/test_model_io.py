@@ -21,20 +21,11 @@ from harness.model import (
     payload_bytes,
 )
 from harness.model.payload import slices_bytes
+from tests.unit.model.conftest import open_port
 
 
 def data_of(outcome) -> bytes:
     return slices_bytes(outcome.value.slices)
-
-
-def stalled_model(**kw) -> VirtioSerialModel:
-    m = VirtioSerialModel(Behaviour(**kw))
-    m.hotplug_controller("c")
-    m.hotplug("p", controller="c")
-    m.host_open("p")
-    m.guest_open("p")
-    m.set_host_backpressure("p", True)
-    return m
 
 
 # ------------------------------------------------------------------ host open/close
@@ -182,7 +173,7 @@ def test_empty_guest_write_returns_0(opened):
 
 def test_guest_write_is_split_in_32k_buffers():
     # port_fops_write: count = min(32 KiB, count); one out_vq buffer per call
-    m = stalled_model()
+    m = open_port(stalled=True)
     m.guest_write("p", Payload.generated(1, 3 * 32768 + 5))
     port = m.ports["p"]
     assert port.held.length == 32768
@@ -207,7 +198,7 @@ def test_outvq_full_nonblocking_is_partial_then_eagain():
 
 
 def test_blocked_write_resumes_when_host_drains():
-    m = stalled_model(guest_outvq_buffers=1, guest_write_chunk=2)
+    m = open_port(stalled=True, guest_outvq_buffers=1, guest_write_chunk=2)
     out = m.guest_write("p", b"abcdef")
     assert out.pending is not None
     done = m.set_host_backpressure("p", False)
@@ -218,7 +209,7 @@ def test_blocked_write_resumes_when_host_drains():
 # ------------------------------------------------------------------ throttling
 def test_short_chardev_write_throttles_and_keeps_element():
     # seed 160-163 / today's do_flush_queued_data: throttled, iov_offset advanced
-    m = stalled_model(host_socket_buffer=2)
+    m = open_port(stalled=True, host_socket_buffer=2)
     m.guest_write("p", b"hello")
     port = m.ports["p"]
     assert port.throttled and port.held_offset == 2
@@ -311,11 +302,7 @@ def test_guest_close_drops_unread_input(opened):
 
 
 def test_guest_rx_capacity_leaves_rest_in_socket():
-    m = VirtioSerialModel(Behaviour(guest_rx_capacity=4))
-    m.hotplug_controller("c")
-    m.hotplug("p", controller="c")
-    m.host_open("p")
-    m.guest_open("p")
+    m = open_port(guest_rx_capacity=4)
     m.host_write("p", b"0123456789")
     m.guest_close("p")  # only what reached the guest buffers is dropped
     assert m.discards[-1].nbytes == 4
