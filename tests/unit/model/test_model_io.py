@@ -14,9 +14,11 @@ from harness.model import (
     EOF_RESULT,
     G2H,
     H2G,
+    Backend,
     Behaviour,
     ModelError,
     Payload,
+    PortView,
     VirtioSerialModel,
     payload_bytes,
 )
@@ -47,10 +49,15 @@ def test_host_open_twice_and_close_unopened(model):
         model.host_open("p")
 
 
+def hotplug_console(model: VirtioSerialModel, backend: Backend = "socket") -> PortView:
+    """Console 'con' on vser0; its view once the guest's handshake ran."""
+    model.hotplug("con", controller="vser0", console=True, backend=backend)
+    return model.snapshot().ports["con"]
+
+
 def test_console_with_chardev_is_host_connected_from_realize(model):
     # virtio-console.c virtconsole_realize: consoles call virtio_serial_open at realize
-    model.hotplug("con", controller="vser0", console=True)
-    view = model.snapshot().ports["con"]
+    view = hotplug_console(model)
     assert view.qemu.host_connected and view.guest.host_connected
     # the client coming and going does not change QEMU's state (no chr_event for consoles)
     model.host_open("con")
@@ -59,16 +66,14 @@ def test_console_with_chardev_is_host_connected_from_realize(model):
 
 
 def test_console_without_chardev_never_host_connected(model):
-    model.hotplug("con", controller="vser0", console=True, backend="none")
-    assert not model.snapshot().ports["con"].qemu.host_connected
+    assert not hotplug_console(model, backend="none").qemu.host_connected
     with pytest.raises(ModelError, match="ECONNREFUSED"):
         model.host_open("con")
 
 
 def test_console_guest_state_after_handshake(model):
     # Linux init_port_console: guest_connected = true, PORT_OPEN 1; vtermno from 1
-    model.hotplug("con", controller="vser0", console=True)
-    view = model.snapshot().ports["con"]
+    view = hotplug_console(model)
     assert view.qemu.guest_connected and view.guest.guest_connected
     assert view.guest.is_console and view.guest.console_vtermno == 1
 
