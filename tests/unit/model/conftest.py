@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -39,6 +40,13 @@ def open_port(name: str = "p", *, stalled: bool = False, **behaviour: Any) -> Vi
     m = VirtioSerialModel(Behaviour(**behaviour))
     m.hotplug_controller("c")
     return plug_open(m, name, stalled=stalled)
+
+
+def error_of(call: Callable[..., object], *args: Any, **kw: Any) -> str:
+    """The full text (``text (detail)``) of the ModelError that ``call(*args, **kw)`` must raise."""
+    with pytest.raises(ModelError) as err:
+        call(*args, **kw)
+    return str(err.value)
 
 
 def error_text(excinfo: pytest.ExceptionInfo[ModelError]) -> str:

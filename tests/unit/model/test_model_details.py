@@ -28,7 +28,7 @@ from harness.model import (
 from harness.model import control as C
 from harness.model.migration import clone_configuration, load, migrate, save
 from harness.model.payload import SliceQueue, iter_chunks, payload_bytes
-from tests.unit.model.conftest import open_port, plug_open
+from tests.unit.model.conftest import error_of, open_port, plug_open
 
 
 # ------------------------------------------------------------------- errors
@@ -260,12 +260,6 @@ def test_load_tells_the_guest_the_destination_host_state():
 
 
 # ----------------------------------------------------- device: texts and records
-def error_of(call, *args, **kw) -> str:
-    with pytest.raises(ModelError) as err:
-        call(*args, **kw)
-    return str(err.value)
-
-
 def test_device_errors_name_the_port_and_the_reason():
     m = VirtioSerialModel()
     m.hotplug_controller("c")

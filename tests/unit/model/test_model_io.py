@@ -23,7 +23,7 @@ from harness.model import (
     payload_bytes,
 )
 from harness.model.payload import slices_bytes
-from tests.unit.model.conftest import open_port
+from tests.unit.model.conftest import error_of, open_port
 
 
 def data_of(outcome) -> bytes:
@@ -42,11 +42,9 @@ def test_host_open_sets_both_views(model):
 
 def test_host_open_twice_and_close_unopened(model):
     model.hotplug("p", controller="vser0")
-    with pytest.raises(ModelError, match="ENOTCONN"):
-        model.host_close("p")
+    assert "ENOTCONN" in error_of(model.host_close, "p")
     model.host_open("p")
-    with pytest.raises(ModelError, match="EISCONN"):
-        model.host_open("p")
+    assert "EISCONN" in error_of(model.host_open, "p")
 
 
 def hotplug_console(model: VirtioSerialModel, backend: Backend = "socket") -> PortView:
@@ -317,13 +315,10 @@ def test_guest_rx_capacity_leaves_rest_in_socket():
 
 def test_host_read_errors(model):
     model.hotplug("p", controller="vser0")
-    with pytest.raises(ModelError, match="ENOTCONN"):
-        model.host_read("p")
+    assert "ENOTCONN" in error_of(model.host_read, "p")
     model.host_open("p")
-    with pytest.raises(ModelError, match="EAGAIN"):
-        model.host_read("p")
-    with pytest.raises(ModelError, match="ENOENT"):
-        model.host_read("never")
+    assert "EAGAIN" in error_of(model.host_read, "p")
+    assert "ENOENT" in error_of(model.host_read, "never")
 
 
 def test_generated_payload_roundtrip_sha(opened):
