@@ -76,6 +76,8 @@ def test_reboot_keeps_throttled_and_drops_the_held_element(hil_vm_factory: VMFac
     port.host.open()
     port.guest.open()
     port.host.stall()
+    # a write that completes in the guest (the model says so): a blocked one would have to
+    # end KILLED at the reboot, which QemuSystem cannot follow across the new agent
     port.guest.write(size=MIB)  # QEMU's socket write goes short: it holds an element
     vm.check(port, throttled=True, bytes_sent=MIB)
     vm.reboot()

@@ -113,6 +113,7 @@ def model_behaviour(hil_settings: Any) -> Behaviour:
 
 
 # ------------------------------------------------------------------ the real guest
+@pytest.mark.qemu
 def test_reboot_loses_exactly_the_port_opens_the_model_predicts(
     hil_vm_factory: VMFactory, model_behaviour: Behaviour
 ) -> None:
@@ -141,6 +142,7 @@ def test_reboot_loses_exactly_the_port_opens_the_model_predicts(
     assert all(q is not None and q.host_connected for q in qemu_views)  # QEMU: host on
 
 
+@pytest.mark.qemu
 def test_first_boot_with_host_ends_already_connected(
     hil_guest_factory: Any, hil_settings: Any, model_behaviour: Behaviour, hil_socket_root: Any
 ) -> None:
