@@ -11,13 +11,13 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from harness.guest.agent_client import AgentClient, AgentError
 from harness.guest.guest import Guest
 from harness.model.payload import Payload, iter_chunks, sha256_of
+from tests.integration.polling import wait_until
 
 pytestmark = pytest.mark.qemu
 
@@ -103,22 +103,11 @@ class HostPort:
         )
 
 
-def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what} ({value!r})")
-        time.sleep(interval)
-
-
-@pytest.fixture
-def agent(hil_guest: Guest) -> Iterator[AgentClient]:
-    client = AgentClient(hil_guest).start()
-    yield client
-    client.disconnect()
+def errno_of(call: Callable[[], object]) -> str:
+    """The errno name the agent fails ``call`` with (it must fail)."""
+    with pytest.raises(AgentError) as failure:
+        call()
+    return failure.value.errno
 
 
 @pytest.fixture
@@ -173,25 +162,15 @@ def test_open_close_ebusy_and_espipe(
     assert agent.port_info("org.test.p1")["guest_connected"] == 1
     assert agent.port_info("org.test.p1")["agent_handles"] == ["org.test.p1"]
 
-    with pytest.raises(AgentError) as second:
-        agent.open("org.test.p1", extra=True)
-    assert second.value.errno == "EBUSY"
-    with pytest.raises(AgentError) as already:
-        agent.open("org.test.p1")
-    assert already.value.errno == "EALREADY"
+    assert errno_of(lambda: agent.open("org.test.p1", extra=True)) == "EBUSY"
+    assert errno_of(lambda: agent.open("org.test.p1")) == "EALREADY"
 
-    with pytest.raises(AgentError) as seek:
-        agent.seek("org.test.p1")
-    assert seek.value.errno == "ESPIPE"
+    assert errno_of(lambda: agent.seek("org.test.p1")) == "ESPIPE"
 
     agent.close("org.test.p1")
     assert agent.port_info("org.test.p1")["guest_connected"] == 0
-    with pytest.raises(AgentError) as closed:
-        agent.poll("org.test.p1")
-    assert closed.value.errno == "EBADF"
-    with pytest.raises(AgentError) as missing:
-        agent.open("org.test.nope")
-    assert missing.value.errno == "ENOENT"
+    assert errno_of(lambda: agent.poll("org.test.p1")) == "EBADF"
+    assert errno_of(lambda: agent.open("org.test.nope")) == "ENOENT"
 
 
 def test_host_connection_is_visible_in_debugfs_and_poll(
@@ -242,9 +221,7 @@ def test_read_timeout_on_a_blocking_fd(
 ) -> None:
     port_factory(connect=True)
     agent.open("org.test.p1")
-    with pytest.raises(AgentError) as timed_out:
-        agent.read("org.test.p1", timeout=0.5)
-    assert timed_out.value.errno == "ETIMEDOUT"
+    assert errno_of(lambda: agent.read("org.test.p1", timeout=0.5)) == "ETIMEDOUT"
 
 
 def test_nonblocking_read_and_write_give_eagain(
@@ -252,15 +229,11 @@ def test_nonblocking_read_and_write_give_eagain(
 ) -> None:
     port = port_factory(connect=True)
     agent.open("org.test.p1", nonblocking=True)
-    with pytest.raises(AgentError) as empty:
-        agent.read("org.test.p1")
-    assert empty.value.errno == "EAGAIN"
+    assert errno_of(lambda: agent.read("org.test.p1")) == "EAGAIN"
 
     port.disconnect()
     wait_until(lambda: agent.port_info("org.test.p1")["host_connected"] == 0, 30, "host closed")
-    with pytest.raises(AgentError) as write_closed:
-        agent.write("org.test.p1", b"x")
-    assert write_closed.value.errno == "EAGAIN"
+    assert errno_of(lambda: agent.write("org.test.p1", b"x")) == "EAGAIN"
     # Reading with the host closed and nothing queued returns EOF rather than EAGAIN.
     data, eof = agent.read("org.test.p1")
     assert (data, eof) == (b"", True)
@@ -384,9 +357,10 @@ def test_serial_fallback(
     assert pong["pid"] == agent.ping()["pid"]  # the same daemon on both channels
     ports = agent.call("list_ports", channel="serial", timeout=60)
     assert [p["name"] for p in ports] == ["org.test.p1"]
-    with pytest.raises(AgentError) as missing:
-        agent.call("open", channel="serial", timeout=60, name="org.test.nope")
-    assert missing.value.errno == "ENOENT"
+    missing = errno_of(
+        lambda: agent.call("open", channel="serial", timeout=60, name="org.test.nope")
+    )
+    assert missing == "ENOENT"
 
 
 def test_unplug_while_open(agent: AgentClient, port_factory: Callable[..., HostPort]) -> None:
@@ -397,8 +371,6 @@ def test_unplug_while_open(agent: AgentClient, port_factory: Callable[..., HostP
     agent.wait_port("org.test.p1", timeout=30, gone=True)
     events = agent.poll("org.test.p1")
     assert "HUP" in events
-    with pytest.raises(AgentError) as read_error:
-        agent.read("org.test.p1", timeout=1)
-    assert read_error.value.errno == "ENODEV"
+    assert errno_of(lambda: agent.read("org.test.p1", timeout=1)) == "ENODEV"
     agent.close("org.test.p1")
     assert agent.ping()["open"] == []

@@ -19,19 +19,13 @@ from harness.model.payload import (
     payload_bytes,
     sha256_of,
 )
-from tests.integration.test_agent import HostPort, wait_until
+from tests.integration.polling import wait_until
+from tests.integration.test_agent import HostPort
 
 pytestmark = pytest.mark.qemu
 
 MIB = 1 << 20
 CORRUPTIONS = ("loss", "duplication", "reordering", "corruption")
-
-
-@pytest.fixture
-def agent(hil_guest: Guest) -> Iterator[AgentClient]:
-    client = AgentClient(hil_guest).start()
-    yield client
-    client.disconnect()
 
 
 @pytest.fixture

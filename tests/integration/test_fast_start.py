@@ -23,24 +23,21 @@ from harness.machine.qemu import PortSpec
 from harness.plugin.faststart import start
 from harness.plugin.fixtures import GuestPool
 from harness.plugin.options import HilSettings
+from tests.scenario_files import one_port_scenario, write_scenarios
 
 pytestmark = pytest.mark.qemu
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Read at import: the pytester fixture points HOME at its own directory during a test.
 REAL_CACHE = default_cache_dir()
-PLAIN = """\
-name: plain
-machine:
-  ports:
-    - {name: org.example.data, nr: 3}
-steps:
-  - host_open: org.example.data
-  - guest_open: org.example.data
-  - host_write: {port: org.example.data, data: "hello"}
-  - guest_read: {port: org.example.data, expect: "hello"}
-  - check: {port: org.example.data, host_connected: true, guest_connected: true}
-"""
+PLAIN = one_port_scenario(
+    "plain",
+    "host_open: org.example.data",
+    "guest_open: org.example.data",
+    'host_write: {port: org.example.data, data: "hello"}',
+    'guest_read: {port: org.example.data, expect: "hello"}',
+    "check: {port: org.example.data, host_connected: true, guest_connected: true}",
+)
 
 
 @pytest.fixture
@@ -126,9 +123,7 @@ def _pytest_env() -> dict[str, str]:
 
 def test_xdist_workers_on_a_cold_cache_build_each_state_once(pytester, tmp_path, monkeypatch):
     states = tmp_path / "states"
-    (pytester.path / "scenarios").mkdir()
-    for index in range(4):
-        (pytester.path / "scenarios" / f"plain{index}.yaml").write_text(PLAIN)
+    write_scenarios(pytester, **{f"plain{index}": PLAIN for index in range(4)})
     monkeypatch.setenv("HIL_CACHE_DIR", str(REAL_CACHE))
     result = pytester.runpytest_subprocess(
         "-n", "2", "-p", "no:cacheprovider", "--hil-accel=tcg", f"--hil-state-dir={states}"
@@ -142,8 +137,7 @@ def test_xdist_workers_on_a_cold_cache_build_each_state_once(pytester, tmp_path,
 def test_boot_mode_runs_a_scenario_without_saved_states(pytester, tmp_path, monkeypatch):
     """CI runs the default (snapshot) mode; this keeps boot mode covered."""
     states = tmp_path / "states"
-    (pytester.path / "scenarios").mkdir()
-    (pytester.path / "scenarios" / "plain.yaml").write_text(PLAIN)
+    write_scenarios(pytester, plain=PLAIN)
     monkeypatch.setenv("HIL_CACHE_DIR", str(REAL_CACHE))
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "--hil-accel=tcg", "--hil-start=boot", f"--hil-state-dir={states}"

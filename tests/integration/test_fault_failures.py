@@ -7,41 +7,31 @@ import json
 
 import pytest
 
+from tests.scenario_files import attachment_names, one_port_scenario, write_scenarios
+
 pytestmark = pytest.mark.qemu
 
-PORTS = """
-machine:
-  ports:
-    - {name: org.fail.p, nr: 1}
-steps:
-  - host_open: org.fail.p
-  - guest_open: org.fail.p
-  - guest_stream: org.fail.p
-"""
+STREAMING = ("host_open: org.fail.p", "guest_open: org.fail.p", "guest_stream: org.fail.p")
+END = "stream_end: org.fail.p"
+
+
+def _streaming(name: str, *then: str) -> str:
+    """Port org.fail.p open on both ends, a guest stream running, then ``then``."""
+    return one_port_scenario(name, *STREAMING, *then, port="org.fail.p", nr=1)
+
+
 SCENARIOS = {
-    "a_qemu_killed.yaml": "name: qemu killed mid-stream\n" + PORTS + "  - qemu_kill:\n"
-    "  - stream_end: org.fail.p\n",
-    "b_after_kill.yaml": "name: after the kill\n" + PORTS + "  - stream_end: org.fail.p\n",
-    "c_guest_panics.yaml": "name: guest panics mid-stream\n" + PORTS + "  - guest_panic:\n"
-    "  - stream_end: org.fail.p\n",
-    "d_after_panic.yaml": "name: after the panic\n" + PORTS + "  - stream_end: org.fail.p\n",
+    "a_qemu_killed": _streaming("qemu killed mid-stream", "qemu_kill:", END),
+    "b_after_kill": _streaming("after the kill", END),
+    "c_guest_panics": _streaming("guest panics mid-stream", "guest_panic:", END),
+    "d_after_panic": _streaming("after the panic", END),
 }
-
-
-def _attachments(node: dict) -> set[str]:
-    names = {a["name"] for a in node.get("attachments", [])}
-    for step in node.get("steps", []):
-        names |= _attachments(step)
-    return names
 
 
 def test_qemu_kill_and_guest_panic_fail_fast_and_the_next_scenario_passes(
     pytester: pytest.Pytester,
 ) -> None:
-    folder = pytester.path / "scenarios"
-    folder.mkdir()
-    for name, text in SCENARIOS.items():
-        (folder / name).write_text(text)
+    write_scenarios(pytester, **SCENARIOS)
     results = pytester.path / "allure-results"
     run = pytester.runpytest_subprocess(
         "-p",
@@ -66,6 +56,6 @@ def test_qemu_kill_and_guest_panic_fail_fast_and_the_next_scenario_passes(
     assert {by_name[n]["status"] for n in ("after the kill", "after the panic")} == {"passed"}
     for failed in ("qemu killed mid-stream", "guest panics mid-stream"):
         assert by_name[failed]["status"] == "failed"
-        names = _attachments(by_name[failed])
+        names = attachment_names(by_name[failed])
         for wanted in ("diff", "serial log", "QMP transcript"):
             assert wanted in names, f"{failed}: {wanted!r} missing from {sorted(names)}"

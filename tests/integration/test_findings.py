@@ -15,16 +15,16 @@ from typing import Any
 
 import pytest
 
+from harness import ControllerDecl, MachineDecl, PortDecl, RunnerOptions
 from harness.backend.endpoint import HostEndpoint
 from harness.backend.system import QemuSystem
 from harness.guest.agent_client import AgentClient
 from harness.guest.guest import Guest
 from harness.machine.qemu import ControllerSpec, PortSpec
-from harness.model import Behaviour, VirtioSerialModel
-from harness.plugin.fixtures import qemu_version
+from harness.model import Behaviour, Snapshot, VirtioSerialModel
+from harness.plugin.fixtures import VMFactory, qemu_version
 from harness.plugin.qemu_versions import behaviour_for_qemu, qemu_version_tuple
-from harness.scenario.schema import ControllerDecl, MachineDecl, PortDecl
-from tests.integration.twin import wait_until
+from tests.integration.polling import wait_until
 
 PORTS = 24  # the issue's reproducer: 24 serial ports, every host end connected
 CONTROL_RX_QUEUE = 2  # virtio-serial queues: 0/1 port 0, 2/3 control rx/tx, then per port
@@ -93,6 +93,11 @@ def guest_host_closed(entries: list[dict[str, Any]]) -> set[str] | None:
     return {name for name, e in ours.items() if int(e["host_connected"]) == 0}
 
 
+def guest_host_closed_in(snapshot: Snapshot) -> set[str]:
+    """Ports whose guest end believes the host closed, from a (model or real) snapshot."""
+    return {name for name in names() if not snapshot.ports[name].guest.host_connected}
+
+
 def settle(read: Any, expected: set[str], timeout: float = 60) -> set[str]:
     """Wait until the guest shows `expected` lost (the handshake runs in a workqueue), then
     read again after another agent round trip: a loss is permanent, a late message is not."""
@@ -102,45 +107,42 @@ def settle(read: Any, expected: set[str], timeout: float = 60) -> set[str]:
     return guest_host_closed(read()) or set()
 
 
-def listed(system: QemuSystem) -> list[dict[str, Any]]:
-    """The guest's ports through the system's current agent (a reboot starts a new one)."""
-    assert system.agent is not None, "system not started"
-    return system.agent.list_ports()
-
-
 @pytest.fixture
 def model_behaviour(hil_settings: Any) -> Behaviour:
     return behaviour_for_qemu(qemu_version(hil_settings.qemu))
 
 
 # ------------------------------------------------------------------ the real guest
+@pytest.mark.qemu
 def test_reboot_loses_exactly_the_port_opens_the_model_predicts(
-    hil_system_factory: Any, model_behaviour: Behaviour
+    hil_vm_factory: VMFactory, model_behaviour: Behaviour
 ) -> None:
-    system: QemuSystem = hil_system_factory()
+    """Through the public API: every host open and the reboot are steps, so the real guest's
+    host_connected must settle on the model's after each; the lost set is then asserted by
+    name on the real snapshot, read once more (a loss is permanent, a late message is not)."""
     ports = tuple(PortDecl(name, "vser0", nr) for nr, name in enumerate(names(), start=1))
-    # the scenario layer's declaration, as the runner passes it (backend.system.MachineDecl
-    # is a Protocol typed with lists: Any until the two agree)
-    machine: Any = MachineDecl(controllers=(ControllerDecl("vser0"),), ports=ports)
-    system.start(machine)
-    assert system.guest is not None
+    machine = MachineDecl(controllers=(ControllerDecl("vser0"),), ports=ports)
+    vm = hil_vm_factory(machine, options=RunnerOptions(settle_timeout=60))
+    system = vm.real
+    assert isinstance(system, QemuSystem) and system.guest is not None
     check_queue_sizes(system.guest, model_behaviour)
     for name in names():
-        system.host_open(name)
-    # hosts connected one by one after boot: one PORT_OPEN each, nothing lost yet
-    assert settle(lambda: listed(system), set()) == set()
+        vm.port(name).host.open()  # one PORT_OPEN each, after boot: nothing lost yet
+    assert guest_host_closed_in(vm.snapshot()) == set()
 
-    system.reboot()
+    vm.reboot()
 
     expected = predicted_lost(model_behaviour)
     assert expected == closed_form(model_behaviour.control_rx_buffers)
-    lost = settle(lambda: listed(system), expected)
+    assert guest_host_closed_in(vm.snapshot()) == expected, "the VM's model predicts otherwise"
+    real = system.snapshot()
+    lost = guest_host_closed_in(real)
     assert lost == expected, f"real {sorted(lost)} vs model {sorted(expected)}"
-    assert system.ports is not None
-    _, qemu_ports = system.ports.qtree()
-    assert all(qemu_ports[name].host_connected for name in names())  # QEMU: host on
+    qemu_views = [real.ports[name].qemu for name in names()]
+    assert all(q is not None and q.host_connected for q in qemu_views)  # QEMU: host on
 
 
+@pytest.mark.qemu
 def test_first_boot_with_host_ends_already_connected(
     hil_guest_factory: Any, hil_settings: Any, model_behaviour: Behaviour, hil_socket_root: Any
 ) -> None:

@@ -7,14 +7,13 @@ boot the Debian 13 kernel with the Debian 12 userland and run scenarios on two x
 from __future__ import annotations
 
 import shutil
-import struct
 from pathlib import Path
 
 import pytest
 
 from harness.images.builder import default_cache_dir
 from harness.model import Behaviour
-from harness.plugin.fixtures import GuestPool, _session_accel
+from harness.plugin.fixtures import GuestPool
 from harness.plugin.kernels import (
     Comparison,
     KernelResult,
@@ -24,6 +23,8 @@ from harness.plugin.kernels import (
     release_tuple,
     switched,
 )
+from tests.scenario_files import one_port_scenario, write_scenarios
+from tests.unit.images.conftest import fake_bzimage
 
 ROOT = Path(__file__).resolve().parents[2]
 TRIXIE = "debian:trixie/linux-image-cloud-amd64"
@@ -37,35 +38,16 @@ steps:
   - unplug: c1
   - hotplug: {name: c3, console: true}
 """
-PLAIN = """\
-name: plain
-machine:
-  ports:
-    - {name: org.example.data, nr: 3}
-steps:
-  - host_open: org.example.data
-  - check: {port: org.example.data, host_connected: true}
-"""
-
-
-def _bzimage(path: Path, release: str) -> str:
-    data = bytearray(0x600)
-    data[0x202:0x206] = b"HdrS"
-    struct.pack_into("<HH", data, 0x206, 0x020F, 0)
-    struct.pack_into("<H", data, 0x20E, 0x200)
-    text = f"{release} (test@example) #1 SMP".encode() + b"\0"
-    data[0x400 : 0x400 + len(text)] = text
-    path.write_bytes(bytes(data))
-    return str(path)
+PLAIN = one_port_scenario(
+    "plain", "host_open: org.example.data", "check: {port: org.example.data, host_connected: true}"
+)
 
 
 @pytest.fixture
 def two_fake_kernels(pytester) -> list[str]:
-    (pytester.path / "scenarios").mkdir()
-    (pytester.path / "scenarios" / "vtermno_reuse.yaml").write_text(VTERMNO_REUSE)
-    (pytester.path / "scenarios" / "plain.yaml").write_text(PLAIN)
-    old = _bzimage(pytester.path / "vmlinuz-6.1.0-old", "6.1.0-old")
-    new = _bzimage(pytester.path / "vmlinuz-6.12.0-new", "6.12.0-new")
+    write_scenarios(pytester, vtermno_reuse=VTERMNO_REUSE, plain=PLAIN)
+    old = fake_bzimage(pytester.path / "vmlinuz-6.1.0-old", "6.1.0-old")
+    new = fake_bzimage(pytester.path / "vmlinuz-6.12.0-new", "6.12.0-new")
     return [f"--hil-kernel={old}", f"--hil-kernel={new}"]
 
 
@@ -166,13 +148,12 @@ def test_allure_environment_names_the_kernels(pytester, two_fake_kernels, tmp_pa
 
 @pytest.mark.qemu
 def test_debian13_kernel_boots_with_the_debian12_userland(
-    pytestconfig, hil_images, hil_settings, tmp_path
+    hil_images, hil_settings, hil_accel, tmp_path
 ):
     """6.12 from trixie (modules .ko.xz under usr/lib/modules; virtio_console built in)."""
     image = hil_images.get(TRIXIE)
     assert image.kernel_version.startswith("6.12.")
-    accel = _session_accel(pytestconfig, hil_settings, image)
-    pool = GuestPool(hil_settings, image, accel, tmp_path)
+    pool = GuestPool(hil_settings, image, hil_accel, tmp_path)  # KVM or TCG: once per run
     try:
         guest = pool.create("trixie")
         assert guest.kernel_release == image.kernel_version
@@ -192,9 +173,7 @@ def test_xdist_workers_share_one_image_build_and_never_collide(pytester, tmp_pat
     for shared in ("debs", "kernels"):  # downloads are not what this test is about
         (cache / shared).symlink_to(real / shared)
     shutil.copytree(real / "resolved", cache / "resolved")
-    (pytester.path / "scenarios").mkdir()
-    for index in range(4):
-        (pytester.path / "scenarios" / f"plain{index}.yaml").write_text(PLAIN)
+    write_scenarios(pytester, **{f"plain{index}": PLAIN for index in range(4)})
     monkeypatch.setenv("HIL_CACHE_DIR", str(cache))  # runpytest_subprocess inherits it
     result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider", "--hil-accel=tcg")
     result.assert_outcomes(passed=4)

@@ -6,10 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.integration.polling import wait_until
 
 pytestmark = pytest.mark.qemu
 
@@ -32,14 +33,6 @@ def _alive(pid: int) -> bool:
     # A zombie waiting for a reaper is dead for our purpose.
     status = Path(f"/proc/{pid}/status")
     return status.exists() and "\nState:\tZ" not in status.read_text()
-
-
-def _wait_until(condition: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.mark.parametrize(
@@ -69,15 +62,15 @@ def test_killed_or_interrupted_pytest_leaves_no_qemu(
         args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
-        _wait_until(
+        wait_until(
             lambda: pid_file.exists() and pid_file.read_text(), 180, "the inner guest to boot"
         )
         qemu_pid = int(pid_file.read_text())
         assert _alive(qemu_pid)
-        _wait_until(lambda: _fifo_has_reader(fifo), 60, "the inner test to block")
+        wait_until(lambda: _fifo_has_reader(fifo), 60, "the inner test to block")
         inner.send_signal(signal_number)
         inner.wait(timeout=60)
-        _wait_until(lambda: not _alive(qemu_pid), 15, f"QEMU pid {qemu_pid} to die with pytest")
+        wait_until(lambda: not _alive(qemu_pid), 15, f"QEMU pid {qemu_pid} to die with pytest")
     finally:
         if inner.poll() is None:
             inner.kill()

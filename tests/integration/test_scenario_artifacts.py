@@ -6,31 +6,23 @@ import json
 
 import pytest
 
+from tests.scenario_files import attachment_names, one_port_scenario, write_scenarios
+
 pytestmark = pytest.mark.qemu
 
-WRONG_CHECK = """
-name: deliberately wrong check
-machine:
-  ports:
-    - {name: org.wrong.p, nr: 2}
-steps:
-  - host_open: org.wrong.p
-  - check: {port: org.wrong.p, host_connected: false}
-"""
-
-
-def _attachment_names(node: dict) -> set[str]:
-    names = {a["name"] for a in node.get("attachments", [])}
-    for step in node.get("steps", []):
-        names |= _attachment_names(step)
-    return names
+WRONG_CHECK = one_port_scenario(
+    "deliberately wrong check",
+    "host_open: org.wrong.p",
+    "check: {port: org.wrong.p, host_connected: false}",
+    port="org.wrong.p",
+    nr=2,
+)
 
 
 def test_failing_scenario_attaches_diff_logs_transcript_and_kernel_messages(
     pytester: pytest.Pytester,
 ) -> None:
-    (pytester.path / "scenarios").mkdir()
-    (pytester.path / "scenarios" / "wrong_check.yaml").write_text(WRONG_CHECK)
+    write_scenarios(pytester, wrong_check=WRONG_CHECK)
     results = pytester.path / "allure-results"
     run = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "--hil-accel=tcg", f"--alluredir={results}", "scenarios"
@@ -38,7 +30,7 @@ def test_failing_scenario_attaches_diff_logs_transcript_and_kernel_messages(
     run.assert_outcomes(failed=1)
     run.stdout.fnmatch_lines(["*step 2 (check org.wrong.p)*", "*host_connected*False*True*"])
     (result,) = [json.loads(p.read_text()) for p in results.glob("*-result.json")]
-    names = _attachment_names(result)
+    names = attachment_names(result)
     for wanted in ("diff", "serial log", "QMP transcript", "kernel messages", "agent log"):
         assert wanted in names, f"{wanted!r} missing from {sorted(names)}"
     texts = {a["name"]: (results / a["source"]).read_text() for a in result["attachments"]}

@@ -28,6 +28,7 @@ from harness.model import (
 from harness.model import control as C
 from harness.model.migration import clone_configuration, load, migrate, save
 from harness.model.payload import SliceQueue, iter_chunks, payload_bytes
+from tests.unit.model.conftest import error_of, open_port, plug_open
 
 
 # ------------------------------------------------------------------- errors
@@ -149,12 +150,7 @@ def port_model(max_ports: int = 31, behaviour: Behaviour | None = None) -> Virti
 
 
 def held_model(payload: Payload) -> VirtioSerialModel:
-    m = VirtioSerialModel(Behaviour(host_socket_buffer=2))
-    m.hotplug_controller("c")
-    m.hotplug("a", controller="c")
-    m.host_open("a")
-    m.guest_open("a")
-    m.set_host_backpressure("a", True)
+    m = open_port("a", stalled=True, host_socket_buffer=2)
     m.guest_write("a", payload)
     return m
 
@@ -264,12 +260,6 @@ def test_load_tells_the_guest_the_destination_host_state():
 
 
 # ----------------------------------------------------- device: texts and records
-def error_of(call, *args, **kw) -> str:
-    with pytest.raises(ModelError) as err:
-        call(*args, **kw)
-    return str(err.value)
-
-
 def test_device_errors_name_the_port_and_the_reason():
     m = VirtioSerialModel()
     m.hotplug_controller("c")
@@ -294,11 +284,7 @@ def test_device_errors_name_the_port_and_the_reason():
     ],
 )
 def test_blocked_operations_end_with_the_reason(end, text):
-    m = VirtioSerialModel()
-    m.hotplug_controller("c")
-    m.hotplug("a", controller="c")
-    m.host_open("a")
-    m.guest_open("a")
+    m = open_port("a")
     read = m.guest_read("a").pending
     m.set_host_backpressure("a", True)
     m.hotplug("b", controller="c")
@@ -323,10 +309,7 @@ def test_every_discard_is_recorded_with_where_and_why():
     m.unplug("a")
     m.hotplug("a", controller="c")  # the old "he" can no longer be read
     # host close with bytes both ways
-    m.hotplug("b", controller="c")
-    m.host_open("b")
-    m.guest_open("b")
-    m.set_host_backpressure("b", True)
+    plug_open(m, "b", stalled=True)
     m.guest_write("b", b"abcdef")  # "ab" out, 4 held
     m.host_write("b", b"xy")
     m.guest_close("b")  # "xy" unread
@@ -334,10 +317,7 @@ def test_every_discard_is_recorded_with_where_and_why():
     m.host_write("b", b"zz")  # waits in the socket: the guest has it closed
     m.host_close("b")
     # reset, and console output
-    m.hotplug("r", controller="c")
-    m.host_open("r")
-    m.guest_open("r")
-    m.set_host_backpressure("r", True)
+    plug_open(m, "r", stalled=True)
     m.guest_write("r", b"abcdef")
     m.host_write("r", b"xy")
     m.hotplug("con", controller="c", console=True)
@@ -384,11 +364,7 @@ def test_save_of_a_model_with_several_controllers_needs_a_name():
 
 def queues_everywhere() -> VirtioSerialModel:
     """Bytes in the guest, in both host sockets, in QEMU's held element, a blocked write."""
-    m = VirtioSerialModel(Behaviour(host_socket_buffer=2, guest_rx_capacity=2))
-    m.hotplug_controller("c")
-    m.hotplug("a", controller="c")
-    m.host_open("a")
-    m.guest_open("a")
+    m = open_port("a", host_socket_buffer=2, guest_rx_capacity=2)
     m.host_write("a", b"123456")
     m.set_host_backpressure("a", True)
     m.guest_write("a", b"hello")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 
 import pytest
@@ -252,6 +253,11 @@ class ModelMachine(RuleBasedStateMachine):
         self.write = None
         self.check_read("b", b, G2H, self.absorb(self.model.host_read("b")).value, None)
 
+    @staticmethod
+    def rarely_one_of(data: st.DataObject, now: bool, names: Iterable[str]) -> str | None:
+        """One of ``names`` on RARELY's draws (``now``), else None: the rule does nothing."""
+        return data.draw(st.sampled_from(sorted(names))) if now else None
+
     def unplugged(self) -> list[str]:
         # Re-plugging a name while the old instance's guest fd is still open is issue 15
         # item 13 (fds per port instance); the machine closes it first.
@@ -275,9 +281,9 @@ class ModelMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.instance)
     @rule(data=st.data(), now=RARELY)
     def remove_port(self, data: st.DataObject, now: bool) -> None:
-        if not now:  # unplugs end the traffic the other rules build up
+        # unplugs end the traffic the other rules build up
+        if (name := self.rarely_one_of(data, now, self.instance)) is None:
             return
-        name = data.draw(st.sampled_from(sorted(self.instance)))
         self.absorb(self.model.unplug(name), failure=E.ENODEV)
         del self.instance[name]
         self.host_attached.discard(name)
@@ -296,9 +302,8 @@ class ModelMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.host_attached)
     @rule(data=st.data(), now=RARELY)
     def host_close(self, data: st.DataObject, now: bool) -> None:
-        if not now:  # as for unplugs
+        if (name := self.rarely_one_of(data, now, self.host_attached)) is None:  # as for unplugs
             return
-        name = data.draw(st.sampled_from(sorted(self.host_attached)))
         self.absorb(self.model.host_close(name))
         self.host_attached.remove(name)
 
@@ -356,9 +361,8 @@ class ModelMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.fds)
     @rule(data=st.data(), now=RARELY)
     def guest_close(self, data: st.DataObject, now: bool) -> None:
-        if not now:  # as for unplugs
+        if (name := self.rarely_one_of(data, now, self.fds)) is None:  # as for unplugs
             return
-        name = data.draw(st.sampled_from(sorted(self.fds)))
         # While the guest has the port open QEMU moves host data into the guest's buffers as
         # long as they have room; closing discards exactly what they hold (Linux
         # discard_port_data), and nothing when the port was unplugged under the fd.

@@ -22,6 +22,7 @@ from harness.model import (
 )
 from harness.model.migration import clone_configuration, load, migrate, save
 from harness.model.payload import SliceQueue, as_payload
+from tests.unit.model.conftest import open_port
 
 
 def test_parse_vport():
@@ -120,14 +121,7 @@ def test_a_copied_model_shares_slices_and_copies_their_queues():
 
 
 def test_generated_payload_in_a_popped_element_survives_migration():
-    from harness.model import Behaviour
-
-    source = VirtioSerialModel(Behaviour(host_socket_buffer=3))
-    source.hotplug_controller("c")
-    source.hotplug("a", controller="c")
-    source.host_open("a")
-    source.guest_open("a")
-    source.set_host_backpressure("a", True)
+    source = open_port("a", stalled=True, host_socket_buffer=3)
     payload = Payload.generated(9, 10)
     source.guest_write("a", payload)
     dest = clone_configuration(source)

@@ -184,13 +184,6 @@ def test_remove_controller_unplugs_its_ports(opened):
     assert opened.hotplug("p", controller="vser0") == 1
 
 
-def test_ports_map_spans_words():
-    m = VirtioSerialModel()
-    m.hotplug_controller("c", max_ports=40)
-    assert m.hotplug("a", controller="c", nr=33) == 33
-    assert m.controllers["c"].ports_map == [1, 1 << 1]
-
-
 # ------------------------------------------- ids past the first 32-bit map word
 def test_64_ports_fill_both_words_in_order_then_report_the_limit():
     m = VirtioSerialModel()
@@ -232,12 +225,14 @@ def test_33_ports_allocate_id_32_and_then_run_out_of_range():
     assert m.hotplug("again", controller="c") == 32
 
 
-def test_explicit_id_in_the_second_word_sets_only_its_bit():
+@pytest.mark.parametrize(("max_ports", "nr", "second_word"), [(40, 33, 1 << 1), (64, 63, 1 << 31)])
+def test_explicit_id_in_the_second_word_sets_only_its_bit(max_ports, nr, second_word):
+    """The map spans words: id 0 (reserved) in the first, only ``nr``'s bit in the second."""
     m = VirtioSerialModel()
-    m.hotplug_controller("c", max_ports=64)
-    assert m.hotplug("hi", controller="c", nr=63) == 63
-    assert m.controllers["c"].ports_map == [1, 1 << 31]
+    m.hotplug_controller("c", max_ports=max_ports)
+    assert m.hotplug("hi", controller="c", nr=nr) == nr
+    assert m.controllers["c"].ports_map == [1, second_word]
     assert m.hotplug("next", controller="c") == 1
     with pytest.raises(ModelError) as err:
-        m.hotplug("dup", controller="c", nr=63)
-    assert err.value.text == "virtio-serial-bus: A port already exists at id 63"
+        m.hotplug("dup", controller="c", nr=nr)
+    assert err.value.text == f"virtio-serial-bus: A port already exists at id {nr}"

@@ -14,6 +14,7 @@ import pytest
 from harness.model import Behaviour, ModelError, Payload, VirtioSerialModel, decode, encode
 from harness.model import control as C
 from harness.model.migration import clone_configuration, load, migrate, save
+from tests.unit.model.conftest import open_port
 
 VECTORS = Path(__file__).resolve().parents[3] / "fixtures" / "vectors"
 
@@ -133,12 +134,7 @@ def test_save_layout_matches_hand_built_vector():
 
 
 def test_save_of_popped_element_matches_vector():
-    m = VirtioSerialModel(Behaviour(host_socket_buffer=2))
-    m.hotplug_controller("c")
-    m.hotplug("a", controller="c")
-    m.host_open("a")
-    m.guest_open("a")
-    m.set_host_backpressure("a", True)
+    m = open_port("a", stalled=True, host_socket_buffer=2)
     m.guest_write("a", b"hello")
     assert save(m) == hexbytes(MIGRATION["held_element"]["hex"])
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.images.recipe import find_recipe, load_recipe
+from tests.scenario_files import write_scenarios
 from tests.unit.images.conftest import fake_bzimage
 
 TITLED = """\
@@ -33,9 +34,7 @@ def _environment(directory: Path) -> dict[str, str]:
 
 @pytest.fixture
 def scenarios(pytester: pytest.Pytester) -> None:
-    folder = pytester.mkdir("scenarios")
-    (folder / "titled.yaml").write_text(TITLED)
-    (folder / "bare.yaml").write_text(BARE)
+    write_scenarios(pytester, titled=TITLED, bare=BARE)
 
 
 def test_title_description_and_tags_come_from_the_yaml(pytester, scenarios):

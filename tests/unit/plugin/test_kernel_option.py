@@ -3,20 +3,13 @@ give, before any item runs, in model mode too (pytester)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from harness.images.errors import ImageBuildError
 from harness.images.kernel import KERNEL_SPEC_FORMS, parse_kernel_spec
 from tests.unit.images.conftest import fake_bzimage
-
-PLAIN = "name: plain\nsteps:\n  - reboot: {}\n"
-
-
-@pytest.fixture
-def two_scenarios(pytester: pytest.Pytester) -> None:
-    folder = pytester.mkdir("scenarios")
-    (folder / "one.yaml").write_text(PLAIN)
-    (folder / "two.yaml").write_text(PLAIN)
 
 
 def _usage_error(result: pytest.RunResult, *expected: str) -> None:
@@ -37,28 +30,33 @@ def test_a_missing_kernel_file_is_one_usage_error(pytester, two_scenarios, backe
     _usage_error(result, "--hil-kernel=/nonexistent: kernel image /nonexistent does not exist")
 
 
-def test_a_file_that_is_no_kernel_is_refused_in_model_mode(pytester, two_scenarios):
-    text = pytester.path / "passwd"
-    text.write_text("root:x:0:0:root:/root:/bin/bash\n")
-    result = pytester.runpytest("--hil-backend=model", f"--hil-kernel={text}")
-    _usage_error(result, f"{text} is not an x86 Linux kernel image")
-
-
-def test_etc_passwd_is_refused(pytester, two_scenarios):
-    result = pytester.runpytest("--hil-backend=model", "--hil-kernel=/etc/passwd")
-    _usage_error(result, "/etc/passwd is not an x86 Linux kernel image")
-
-
-def test_a_deb_that_is_no_debian_package_is_refused(pytester, two_scenarios):
-    deb = pytester.path / "linux-image-fake.deb"
-    deb.write_text("not an archive\n")
-    result = pytester.runpytest("--hil-backend=model", f"--hil-kernel={deb}")
-    _usage_error(result, f"{deb} is not a Debian package")
-
-
-def test_a_name_that_is_no_package_name_is_refused(pytester, two_scenarios):
-    result = pytester.runpytest("--hil-backend=model", "--hil-kernel=Linux Image")
-    _usage_error(result, "'Linux Image' is neither an existing file nor a Debian package name")
+@pytest.mark.parametrize(
+    ("spec", "content", "expected"),
+    [
+        (
+            "{tmp}/passwd",
+            "root:x:0:0:root:/root:/bin/bash\n",
+            "{spec} is not an x86 Linux kernel image",
+        ),
+        ("/etc/passwd", None, "/etc/passwd is not an x86 Linux kernel image"),
+        ("{tmp}/linux-image-fake.deb", "not an archive\n", "{spec} is not a Debian package"),
+        (
+            "Linux Image",
+            None,
+            "'Linux Image' is neither an existing file nor a Debian package name",
+        ),
+    ],
+    ids=["a-text-file", "etc-passwd", "a-deb-that-is-no-debian-package", "no-package-name"],
+)
+def test_what_is_no_kernel_is_refused_in_model_mode(
+    pytester: pytest.Pytester, two_scenarios: None, spec: str, content: str | None, expected: str
+) -> None:
+    """``content``: the file written at ``spec`` first ({tmp}: the pytester project)."""
+    spec = spec.format(tmp=pytester.path)
+    if content is not None:
+        Path(spec).write_text(content)
+    result = pytester.runpytest("--hil-backend=model", f"--hil-kernel={spec}")
+    _usage_error(result, expected.format(spec=spec))
 
 
 def test_every_wrong_kernel_of_several_is_checked(pytester, two_scenarios):

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import pytest
 
+from tests.scenario_files import PLAIN, write_scenarios
+
 SLOW = "name: slow one\nmarks: [slow]\nsteps:\n  - reboot: {}\n"
 UNKNOWN = "name: unknown mark\nmarks:\n  - slow\n  - nightly\nsteps:\n  - reboot: {}\n"
-PLAIN = "name: plain\nsteps:\n  - reboot: {}\n"
 
 
 @pytest.fixture
 def scenarios(pytester: pytest.Pytester) -> None:
-    folder = pytester.mkdir("scenarios")
-    (folder / "slow_one.yaml").write_text(SLOW)
-    (folder / "plain.yaml").write_text(PLAIN)
+    write_scenarios(pytester, slow_one=SLOW, plain=PLAIN)
 
 
 def test_slow_and_qemu_need_no_registration_even_with_strict_markers(pytester, scenarios):

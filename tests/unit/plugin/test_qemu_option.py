@@ -7,15 +7,6 @@ import pytest
 
 from harness.images.qemu_pkg import QEMU_SPEC_FORMS
 
-PLAIN = "name: plain\nsteps:\n  - reboot: {}\n"
-
-
-@pytest.fixture
-def two_scenarios(pytester: pytest.Pytester) -> None:
-    folder = pytester.mkdir("scenarios")
-    (folder / "one.yaml").write_text(PLAIN)
-    (folder / "two.yaml").write_text(PLAIN)
-
 
 @pytest.mark.parametrize("option", ["--hil-qemu", "--hil-qemu-destination"])
 def test_a_malformed_qemu_spec_is_one_usage_error(pytester, two_scenarios, option):

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-SCENARIO = """\
-name: two steps
-machine:
-  ports:
-    - {name: org.example.data, nr: 3}
-steps:
-  - host_open: org.example.data
-  - guest_open: org.example.data
-  - reboot: {}
-"""
+from tests.scenario_files import one_port_scenario, write_scenarios
+
+SCENARIO = one_port_scenario(
+    "two steps", "host_open: org.example.data", "guest_open: org.example.data", "reboot: {}"
+)
 
 
 @pytest.mark.parametrize(
@@ -22,8 +17,7 @@ steps:
     ids=["with-level", "log-cli-only"],
 )
 def test_live_log_shows_one_line_per_step(pytester, live):
-    (pytester.path / "scenarios").mkdir()
-    (pytester.path / "scenarios" / "two_steps.yaml").write_text(SCENARIO)
+    write_scenarios(pytester, two_steps=SCENARIO)
     result = pytester.runpytest("--hil-backend=model", "-p", "no:cacheprovider", *live)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
@@ -37,8 +31,7 @@ def test_live_log_shows_one_line_per_step(pytester, live):
 
 
 def test_without_live_logging_the_output_stays_quiet(pytester):
-    (pytester.path / "scenarios").mkdir()
-    (pytester.path / "scenarios" / "two_steps.yaml").write_text(SCENARIO)
+    write_scenarios(pytester, two_steps=SCENARIO)
     result = pytester.runpytest("--hil-backend=model", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     assert "hil.scenario" not in result.stdout.str()

@@ -6,16 +6,14 @@ import json
 import shutil
 from pathlib import Path
 
+from tests.scenario_files import one_port_scenario, write_scenarios
+
 ROOT = Path(__file__).resolve().parents[3]
-WRONG_CHECK = """\
-name: wrong check
-machine:
-  ports:
-    - {name: org.example.data, nr: 3}
-steps:
-  - host_open: org.example.data
-  - check: {port: org.example.data, host_connected: false}
-"""
+WRONG_CHECK = one_port_scenario(
+    "wrong check",
+    "host_open: org.example.data",
+    "check: {port: org.example.data, host_connected: false}",
+)
 
 
 def _copy(pytester, folder: str, target: str) -> Path:
@@ -25,8 +23,7 @@ def _copy(pytester, folder: str, target: str) -> Path:
 
 
 def test_wrong_check_names_step_port_field_expected_actual(pytester):
-    (pytester.path / "scenarios").mkdir()
-    (pytester.path / "scenarios" / "wrong_check.yaml").write_text(WRONG_CHECK)
+    write_scenarios(pytester, wrong_check=WRONG_CHECK)
     result = pytester.runpytest("--hil-backend=model", "-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
@@ -40,10 +37,7 @@ def test_wrong_check_names_step_port_field_expected_actual(pytester):
 
 
 def test_test_id_is_the_file_stem_and_marks_apply(pytester):
-    (pytester.path / "scenarios").mkdir()
-    (pytester.path / "scenarios" / "marked.yaml").write_text(
-        "name: marked\nmarks: [slow]\nsteps:\n  - reboot: {}\n"
-    )
+    write_scenarios(pytester, marked="name: marked\nmarks: [slow]\nsteps:\n  - reboot: {}\n")
     pytester.makeini("[pytest]\nmarkers =\n    slow: slow\n")
     result = pytester.runpytest("--hil-backend=model", "-m", "slow", "--collect-only", "-q")
     result.stdout.fnmatch_lines(["scenarios/marked.yaml::marked"])
@@ -65,8 +59,7 @@ def test_malformed_files_each_give_one_error_and_valid_files_still_pass(pytester
 
 
 def test_failing_scenario_attaches_the_diff_to_allure(pytester):
-    (pytester.path / "scenarios").mkdir()
-    (pytester.path / "scenarios" / "wrong_check.yaml").write_text(WRONG_CHECK)
+    write_scenarios(pytester, wrong_check=WRONG_CHECK)
     results = pytester.path / "allure-results"
     result = pytester.runpytest("--hil-backend=model", f"--alluredir={results}")
     result.assert_outcomes(failed=1)

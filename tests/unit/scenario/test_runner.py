@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness.scenario.runner import RunnerOptions, ScenarioFailure, run_scenario
-from harness.scenario.schema import load_scenario, parse_scenario
+from harness.scenario.schema import Scenario, load_scenario, parse_scenario
 from harness.scenario.system import RealSystem
 
 from .fake_system import FakeSystem, run_fake, throttle
@@ -209,12 +209,15 @@ def test_a_blocked_read_without_expectations_may_stay_blocked():
 UNPLUGGED = PORT + "  - host_open: p\n  - guest_open: p\n  - guest_read: p\n"
 
 
+def _blocked_read(expect_error: str, then: str) -> Scenario:
+    """Step 3: a guest read that blocks, expecting ``expect_error``; step 4: ``then``."""
+    read = f"guest_read: p\n    expect_error: {expect_error}\n"
+    return parse_scenario(UNPLUGGED.replace("guest_read: p\n", read) + f"  - {then}\n")
+
+
 @pytest.mark.parametrize("real", [False, True], ids=["model", "fake"])
 def test_expect_error_on_a_blocking_step_is_how_it_ends(real):
-    scenario = parse_scenario(
-        UNPLUGGED.replace("guest_read: p\n", "guest_read: p\n    expect_error: ENODEV\n")
-        + "  - unplug: p\n"
-    )
+    scenario = _blocked_read("ENODEV", "unplug: p")
     runner = run_fake(scenario, FakeSystem(), FAST) if real else run_scenario(scenario)
     assert runner.background == []
 
@@ -228,29 +231,21 @@ def test_a_blocked_op_ending_in_an_error_needs_expect_error():
     assert "add expect_error: ENODEV to step 3" in str(info.value)
 
 
-def test_a_blocked_op_must_end_with_the_expected_error():
-    scenario = parse_scenario(
-        UNPLUGGED.replace("guest_read: p\n", "guest_read: p\n    expect_error: EAGAIN\n")
-        + "  - unplug: p\n"
-    )
-    with pytest.raises(ScenarioFailure, match="should end with error 'EAGAIN'"):
-        run_scenario(scenario)
-
-
-def test_expect_error_on_a_blocked_op_that_succeeds_fails():
-    scenario = parse_scenario(
-        UNPLUGGED.replace("guest_read: p\n", "guest_read: p\n    expect_error: ENODEV\n")
-        + "  - host_write: {port: p, data: hi}\n"
-    )
-    with pytest.raises(ScenarioFailure, match="the model predicts it ends with success"):
-        run_scenario(scenario)
+@pytest.mark.parametrize(
+    ("expect_error", "then", "words"),
+    [
+        ("EAGAIN", "unplug: p", "should end with error 'EAGAIN'"),
+        ("ENODEV", "host_write: {port: p, data: hi}", "the model predicts it ends with success"),
+    ],
+    ids=["ends-with-another-error", "ends-with-success"],
+)
+def test_a_blocked_op_must_end_as_its_expect_error_says(expect_error, then, words):
+    with pytest.raises(ScenarioFailure, match=words):
+        run_scenario(_blocked_read(expect_error, then))
 
 
 def test_the_real_end_of_a_blocked_op_must_match_too():
-    scenario = parse_scenario(
-        UNPLUGGED.replace("guest_read: p\n", "guest_read: p\n    expect_error: ENODEV\n")
-        + "  - unplug: p\n"
-    )
+    scenario = _blocked_read("ENODEV", "unplug: p")
 
     class WrongEnd(FakeSystem):
         def guest_op_state(self, handle: object) -> tuple[bool, object, str | None]:
