@@ -178,7 +178,16 @@ class StreamScanner:
             else:
                 self._closed.append((start, bytes(capture)))
         self._open = still
-        window = self._tail + chunk
+        keep = _CAPTURE_BEFORE + len(SECTION_SUFFIX)
+        seam = self._tail[1 - len(SECTION_SUFFIX) :] + chunk[: len(SECTION_SUFFIX) - 1]
+        if SECTION_SUFFIX in chunk or SECTION_SUFFIX in seam:  # rare: no copy otherwise
+            self._capture(self._tail + chunk)
+        self.total += len(chunk)
+        self._tail = (self._tail + chunk[-keep:])[-keep:]
+
+    def _capture(self, window: bytes) -> None:
+        """Open a capture at every new match in `window` (the kept tail + the new piece)
+        that has a full section header before it."""
         base = self.total - len(self._tail)  # stream offset of window[0]
         at = window.find(SECTION_SUFFIX)
         while at >= 0:
@@ -187,8 +196,6 @@ class StreamScanner:
                 begin = max(0, at - _CAPTURE_BEFORE)
                 self._open.append((base + begin, bytearray(window[begin:])))
             at = window.find(SECTION_SUFFIX, at + 1)
-        self.total += len(chunk)
-        self._tail = window[-(_CAPTURE_BEFORE + len(SECTION_SUFFIX)) :]
 
     def sections(self) -> list[Section]:
         """Every section found so far (stream offsets), once each, in stream order."""
