@@ -62,9 +62,11 @@ class MigrationRelay:
         """After QEMU finished the migration: wait until both directions ended, then the
         sections the stream carried. A relay still copying then is stopped and named."""
         deadline = time.monotonic() + timeout
-        for thread in list(self._threads):
-            thread.join(max(0.0, deadline - time.monotonic()))
-        if any(t.is_alive() for t in self._threads):
+        while (alive := [t for t in self._threads if t.is_alive()]) and (
+            time.monotonic() < deadline
+        ):  # the return path's thread is started by the first one: look again after each
+            alive[0].join(max(0.0, deadline - time.monotonic()))
+        if alive:
             self.close()
             raise MachineError(
                 f"migration relay {self.listen_path.name} -> {self.destination_path.name}: "
