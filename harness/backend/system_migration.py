@@ -1,5 +1,6 @@
 """QemuSystem's migration: a destination QEMU with the same (or a given) machine, host ends
-carried over without a disconnect, and the wire check of file migrations."""
+carried over without a disconnect, and the virtio-serial state the stream carried (every
+mode: read from the file, or from the harness's relay of a live or paused migration)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from harness.machine.migration import MODES, MigrationRefused, MigrationStats
 from harness.machine.migration import migrate as run_migration
 from harness.machine.ports import PortManager
 from harness.machine.qemu import ControllerSpec
-from harness.machine.wire import DeviceState, read_stream_file
+from harness.machine.wire import DeviceState, WireError
 from harness.model.declarations import MachineDecl, PortDecl
 
 
@@ -61,16 +62,18 @@ class Migrating(SystemBase):
             target.shutdown()
             raise RealFailure(error.text) from None
         self._hand_over(guest, target, planned, endpoints)
-        if stats.stream is not None:
-            stats = replace(stats, wire=self._wire_state(stats.stream, slots))
+        stats = replace(stats, wire=self._wire_state(stats, slots))
         self.migrations.append(stats)
         return stats
 
     @staticmethod
-    def _wire_state(stream: Path, slots: dict[str | None, str]) -> dict[str, DeviceState]:
+    def _wire_state(stats: MigrationStats, slots: dict[str | None, str]) -> dict[str, DeviceState]:
         """The stream's virtio-serial state per controller id (sections are named by PCI
-        slot; the source's qtree maps slots to ids)."""
-        return {slots.get(s.pci_addr, s.idstr): s.state for s in read_stream_file(stream)}
+        slot; the source's qtree maps slots to ids). Every mode's stream is read: a file's,
+        or a live / paused one on its way through the harness's relay."""
+        if not stats.sections:
+            raise WireError(stats.wire_error or "the migration stream was not read")
+        return {slots.get(s.pci_addr, s.idstr): s.state for s in stats.sections}
 
     def _destination_ports(
         self, destination: MachineDecl | None, ports: PortManager

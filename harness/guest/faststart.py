@@ -31,6 +31,7 @@ from harness.guest.agent_client import AgentClient, AgentError, reply_result
 from harness.guest.guest import Guest
 from harness.machine.errors import MachineError
 from harness.machine.qemu import Machine
+from harness.machine.qemu_spec import qemu_command
 from harness.machine.savestate import (
     StateRefused,
     finish_restore,
@@ -81,7 +82,7 @@ def start_guest(
     state of its kind is there, else boot it (and save its state for the next ones)."""
     if cache is None or not restorable(guest.machine):
         return _boot(guest, timeout)
-    key = state_key(guest.machine.argv(-1, -1), extra_key)
+    key = state_key(guest.machine.argv(-1, -1), extra_key, qemu_command(guest.machine.spec.qemu))
     outcome: StartReport | str | None = None
     found = cache.lookup(key)
     if found is not None:

@@ -18,12 +18,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from harness.machine.errors import MachineError
 from harness.machine.qemu import Machine
 from harness.machine.qmp import QmpSession
-from harness.machine.wire import DeviceState
+from harness.machine.relay import MigrationRelay
+from harness.machine.wire import DeviceState, Section, read_stream_file
 
 log = logging.getLogger("hil.machine")
 
@@ -46,17 +47,25 @@ class MigrationStats:
     downtime_ms: int | None
     transferred_bytes: int | None
     wall_seconds: float
-    stream: Path | None = None  # the migration stream as a file (mode file), for the wire check
-    wire: dict[str, DeviceState] | None = None  # its virtio-serial state by controller id
+    stream: Path | None = None  # the migration stream as a file (mode file)
+    #: the stream's virtio-serial sections (every mode: the file, or what the relay copied)
+    sections: tuple[Section, ...] | None = None
+    wire_error: str | None = None  # why `sections` is empty (the wire check fails with it)
+    wire: dict[str, DeviceState] | None = None  # their state by controller id (the backend's)
 
 
 def migration_uri(mode: Mode, workdir: Path) -> tuple[str, str]:
-    """(source uri, destination uri) for a mode."""
+    """(source uri, destination uri) for a mode; a socket mode's source goes to the relay."""
     if mode == "file":
         image = workdir / "migration.state"  # MigrationStats.stream names it
         return f"exec:cat > {image}", f"exec:cat {image}"
-    sock = workdir / "migration.sock"
-    return f"unix:{sock}", f"unix:{sock}"
+    return f"unix:{workdir / RELAY_SOCKET}", f"unix:{workdir / 'migration.sock'}"
+
+
+#: The harness's end of a socket migration (machine.relay), next to the destination's.
+RELAY_SOCKET = "relay.sock"
+#: How long the relay may still copy once QEMU reported the migration's end.
+RELAY_FINISH_TIMEOUT = 30.0
 
 
 def _set_capabilities(qmp: QmpSession, names: dict[str, bool]) -> None:
@@ -81,6 +90,58 @@ def migrate(
     assert source.qmp is not None and destination.qmp is not None
     started = time.monotonic()
     source_uri, destination_uri = migration_uri(mode, workdir)
+    relay = None
+    if mode != "file":  # the harness owns the channel: the wire is read on its way
+        relay = MigrationRelay(
+            Path(source_uri.removeprefix("unix:")),
+            Path(destination_uri.removeprefix("unix:")),
+            timeout,
+        )
+    try:
+        uris = (relay.uri if relay is not None else source_uri, destination_uri)
+        info = _run(source, destination, mode, uris, relay, at_switchover, timeout)
+        sections, wire_error = _sections(relay, workdir / "migration.state")
+    finally:
+        if relay is not None:
+            relay.close()
+    stats = MigrationStats(
+        mode,
+        info.get("total-time"),
+        info.get("downtime"),
+        (info.get("ram") or {}).get("transferred"),
+        time.monotonic() - started,
+        workdir / "migration.state" if mode == "file" else None,
+        tuple(sections),
+        wire_error,
+    )
+    log.info("%s -> %s: migration done: %s", source.name, destination.name, stats)
+    return stats
+
+
+def _sections(relay: MigrationRelay | None, stream: Path) -> tuple[list[Section], str | None]:
+    """The virtio-serial sections the stream carried and, if none, why. Not raised here: the
+    guest has moved, so the caller hands it over first and then fails the wire check."""
+    try:
+        sections = relay.finish(RELAY_FINISH_TIMEOUT) if relay else read_stream_file(stream)
+    except MachineError as error:
+        return [], str(error)
+    if not sections:
+        return [], f"{relay.uri if relay else stream}: no virtio-console section in the stream"
+    return sections, None
+
+
+def _run(
+    source: Machine,
+    destination: Machine,
+    mode: Mode,
+    uris: tuple[str, str],
+    relay: MigrationRelay | None,
+    at_switchover: Callable[[], None],
+    timeout: float,
+) -> dict[str, Any]:
+    """The QMP side of `migrate`: query-migrate's answer once both ends are done."""
+    assert source.qmp is not None and destination.qmp is not None
+    source_uri, destination_uri = uris
     live = mode == "live"
     # `events`: MIGRATION status events are only sent with it (QEMU 7.2 and 10.0 alike).
     capabilities = {"events": True, "return-path": mode != "file", "pause-before-switchover": live}
@@ -88,6 +149,8 @@ def migrate(
     if mode != "file":  # a file is read only once it is complete
         destination.qmp.execute("migrate-incoming", {"uri": destination_uri})
     _set_capabilities(source.qmp, capabilities)
+    if relay is not None:  # listening before the source connects
+        relay.start()
     if not live:
         source.qmp.execute("stop")
     mark = len(source.qmp.events)
@@ -112,16 +175,7 @@ def migrate(
         _keep_source_running(source)  # file mode: the source finished; the load failed later
         raise
     destination.qmp.execute("cont")
-    stats = MigrationStats(
-        mode,
-        info.get("total-time"),
-        info.get("downtime"),
-        (info.get("ram") or {}).get("transferred"),
-        time.monotonic() - started,
-        workdir / "migration.state" if mode == "file" else None,
-    )
-    log.info("%s -> %s: migration done: %s", source.name, destination.name, stats)
-    return stats
+    return dict(info)
 
 
 def _keep_source_running(source: Machine) -> None:

@@ -34,10 +34,13 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from harness.images.qemu_pkg import QemuCommand
 from harness.machine.errors import MachineError
 
 #: Bump when what a state holds or how it is made changes (old states are then never used).
-STATE_FORMAT = 1
+#: 2: the QEMU is keyed by its binary's digest and its spec's identity (1 keyed argv[0],
+#: a Debian spec's loader).
+STATE_FORMAT = 2
 #: The shipped scenarios are 26 kinds (each declares its own boot ports) of ~121 MiB each:
 #: under a 2 GiB cap a full run evicts every state before its next use (LRU on a cycle).
 DEFAULT_CAP_BYTES = 4 * 1024**3
@@ -75,8 +78,9 @@ def _normalized_argv(argv: list[str]) -> list[str]:
 
 
 @cache
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    """SHA-256 of a file's content (memoized per path, size and mtime: once per process)."""
+def _file_digest(path: str, size: int, mtime_ns: int, ctime_ns: int) -> str:
+    """SHA-256 of a file's content (memoized per path, size, mtime and ctime: once per
+    process; ctime too because a rewrite that keeps size and mtime still moves it)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -86,36 +90,67 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str:
 
 def file_digest(path: Path) -> str:
     stat = path.stat()
-    return _file_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    return _file_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+def qemu_identity(command: QemuCommand) -> dict[str, str]:
+    """What makes two QEMUs the same for a saved state: the spec's identity (what it names
+    and where it came from: a Debian spec's package version), the qemu-system binary's
+    resolved path and content digest (a rebuilt QEMU of the same version string, or one
+    replaced in place, is another QEMU), and its own `--version`.
+
+    Why not argv[0]: a Debian spec runs through its unpacked dynamic loader
+    (`ld-linux-x86-64.so.2 --library-path ... usr/bin/qemu-system-x86_64`), so argv[0] is the
+    loader, whose version and content say nothing about the QEMU."""
+    binary = _qemu_binary(command.argv)
+    stat = binary.stat()
+    return {
+        "spec": command.spec,
+        "origin": command.origin,
+        "binary": str(binary),
+        "digest": file_digest(binary),
+        "version": _qemu_version(command, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns),
+    }
+
+
+def _qemu_binary(argv: tuple[str, ...]) -> Path:
+    """The qemu-system-* file of a QEMU command (argv[0] for a plain binary)."""
+    found = next((a for a in argv if Path(a).name.startswith("qemu-system-")), argv[0])
+    return Path(found).resolve()
 
 
 @cache
-def qemu_identity(binary: str) -> str:
-    """`--version` text plus size and mtime of the resolved binary (a rebuilt QEMU of the
-    same version string is another QEMU)."""
-    resolved = Path(binary).resolve()
+def _qemu_version(command: QemuCommand, size: int, mtime_ns: int, ctime_ns: int) -> str:
+    """`--version` run as the spec runs QEMU (memoized per binary size, mtime and ctime)."""
     try:
         result = subprocess.run(
-            [str(resolved), "--version"], capture_output=True, text=True, timeout=30, check=False
+            [*command.argv, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env=command.environment(),
         )
-        version = result.stdout.strip()
     except (OSError, subprocess.TimeoutExpired) as error:
-        raise MachineError(f"could not ask {resolved} for its version: {error}") from error
-    stat = resolved.stat()
-    return f"{version} | {resolved} {stat.st_size} {stat.st_mtime_ns}"
+        raise MachineError(f"could not ask QEMU {command.spec} for its version: {error}") from None
+    return result.stdout.strip()
 
 
-def state_key(argv: list[str], extra: dict[str, str] | None = None) -> StateKey:
-    """The key of a guest started with `argv` (Machine.argv, argv[0] the resolved binary):
-    the whole command line (accel, memory, machine type, kernel command line, devices with
-    their properties: controllers and boot ports by name, nr, console, controller and
-    backend), the content of every file it names (kernel, initrd), the QEMU binary's path and
-    version, and `extra` (what else the caller knows matters, e.g. the agent's hash)."""
+def state_key(
+    argv: list[str], extra: dict[str, str] | None = None, qemu: QemuCommand | None = None
+) -> StateKey:
+    """The key of a guest started with `argv` (Machine.argv, which starts with `qemu`'s own
+    argv: the binary, or a Debian spec's loader, library path and binary): the whole command
+    line (accel, memory, machine type, kernel command line, devices with their properties:
+    controllers and boot ports by name, nr, console, controller and backend), the content of
+    every file it names (kernel, initrd), the QEMU's identity (qemu_identity; without
+    `qemu`, argv[0] is taken as a plain binary), and `extra` (what else the caller knows
+    matters, e.g. the agent's hash)."""
     normalized = _normalized_argv(argv)
     files = {arg: file_digest(Path(arg)) for arg in normalized[1:] if _is_file(arg)}
     inputs: dict[str, Any] = {
         "format": STATE_FORMAT,
-        "qemu": qemu_identity(argv[0]),
+        "qemu": qemu_identity(qemu or QemuCommand(argv[0], (argv[0],))),
         "argv": normalized,
         "files": files,
         "extra": dict(sorted((extra or {}).items())),

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harness.machine.errors import MachineError
@@ -131,10 +131,85 @@ def excerpt(stream: bytes) -> bytes:
 
 
 def read_stream_file(path: Path) -> list[Section]:
-    sections = read_sections(path.read_bytes())
+    """A stream file's sections, read in chunks (a RAM stream can be hundreds of MiB)."""
+    scanner = StreamScanner()
+    try:
+        with path.open("rb") as stream:
+            while chunk := stream.read(_FILE_CHUNK):
+                scanner.feed(chunk)
+    except OSError as error:
+        raise WireError(f"{path}: cannot read the migration stream: {error}") from None
+    sections = scanner.sections()
     if not sections:
         raise WireError(f"{path}: no virtio-console section in the migration stream")
     return sections
+
+
+#: Bytes kept before a name match (u8 type, be32 section id, u8 length, an idstr of at most
+#: 255 bytes) and after it (the section body up to the device part: MSI-X table and PBA,
+#: virtio core state with 16 bytes per queue; 511 ports need about 32 KiB).
+_CAPTURE_BEFORE = 5 + 1 + 255
+_CAPTURE_AFTER = 128 * 1024
+_FILE_CHUNK = 1 << 20
+
+
+class StreamScanner:
+    """Finds the virtio-serial sections of a stream fed in pieces, keeping only them.
+
+    Why: a live migration's stream passes through the harness (machine.relay) and is mostly
+    guest RAM; the device sections come after it. Each piece is searched for the section
+    name (a match split across pieces is found through the kept tail); a match with a full
+    section header before it opens a capture of the bytes that follow, and only captures are
+    kept (a few hundred KiB at most), never the stream.
+    """
+
+    def __init__(self) -> None:
+        self.total = 0  # bytes fed so far
+        self._tail = b""  # the last bytes fed, for a header or a name split across pieces
+        self._open: list[tuple[int, bytearray]] = []  # (stream offset, bytes) still growing
+        self._closed: list[tuple[int, bytes]] = []
+
+    def feed(self, chunk: bytes) -> None:
+        still: list[tuple[int, bytearray]] = []
+        for start, capture in self._open:
+            capture += chunk[: self._wanted(capture)]
+            if self._wanted(capture):
+                still.append((start, capture))
+            else:
+                self._closed.append((start, bytes(capture)))
+        self._open = still
+        keep = _CAPTURE_BEFORE + len(SECTION_SUFFIX)
+        seam = self._tail[1 - len(SECTION_SUFFIX) :] + chunk[: len(SECTION_SUFFIX) - 1]
+        if SECTION_SUFFIX in chunk or SECTION_SUFFIX in seam:  # rare: no copy otherwise
+            self._capture(self._tail + chunk)
+        self.total += len(chunk)
+        self._tail = (self._tail + chunk[-keep:])[-keep:]
+
+    def _capture(self, window: bytes) -> None:
+        """Open a capture at every new match in `window` (the kept tail + the new piece)
+        that has a full section header before it."""
+        base = self.total - len(self._tail)  # stream offset of window[0]
+        at = window.find(SECTION_SUFFIX)
+        while at >= 0:
+            end = at + len(SECTION_SUFFIX)
+            if end > len(self._tail) and _header_before(window, at, end) is not None:
+                begin = max(0, at - _CAPTURE_BEFORE)
+                self._open.append((base + begin, bytearray(window[begin:])))
+            at = window.find(SECTION_SUFFIX, at + 1)
+
+    def sections(self) -> list[Section]:
+        """Every section found so far (stream offsets), once each, in stream order."""
+        found: dict[int, Section] = {}
+        captures = self._closed + [(start, bytes(c)) for start, c in self._open]
+        for start, capture in captures:
+            for section in read_sections(capture):
+                at = start + section.start
+                found.setdefault(at, replace(section, start=at, end=start + section.end))
+        return [found[at] for at in sorted(found)]
+
+    @staticmethod
+    def _wanted(capture: bytearray) -> int:
+        return max(0, _CAPTURE_BEFORE + len(SECTION_SUFFIX) + _CAPTURE_AFTER - len(capture))
 
 
 def _header_before(stream: bytes, start: int, end: int) -> tuple[str, int] | None:

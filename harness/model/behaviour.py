@@ -7,7 +7,7 @@ switches with the kernel release (plugin/kernels.py) and the QEMU version
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -48,3 +48,17 @@ class Behaviour:
     #: QEMU 7.2.22).  QEMU 10.0.13 forces every virtqueue to VIRTQUEUE_MAX_SIZE (1024) in
     #: virtio_add_queue, which hides the loss; see harness/plugin/qemu_versions.py.
     control_rx_buffers: int = 32
+
+
+#: The switches that are virtqueue sizes.  QEMU saves each queue's size (vring.num) in the
+#: migration stream and the destination's virtio_load takes it, and the guest's rings (and
+#: the buffers it posted) live in guest RAM: a migrated device keeps the *source's* sizes
+#: until the guest resets it (reboot, driver reload), when virtio_reset restores the
+#: destination's own (vring.num_default).
+QUEUE_SIZE_SWITCHES = ("control_rx_buffers", "guest_outvq_buffers", "guest_rx_capacity")
+
+
+def migrated(source: Behaviour, destination: Behaviour) -> Behaviour:
+    """A device just migrated from a QEMU with `source` to one with `destination`: the
+    destination's switches (its code runs now), with the queue sizes the stream carried."""
+    return replace(destination, **{name: getattr(source, name) for name in QUEUE_SIZE_SWITCHES})

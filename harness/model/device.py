@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from harness.model import errors as E
-from harness.model.behaviour import Behaviour
+from harness.model.behaviour import Behaviour, migrated
 from harness.model.control import DevicePort, handshake
 from harness.model.declarations import DEFAULT_MAX_PORTS, Backend
 from harness.model.payload import Payload, Slice, SliceQueue, as_payload, slices_sha256
@@ -180,6 +180,10 @@ class VirtioSerialModel:
 
     def __init__(self, behaviour: Behaviour | None = None) -> None:
         self.behaviour = behaviour or Behaviour()
+        #: the switches of the QEMU this device now runs on, where they differ from
+        #: `behaviour` until the next guest reset (after a migration between QEMUs: see
+        #: behaviour.QUEUE_SIZE_SWITCHES); None when `behaviour` is already all of them
+        self.reset_behaviour: Behaviour | None = None
         self.controllers: dict[str, Controller] = {}
         self.ports: dict[str, Port] = {}
         self.removed: dict[str, Port] = {}
@@ -193,6 +197,18 @@ class VirtioSerialModel:
         self._completed: list[Completion] = []
         self._vterm_counter = 0
         self._vterms_in_use: set[int] = set()
+
+    @property
+    def qemu_behaviour(self) -> Behaviour:
+        """The switches of the QEMU the device runs on (what its next reset applies)."""
+        return self.reset_behaviour or self.behaviour
+
+    def run_on(self, source: Behaviour, qemu: Behaviour) -> None:
+        """This (destination) device takes a migrated device from a QEMU with `source`'s
+        switches and runs on a QEMU with `qemu`'s: its code's switches apply now, the queue
+        sizes the stream carried until the next guest reset."""
+        self.behaviour = migrated(source, qemu)
+        self.reset_behaviour = qemu if qemu != self.behaviour else None
 
     # ----------------------------------------------------------------- lookups
     def _port(self, name: str) -> Port:
@@ -506,7 +522,10 @@ class VirtioSerialModel:
         So every non-MULTIPORT port 0 takes its vtermno first, then the MULTIPORT consoles
         follow, device by device (observed on 6.1 after reboot and after rmmod/insmod,
         found by exploration: a hot-plugged max_ports=1 controller's console got vtermno 1,
-        the first controller's virtconsole 2)."""
+        the first controller's virtconsole 2).  The device reset gives the queues their sizes on
+        the QEMU the device runs on now."""
+        if self.reset_behaviour is not None:
+            self.behaviour, self.reset_behaviour = self.reset_behaviour, None
         for name in list(self._blocked_ports()):
             self._fail_blocked(name, E.ModelError(E.KILLED, "guest reset"))
         for port in [*self.removed.values(), *self.stale]:

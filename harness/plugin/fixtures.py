@@ -28,7 +28,7 @@ from harness.plugin.kernels import behaviour_for, kernel_id
 from harness.plugin.options import HilSettings
 from harness.plugin.qemu_versions import behaviour_for_qemu
 from harness.plugin.variants import qemu_id
-from harness.scenario.steps import Step
+from harness.scenario.steps import DestinationBehaviour, Step
 from harness.scenario.system import RealSystem
 from harness.scenario.vm import VM, RunnerOptions
 
@@ -190,6 +190,19 @@ def run_behaviour(config: pytest.Config, release: str | None, qemu: str | None =
     return behaviour_for(release, behaviour_for_qemu(version))
 
 
+def destination_behaviour(config: pytest.Config, release: str | None) -> DestinationBehaviour:
+    """The switches a migration's destination runs on, for this kernel: the step's QEMU,
+    else --hil-qemu-destination (run_behaviour of that QEMU); None when neither names one
+    (the destination runs the QEMU the guest is on, whose switches the model keeps)."""
+    run_wide = HilSettings.from_config(config).qemu_destination
+
+    def switches(qemu: str | None) -> Behaviour | None:
+        spec = qemu or run_wide
+        return None if spec is None else run_behaviour(config, release, spec)
+
+    return switches
+
+
 @pytest.fixture(scope="session")
 def hil_socket_root() -> Iterator[Path]:
     """Short directory for unix sockets (sun_path is limited to 108 bytes; pytest's tmp paths
@@ -323,6 +336,7 @@ class VMFactory:
         self.request = request
         self.settings = settings
         self.created: list[VM] = []
+        self.release: str | None = None  # the kernel release of the last machine created
 
     def __call__(
         self,
@@ -348,6 +362,7 @@ class VMFactory:
             options=options or RunnerOptions(settle_timeout=settle),
             behaviour=self._behaviour(system is not None),
             step_context=_allure_step,
+            destination_behaviour=destination_behaviour(config, self.release),
         )
         self.created.append(vm)
         return vm.start()
@@ -357,16 +372,19 @@ class VMFactory:
         image's release, or in model mode the named kernel's (resolved without a build)."""
         config = self.request.config
         qemu: str = self.request.getfixturevalue("hil_qemu")
+        self.release = None
         if real:
             image: GuestImage = self.request.getfixturevalue("hil_image")
+            self.release = image.kernel_version
             return run_behaviour(config, image.kernel_version, qemu)
         kernel: str | None = self.request.getfixturevalue("hil_kernel")
         if kernel is None:
             return run_behaviour(config, None, qemu)
         try:
-            return run_behaviour(config, model_mode_release(kernel, self.settings.image), qemu)
+            self.release = model_mode_release(kernel, self.settings.image)
         except ImageBuildError as error:
             pytest.fail(f"kernel {kernel}: {error}", pytrace=False)
+        return run_behaviour(config, self.release, qemu)
 
     def finish_all(self) -> None:
         """Judge what is still pending (as at a scenario's end), then stop every machine."""

@@ -353,7 +353,15 @@ class ScenarioItem(pytest.Function):
                 )
             real = factory()
         options = RunnerOptions(settle_timeout=self.config.getoption("--hil-settle-timeout"))
-        runner = ScenarioRunner(self.scenario, real, options, behaviour=self._behaviour())
+        from harness.plugin.fixtures import destination_behaviour
+
+        runner = ScenarioRunner(
+            self.scenario,
+            real,
+            options,
+            behaviour=self._behaviour(),
+            destination_behaviour=destination_behaviour(self.config, self.hil_release),
+        )
         runner.step_context = self._observing(runner)
         try:
             runner.run()

@@ -49,7 +49,7 @@ def _id_allocation(op: ModelOp) -> ModelOp:
         if not free:
             return op(call)
         step = replace(call.step, args={**call.args, "nr": free[-1]})
-        moved = StepCall(step, call.model, call.scenario, call.read_size, call.timeout)
+        moved = replace(call, step=step)
         outcome = op(moved)
         call.model = moved.model
         return outcome

@@ -33,7 +33,7 @@ from harness.model import (
 from harness.model.payload import slices_bytes
 from harness.scenario.observe import check_differences, sigio_events
 from harness.scenario.schema import Scenario
-from harness.scenario.steps import STEPS, Step, StepCall
+from harness.scenario.steps import STEPS, DestinationBehaviour, Step, StepCall, same_qemu
 from harness.scenario.streams import StreamBook
 from harness.scenario.system import RealSystem
 from harness.scenario.wire_check import SavedState
@@ -109,8 +109,12 @@ class ScenarioRunner:
     options: RunnerOptions = field(default_factory=RunnerOptions)
     step_context: StepContext = lambda step: nullcontext()
     #: the switches of the kernel and QEMU under test, for the boot model and every model
-    #: that follows it (a migration's destination takes its source's)
+    #: that follows it on the same QEMU
     behaviour: Behaviour = field(default_factory=Behaviour)
+    #: a migration to another QEMU (the step's `destination: {qemu:}`, or the run's
+    #: destination QEMU): its switches, which the destination model runs on (Behaviour
+    #: QUEUE_SIZE_SWITCHES only from the next guest reset)
+    destination_behaviour: DestinationBehaviour = same_qemu
     model: VirtioSerialModel = field(init=False)
     background: list[_Background] = field(init=False, default_factory=list)
     sigio: dict[str, list[frozenset[str]]] = field(init=False, default_factory=dict)
@@ -209,7 +213,13 @@ class ScenarioRunner:
 
     # ------------------------------------------------------------- model side
     def _call(self, step: Step) -> StepCall:
-        return StepCall(step, self.model, self.scenario.name, streams=self.streams)
+        return StepCall(
+            step,
+            self.model,
+            self.scenario.name,
+            streams=self.streams,
+            destination_behaviour=self.destination_behaviour,
+        )
 
     def _predict(self, step: Step) -> Prediction:
         call = self._call(step)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from harness.model import (
     BACKENDS,
     DEFAULT_MAX_PORTS,
+    Behaviour,
     MachineDecl,
     Outcome,
     Payload,
@@ -80,6 +81,16 @@ def payload_seed(scenario_name: str, index: int) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
+#: The switches of a migration's destination QEMU, given the step's `destination: {qemu:}`
+#: (None: the run's destination QEMU); None back when the destination runs the source's QEMU.
+DestinationBehaviour = Callable[[str | None], Behaviour | None]
+
+
+def same_qemu(_qemu: str | None) -> Behaviour | None:
+    """No destination QEMU known (model-only runs, fakes): every hop stays on the source's."""
+    return None
+
+
 @dataclass
 class StepCall:
     """One step being run: what both operations of a kind get.
@@ -94,6 +105,7 @@ class StepCall:
     read_size: int = 65536
     timeout: float = 60.0
     streams: Any = None  # the runner's StreamBook (harness.scenario.streams)
+    destination_behaviour: DestinationBehaviour = same_qemu
 
     @property
     def args(self) -> dict[str, Any]:
@@ -248,16 +260,19 @@ def _one_payload(args: Mapping[str, Any]) -> Problem | None:
 def _model_migrate(call: StepCall) -> Outcome:
     """Build the destination as the harness would start it, then load into it."""
     source = call.model
-    decl = _destination(call.args).machine
-    saved = model_saved_state(source)  # what the wire must carry (checked on file migrations)
+    target = _destination(call.args)
+    decl = target.machine
+    saved = model_saved_state(source)  # what the wire must carry (checked on every migration)
     if decl is None:
         dest = clone_configuration(source)
     else:
-        dest = build_model(decl, source.behaviour)  # the same QEMU and kernel
+        dest = build_model(decl, source.behaviour)  # the same kernel; QEMU: run_on below
         for name in dest.ports:
             port = source.ports.get(name)
             if port is not None and port.host_attached:
                 dest.host_open(name)
+    # The destination QEMU's switches (a cross-version hop), else the QEMU's it runs on now.
+    dest.run_on(source.behaviour, call.destination_behaviour(target.qemu) or source.qemu_behaviour)
     migrate(source, dest)
     call.model = dest
     return Outcome(saved)

@@ -69,8 +69,10 @@ from harness.scenario.steps import (
     STEPS,
     Arg,
     Destination,
+    DestinationBehaviour,
     Step,
     StepCall,
+    same_qemu,
 )
 from harness.scenario.system import RealSystem
 
@@ -151,6 +153,8 @@ class VM:
     options: RunnerOptions = field(default_factory=RunnerOptions)
     behaviour: Behaviour = field(default_factory=Behaviour)
     step_context: StepContext = lambda step: nullcontext()
+    #: a migration's destination QEMU's switches (see ScenarioRunner.destination_behaviour)
+    destination_behaviour: DestinationBehaviour = same_qemu
     runner: ScenarioRunner = field(init=False)
     steps_run: int = field(init=False, default=0)
     background: dict[int, BackgroundOp] = field(init=False, default_factory=dict)
@@ -162,7 +166,12 @@ class VM:
     def __post_init__(self) -> None:
         scenario = Scenario(self.name, "", (), self.machine, (), "")
         self.runner = ScenarioRunner(
-            scenario, self.system, self.options, self.step_context, behaviour=self.behaviour
+            scenario,
+            self.system,
+            self.options,
+            self.step_context,
+            behaviour=self.behaviour,
+            destination_behaviour=self.destination_behaviour,
         )
         self.known_ports = {p.name for p in self.machine.ports}
 
@@ -370,7 +379,12 @@ class VM:
     def _probe(self, step: Step) -> tuple[VirtioSerialModel | None, Outcome | None, str | None]:
         """A copy of the model runs the step's own model operation (the registry's, as the
         runner does) first: what will the step return, block on, or fail with?"""
-        call = StepCall(step, copy.deepcopy(self.runner.model), self.name)
+        call = StepCall(
+            step,
+            copy.deepcopy(self.runner.model),
+            self.name,
+            destination_behaviour=self.runner.destination_behaviour,
+        )
         try:
             outcome = STEPS[step.kind].model(call)
         except ModelError as error:

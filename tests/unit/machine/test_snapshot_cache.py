@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.images.qemu_pkg import QemuCommand
 from harness.machine.errors import MachineError
 from harness.machine.qemu import ControllerSpec, Machine, MachineSpec, PortSpec
 from harness.machine.snapshot_cache import StateCache, StateKey, state_key
@@ -206,3 +207,50 @@ def test_discard_deletes_a_state(tmp_path):
     cache.publish(key, _write(), {})
     cache.discard(key)
     assert cache.lookup(key) is None and cache.states() == []
+
+
+def _loader(path: Path) -> str:
+    """Stands in for a Debian spec's unpacked ld-linux: `LOADER --library-path DIRS BINARY
+    ARGS` runs BINARY with ARGS (and prints its own version when asked directly)."""
+    path.write_text(
+        '#!/bin/sh\n[ "$1" = --version ] && echo "ld.so (Debian GLIBC 2.41-12)" && exit 0\n'
+        'shift 2\nexec "$@"\n'
+    )
+    path.chmod(0o755)
+    return str(path)
+
+
+def _debian_key(tmp_path: Path, binary: str, origin: str = "trixie 1:10.0.13") -> StateKey:
+    loader = _loader(tmp_path / "ld-linux-x86-64.so.2")
+    command = QemuCommand(
+        "debian:trixie/qemu-system-x86",
+        (loader, "--library-path", str(tmp_path), binary),
+        (),
+        origin,
+    )
+    return state_key([*command.argv, "-m", "512"], {"image": "x"}, command)
+
+
+def test_a_debian_spec_is_keyed_by_its_qemu_binary_not_its_loader(tmp_path):
+    """argv[0] of a Debian spec is the unpacked loader: the key must name the QEMU binary,
+    its own version and content digest, and the spec with its package version."""
+    binary = Path(_fake_qemu(tmp_path / "qemu-system-x86_64", "10.0.13"))
+    key = _debian_key(tmp_path, str(binary))
+    qemu = key.inputs["qemu"]
+    assert qemu["binary"] == str(binary.resolve())
+    assert qemu["version"] == "QEMU emulator version 10.0.13"
+    assert qemu["spec"] == "debian:trixie/qemu-system-x86" and qemu["origin"].endswith("10.0.13")
+    assert _debian_key(tmp_path, str(binary), "trixie 1:10.0.14").digest != key.digest
+
+
+def test_a_qemu_binary_changed_in_place_is_another_qemu(tmp_path):
+    """Same path, size, mtime and version text, other content: old states are not reused."""
+    binary = Path(_fake_qemu(tmp_path / "qemu-system-x86_64", "10.0.13"))
+    before = _debian_key(tmp_path, str(binary))
+    stat = binary.stat()
+    binary.write_text(binary.read_text().replace("alias of", "alias_of"))
+    os.utime(binary, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert binary.stat().st_size == stat.st_size
+    after = _debian_key(tmp_path, str(binary))
+    assert after.inputs["qemu"]["version"] == before.inputs["qemu"]["version"]
+    assert after.digest != before.digest

@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.machine.wire import DeviceState, WireError, read_sections, read_stream_file
+from harness.machine.wire import (
+    DeviceState,
+    StreamScanner,
+    WireError,
+    read_sections,
+    read_stream_file,
+)
 from harness.scenario.runner import RunnerOptions, ScenarioFailure, run_scenario
 from harness.scenario.schema import Scenario, load_scenario
 from harness.scenario.wire_check import SavedState, model_saved_state
@@ -94,3 +100,24 @@ def test_a_stream_without_virtio_serial_is_an_error(tmp_path):
     stream.write_bytes(b"QEVM\x00\x00\x00\x03" + b"\x00" * 64 + b'"0000:00:03.0/virtio-console"')
     with pytest.raises(WireError, match="no virtio-console section"):
         read_stream_file(stream)
+
+
+@pytest.mark.parametrize("stream", STREAMS, ids=lambda p: p.name.split("-file")[0])
+@pytest.mark.parametrize("piece", [1, 13, 4096, 1 << 20])
+def test_a_stream_fed_in_pieces_gives_the_same_sections_at_stream_offsets(stream, piece):
+    """How the relay reads a live migration: pieces of any size, a name or a header split
+    across two of them, the section name also in text that is not a section (the stream's
+    JSON description quotes it)."""
+    sections = stream.read_bytes()
+    ram = bytes(range(256)) * 300
+    data = ram + sections + b'{"name": "0000:00:03.0/virtio-console"}' + ram
+    scanner = StreamScanner()
+    for at in range(0, len(data), piece):
+        scanner.feed(data[at : at + piece])
+    expected = read_sections(sections)
+    found = scanner.sections()
+    assert [(s.idstr, s.state) for s in found] == [(s.idstr, s.state) for s in expected]
+    assert [(s.start, s.end) for s in found] == [
+        (len(ram) + s.start, len(ram) + s.end) for s in expected
+    ]
+    assert scanner.total == len(data)

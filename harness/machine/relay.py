@@ -1,0 +1,184 @@
+"""The harness in the middle of a live or paused migration's channel.
+
+The source QEMU migrates to a unix socket the harness listens on; the relay connects to the
+destination's incoming socket and copies bytes both ways (the return path carries the
+destination's replies, e.g. its "loaded" or "failed" shut message), reading the
+virtio-serial sections of the forward stream as they pass (wire.StreamScanner: the stream
+itself, mostly guest RAM, is never kept).
+
+It never decides a migration's outcome: when either side closes or fails, the relay passes
+the end on (a half-close, or closing both) and stops, and QEMU reports the failure in its own
+words. Every wait is bounded and names what it waited for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from harness.machine.errors import MachineError
+from harness.machine.wire import Section, StreamScanner
+
+log = logging.getLogger("hil.machine")
+
+_CHUNK = 256 * 1024
+
+
+class MigrationRelay:
+    """Listens on `listen_path` for the source; copies to `destination_path`'s listener."""
+
+    def __init__(self, listen_path: Path, destination_path: Path, timeout: float) -> None:
+        self.listen_path = listen_path
+        self.destination_path = destination_path
+        self.timeout = timeout  # for the source's connection and the destination's accept
+        self.scanner = StreamScanner()
+        self.returned = 0  # bytes of the return path
+        self.error: str | None = None  # why the relay stopped early (QEMU says its own part)
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+
+    @property
+    def uri(self) -> str:
+        """What the source's `migrate` command is given."""
+        return f"unix:{self.listen_path}"
+
+    def start(self) -> MigrationRelay:
+        self.listen_path.unlink(missing_ok=True)
+        self._listener.bind(str(self.listen_path))
+        self._listener.listen(1)
+        self._listener.settimeout(self.timeout)
+        self._spawn(self._run, "migration-relay")
+        return self
+
+    def finish(self, timeout: float) -> list[Section]:
+        """After QEMU finished the migration: wait until both directions ended, then the
+        sections the stream carried. A relay still copying then is stopped and named."""
+        deadline = time.monotonic() + timeout
+        while (alive := [t for t in self._threads if t.is_alive()]) and (
+            time.monotonic() < deadline
+        ):  # the return path's thread is started by the first one: look again after each
+            alive[0].join(max(0.0, deadline - time.monotonic()))
+        if alive:
+            self.close()
+            raise MachineError(
+                f"migration relay {self.listen_path.name} -> {self.destination_path.name}: "
+                f"still copying {timeout:.0f} s after QEMU reported the migration's end "
+                f"({self.scanner.total} bytes forwarded, {self.returned} returned)"
+            )
+        log.info(
+            "migration relay: %d bytes forwarded, %d returned%s",
+            self.scanner.total,
+            self.returned,
+            f" ({self.error})" if self.error else "",
+        )
+        return self.scanner.sections()
+
+    def close(self) -> None:
+        """Stop now (both sockets closed: a side still sending sees the channel end) and
+        wait for the copying threads (each ends once its socket is shut down)."""
+        self._close_sockets()
+        for thread in list(self._threads):
+            thread.join(self.timeout)
+            if thread.is_alive():
+                log.warning("migration relay thread %s did not end", thread.name)
+        self.listen_path.unlink(missing_ok=True)
+
+    def _close_sockets(self) -> None:
+        with self._lock:
+            self._closed = True
+            sockets, self._sockets = self._sockets, []
+        for sock in (self._listener, *sockets):
+            _shutdown(sock, socket.SHUT_RDWR)
+            sock.close()
+
+    # ------------------------------------------------------------------ threads
+    def _spawn(self, target: Callable[..., object], name: str, *args: object) -> threading.Thread:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+        return thread
+
+    def _run(self) -> None:
+        try:
+            source, _ = self._listener.accept()
+        except TimeoutError:
+            self._stop(
+                f"no connection from the source QEMU on {self.listen_path} in {self.timeout:g} s"
+            )
+            return
+        except OSError as error:  # closed by close(): the migration never started
+            self._stop(f"listener closed: {error}")
+            return
+        source.settimeout(None)
+        self._keep(source)
+        destination = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._keep(destination)
+        destination.settimeout(self.timeout)
+        try:
+            destination.connect(str(self.destination_path))
+        except OSError as error:  # e.g. the destination QEMU exited: the source says so
+            self._stop(f"cannot connect to the destination's {self.destination_path}: {error}")
+            self._close_sockets()
+            return
+        destination.settimeout(None)
+        back = self._spawn(self._pump, "migration-relay-return", destination, source, False)
+        if self._pump(source, destination, True) == "write":
+            # The destination is gone (e.g. it refused a section): its last words on the
+            # return path (the "failed" shut message) still go to the source, then the end.
+            back.join(self.timeout)
+            self._close_sockets()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, forward: bool) -> str | None:
+        """Copy until `src` ends, then half-close `dst` so its reader sees the end too.
+
+        Returns which side failed: "read" (`src` is gone: its end is passed on like an
+        end of stream) or "write" (`dst` is gone; a source gone from the return path closes
+        everything, the forward pump's caller waits for the return path first)."""
+        failed = None
+        try:
+            while True:
+                failed = "read"
+                data = src.recv(_CHUNK)
+                if not data:
+                    break
+                failed = "write"
+                dst.sendall(data)
+                if forward:
+                    self.scanner.feed(data)
+                else:
+                    self.returned += len(data)
+            failed = None
+        except OSError as error:
+            self._stop(f"{'source -> destination' if forward else 'return path'}: {error}")
+            if failed == "write" and not forward:
+                self._close_sockets()
+                return failed
+        if failed != "write":
+            _shutdown(dst, socket.SHUT_WR)
+        return failed
+
+    def _keep(self, sock: socket.socket) -> None:
+        """Track a socket for close(); one opened after close() is closed at once."""
+        with self._lock:
+            if not self._closed:
+                self._sockets.append(sock)
+                return
+        sock.close()
+
+    def _stop(self, why: str) -> None:
+        if self.error is None:
+            self.error = why
+            log.info("migration relay %s: %s", self.listen_path.name, why)
+
+
+def _shutdown(sock: socket.socket, how: int) -> None:
+    with contextlib.suppress(OSError):  # already closed or never connected
+        sock.shutdown(how)

@@ -1,0 +1,119 @@
+"""The migration relay on real unix sockets (no QEMU): what it copies, reads, and how it ends.
+
+The two QEMUs are stood in for by plain sockets: the "source" connects to the relay and
+sends a stream (a real 7.2 stream's virtio-serial sections between junk standing for RAM),
+the "destination" listens like `migrate-incoming` and answers on the return path.
+"""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.machine.relay import MigrationRelay
+from harness.machine.wire import read_sections
+
+ROOT = Path(__file__).resolve().parents[3]
+SECTIONS = (ROOT / "fixtures/wire/qemu-7.2-file-migration.bin").read_bytes()
+RAM = bytes(range(256)) * 4096 * 4  # 4 MiB standing for guest RAM
+STREAM = RAM + SECTIONS + b"QEMU end" + RAM[:1000]
+
+
+@pytest.fixture
+def where() -> Iterator[Path]:
+    """A short directory (sun_path holds 108 bytes; pytest's tmp paths can be longer)."""
+    with tempfile.TemporaryDirectory(prefix="hil-relay-") as name:
+        yield Path(name)
+
+
+class Destination(threading.Thread):
+    """Accepts one connection, reads up to `take` bytes (all: None), answers `reply`."""
+
+    def __init__(self, path: Path, reply: bytes, take: int | None = None) -> None:
+        super().__init__(daemon=True)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen(1)
+        self.listener.settimeout(10)
+        self.reply, self.take, self.received = reply, take, bytearray()
+        self.start()
+
+    def run(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            conn.settimeout(10)
+            while self.take is None or len(self.received) < self.take:
+                data = conn.recv(65536)
+                if not data:
+                    break
+                self.received += data
+            conn.sendall(self.reply)
+        self.listener.close()
+
+
+def _source(path: Path, stream: bytes) -> tuple[bytes, str | None]:
+    """Send `stream` in pieces, then read the return path to its end: (reply, send error)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        error = None
+        try:
+            for at in range(0, len(stream), 100_003):
+                sock.sendall(stream[at : at + 100_003])
+            sock.shutdown(socket.SHUT_WR)
+        except OSError as failed:  # the far side went away: what QEMU would see
+            error = type(failed).__name__
+        reply = bytearray()
+        try:
+            while data := sock.recv(65536):
+                reply += data
+        except OSError:
+            pass
+        return bytes(reply), error
+
+
+def test_every_byte_crosses_both_ways_and_the_sections_are_read(where: Path) -> None:
+    destination = Destination(where / "incoming.sock", b"shut: loaded")
+    relay = MigrationRelay(where / "relay.sock", where / "incoming.sock", timeout=10).start()
+    reply, error = _source(relay.listen_path, STREAM)
+    sections = relay.finish(10)
+    destination.join(10)
+    assert (reply, error) == (b"shut: loaded", None)
+    assert bytes(destination.received) == STREAM
+    assert relay.scanner.total == len(STREAM) and relay.returned == len(reply)
+    expected = read_sections(SECTIONS)
+    assert [(s.idstr, s.state) for s in sections] == [(s.idstr, s.state) for s in expected]
+    assert [s.start for s in sections] == [len(RAM) + s.start for s in expected]
+    relay.close()
+    assert not relay.listen_path.exists()
+
+
+def test_a_destination_that_gives_up_ends_the_relay_and_the_source_sees_it(where: Path) -> None:
+    """Like a destination refusing a section: it stops reading, answers and closes."""
+    destination = Destination(where / "incoming.sock", b"shut: error 1", take=len(RAM) // 2)
+    relay = MigrationRelay(where / "relay.sock", where / "incoming.sock", timeout=10).start()
+    reply, error = _source(relay.listen_path, STREAM * 4)
+    relay.finish(10)
+    destination.join(10)
+    assert reply == b"shut: error 1"  # the return path got through before the end
+    assert error is not None  # the source's own send failed: it reports that, not the relay
+    assert relay.error is not None  # logged; the source reports the failure itself
+
+
+def test_no_source_connection_ends_the_relay_naming_what_it_waited_for(where: Path) -> None:
+    relay = MigrationRelay(where / "relay.sock", where / "incoming.sock", timeout=0.2).start()
+    assert relay.finish(10) == []
+    assert relay.error == f"no connection from the source QEMU on {relay.listen_path} in 0.2 s"
+
+
+def test_a_destination_that_is_not_listening_closes_the_source_channel(where: Path) -> None:
+    relay = MigrationRelay(where / "relay.sock", where / "gone.sock", timeout=10).start()
+    reply, _ = _source(relay.listen_path, RAM)
+    assert reply == b""
+    assert relay.finish(10) == []
+    assert relay.error is not None and str(where / "gone.sock") in relay.error
