@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import select
 import socket
 import subprocess
 import threading
@@ -28,6 +29,7 @@ from harness.model.payload import Mismatch, Payload, StreamChecker, iter_chunks,
 RECEIVE_LIMIT = 4 * 1024 * 1024
 REPLAY_LIMIT = 8 * 1024 * 1024  # > any unix socket queue: what QEMU may not have read yet
 _CHUNK = 262144  # per recv(): fewer, larger chunks cost the host less per byte
+_RX_POLL = 0.1  # the receiver re-checks hold() this often while nothing arrives
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,9 @@ class HostEndpoint:
         self._threads: list[threading.Thread] = []
         self.error: BaseException | None = None
         self._paused = False
+        self._held = False  # hold(): at a switchover, the source's socket is not read any more
+        self._received_at_hold = 0
+        self._rx_parked = False  # the receiver is waiting, not inside poll/recv
         self._partial = b""  # a chunk the sender has begun, carried across a migration
         self._recent = bytearray()  # the last REPLAY_LIMIT bytes sent, to re-send unread ones
         self._successor: socket.socket | None = None
@@ -117,6 +122,7 @@ class HostEndpoint:
             self._sock = sock
             self._closing = False
             self._eof = False
+            self._rx_parked = False
         self._threads = [
             threading.Thread(
                 target=self._receive_loop, args=(sock,), daemon=True, name=f"rx-{self.name}"
@@ -225,6 +231,38 @@ class HostEndpoint:
             self._paused = paused
             self._lock.notify_all()
 
+    def hold(self, held: bool = True, timeout: float = 10) -> None:
+        """At a migration's switchover: neither write to nor read from the source any more
+        (until switch_to_successor drains what it wrote, or hold(False) after a refusal).
+
+        Why reading must stop too: QEMU 7.2 keeps flushing a throttled port's held and queued
+        guest data to its chardev whenever the socket turns writable, with the VM stopped and
+        even after the device state (which still counts those bytes as unsent) went to the
+        destination, which then sends them again (README Findings). Once we stop reading, the
+        source's socket stays full, so it cannot write after its state was saved.
+
+        Returns once the receiver is parked: no recv() happens after this returns."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._paused = self._held = held
+            self._lock.notify_all()
+            if not held:
+                return
+            alive = any(t.name.startswith("rx-") and t.is_alive() for t in self._threads)
+            while alive and not self._rx_parked and not self._eof:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise WaitTimeout(
+                        f"host end of {self.name}: receiver still reading {timeout:.0f} s "
+                        "after the switchover hold"
+                    )
+                self._lock.wait(remaining)
+            self._received_at_hold = self.bytes_received
+            self.migration_log.append(
+                f"held at {time.time():.3f}: {self.bytes_received} bytes received from the "
+                f"source, {self.bytes_sent} sent to it"
+            )
+
     def connect_successor(self, path: Path, timeout: float = 10) -> None:
         """Connect to the migration destination's chardev now, so that the destination loads
         with the host already connected (no PORT_OPEN 0/1 blip the model does not predict)."""
@@ -251,7 +289,12 @@ class HostEndpoint:
                 raise MachineError(f"host end of {self.name}: {thread.name} did not stop")
         with self._lock:
             if old is not None:
-                self._drain_residue(old)
+                late = self.bytes_received - self._received_at_hold
+                residue = self._drain_residue(old)
+                self.migration_log.append(
+                    f"source exited; at {time.time():.3f} drained the {residue} bytes it wrote "
+                    f"that were still queued ({late} read between the hold and its exit)"
+                )
                 old.close()
             if unread_by_source > len(self._recent):
                 raise MachineError(
@@ -272,19 +315,23 @@ class HostEndpoint:
             self._eof = False
             self._closing = False
             self._paused = False
+            self._held = False
             successor, self._successor = self._successor, None
         self._start(successor)
 
-    def _drain_residue(self, sock: socket.socket) -> None:
-        """Everything the source wrote before exiting, whatever the receive limit or stall."""
+    def _drain_residue(self, sock: socket.socket) -> int:
+        """Everything the source wrote before exiting, whatever the receive limit or stall;
+        returns the byte count."""
         sock.setblocking(False)
+        drained = 0
         while True:
             try:
                 data = sock.recv(_CHUNK)
             except (BlockingIOError, OSError):
-                return
+                return drained
             if not data:
-                return
+                return drained
+            drained += len(data)
             self._inbox.append(data)
             self._inbox_size += len(data)
             self.bytes_received += len(data)
@@ -440,13 +487,24 @@ class HostEndpoint:
             return chunk
 
     def _receive_loop(self, sock: socket.socket) -> None:
+        """recv() only after poll() saw data, so that hold() is noticed within _RX_POLL even
+        when nothing arrives (a blocking recv could read once more after the hold)."""
+        readable = select.poll()
+        readable.register(sock, select.POLLIN)
         while True:
             with self._lock:
-                while (self._stalled or self._inbox_size >= RECEIVE_LIMIT) and not self._closing:
+                while (
+                    self._stalled or self._held or self._inbox_size >= RECEIVE_LIMIT
+                ) and not self._closing:
+                    self._rx_parked = True
+                    self._lock.notify_all()
                     self._lock.wait()
+                self._rx_parked = False
                 if self._closing:
                     return
             try:
+                if not readable.poll(_RX_POLL * 1000):
+                    continue
                 data = sock.recv(_CHUNK)
             except OSError as error:
                 self._fail(error)

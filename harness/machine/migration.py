@@ -90,6 +90,7 @@ def migrate(
     _set_capabilities(source.qmp, capabilities)
     if not live:
         source.qmp.execute("stop")
+        at_switchover()  # before `migrate`: the device state may be saved right away
     mark = len(source.qmp.events)
     source.qmp.execute("migrate", {"uri": source_uri})
     if live:
@@ -97,8 +98,6 @@ def migrate(
         if _status(source) == "pre-switchover":
             at_switchover()
             source.qmp.execute("migrate-continue", {"state": "pre-switchover"})
-    else:
-        at_switchover()
     _await_status(source, ("completed", "failed", "cancelled"), timeout, mark)
     info = source.qmp.execute("query-migrate")
     if info.get("status") != "completed":
