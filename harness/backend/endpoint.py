@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import select
 import socket
@@ -26,6 +27,7 @@ from pathlib import Path
 from harness.machine.errors import MachineError, ReadTimeout, WaitTimeout
 from harness.model.payload import Mismatch, Payload, StreamChecker, iter_chunks, sha256_of
 
+log = logging.getLogger("hil.backend")
 RECEIVE_LIMIT = 4 * 1024 * 1024
 REPLAY_LIMIT = 8 * 1024 * 1024  # > any unix socket queue: what QEMU may not have read yet
 _CHUNK = 262144  # per recv(): fewer, larger chunks cost the host less per byte
@@ -231,25 +233,27 @@ class HostEndpoint:
             self._paused = paused
             self._lock.notify_all()
 
-    def hold(self, held: bool = True, timeout: float = 10) -> None:
+    def hold(self, held: bool = True) -> None:
         """At a migration's switchover: neither write to nor read from the source any more
         (until switch_to_successor drains what it wrote, or hold(False) after a refusal).
+        wait_held() then waits until the receiver is parked.
 
         Why reading must stop too: QEMU 7.2 keeps flushing a throttled port's held and queued
         guest data to its chardev whenever the socket turns writable, with the VM stopped and
         even after the device state (which still counts those bytes as unsent) went to the
         destination, which then sends them again (README Findings). Once we stop reading, the
-        source's socket stays full, so it cannot write after its state was saved.
-
-        Returns once the receiver is parked: no recv() happens after this returns."""
-        deadline = time.monotonic() + timeout
+        source's socket stays full, so it cannot write after its state was saved."""
         with self._lock:
             self._paused = self._held = held
             self._lock.notify_all()
-            if not held:
-                return
+
+    def wait_held(self, timeout: float = 10) -> None:
+        """Until the receiver is parked (at most _RX_POLL after hold()): no recv() on the
+        source's socket happens after this returns."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
             alive = any(t.name.startswith("rx-") and t.is_alive() for t in self._threads)
-            while alive and not self._rx_parked and not self._eof:
+            while self._held and alive and not self._rx_parked and not self._eof:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise WaitTimeout(
@@ -258,7 +262,7 @@ class HostEndpoint:
                     )
                 self._lock.wait(remaining)
             self._received_at_hold = self.bytes_received
-            self.migration_log.append(
+            self._note(
                 f"held at {time.time():.3f}: {self.bytes_received} bytes received from the "
                 f"source, {self.bytes_sent} sent to it"
             )
@@ -267,7 +271,12 @@ class HostEndpoint:
         """Connect to the migration destination's chardev now, so that the destination loads
         with the host already connected (no PORT_OPEN 0/1 blip the model does not predict)."""
         self._successor = _connect(path, timeout, self.name)
-        self.migration_log.append(f"connected to destination socket {path}")
+        self._note(f"connected to destination socket {path}")
+
+    def _note(self, text: str) -> None:
+        """A migration event of this host end: kept for failure reports, and logged."""
+        self.migration_log.append(text)
+        log.info("host end of %s: %s", self.name, text)
 
     def drop_successor(self) -> None:
         if self._successor is not None:
@@ -291,7 +300,7 @@ class HostEndpoint:
             if old is not None:
                 late = self.bytes_received - self._received_at_hold
                 residue = self._drain_residue(old)
-                self.migration_log.append(
+                self._note(
                     f"source exited; at {time.time():.3f} drained the {residue} bytes it wrote "
                     f"that were still queued ({late} read between the hold and its exit)"
                 )
@@ -307,7 +316,7 @@ class HostEndpoint:
                 self._pending_out += unread_by_source
                 self.bytes_sent -= unread_by_source
                 del self._recent[len(self._recent) - unread_by_source :]
-            self.migration_log.append(
+            self._note(
                 f"switched to {new_path}: re-sending {unread_by_source} bytes the source never "
                 f"read, kept {self._inbox_size} received bytes"
             )
