@@ -31,7 +31,7 @@ log = logging.getLogger("hil.backend")
 RECEIVE_LIMIT = 4 * 1024 * 1024
 REPLAY_LIMIT = 8 * 1024 * 1024  # > any unix socket queue: what QEMU may not have read yet
 _CHUNK = 262144  # per recv(): fewer, larger chunks cost the host less per byte
-_RX_POLL = 0.1  # the receiver re-checks hold() this often while nothing arrives
+_RX_POLL = 0.1  # the receiver's poll() timeout: it re-checks close() this often when idle
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,6 @@ class HostEndpoint:
         self._paused = False
         self._held = False  # hold(): at a switchover, the source's socket is not read any more
         self._received_at_hold = 0
-        self._rx_parked = False  # the receiver is waiting, not inside poll/recv
         self._partial = b""  # a chunk the sender has begun, carried across a migration
         self._recent = bytearray()  # the last REPLAY_LIMIT bytes sent, to re-send unread ones
         self._successor: socket.socket | None = None
@@ -124,7 +123,6 @@ class HostEndpoint:
             self._sock = sock
             self._closing = False
             self._eof = False
-            self._rx_parked = False
         self._threads = [
             threading.Thread(
                 target=self._receive_loop, args=(sock,), daemon=True, name=f"rx-{self.name}"
@@ -235,8 +233,9 @@ class HostEndpoint:
 
     def hold(self, held: bool = True) -> None:
         """At a migration's switchover: neither write to nor read from the source any more
-        (until switch_to_successor drains what it wrote, or hold(False) after a refusal).
-        wait_held() then waits until the receiver is parked.
+        (until switch_to_successor drains what it wrote, or hold(False) after a refusal). No
+        recv() happens after this returns: the receiver reads only under the lock, after
+        checking the hold.
 
         Why reading must stop too: QEMU 7.2 keeps flushing a throttled port's held and queued
         guest data to its chardev whenever the socket turns writable, with the VM stopped and
@@ -246,26 +245,12 @@ class HostEndpoint:
         with self._lock:
             self._paused = self._held = held
             self._lock.notify_all()
-
-    def wait_held(self, timeout: float = 10) -> None:
-        """Until the receiver is parked (at most _RX_POLL after hold()): no recv() on the
-        source's socket happens after this returns."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            alive = any(t.name.startswith("rx-") and t.is_alive() for t in self._threads)
-            while self._held and alive and not self._rx_parked and not self._eof:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise WaitTimeout(
-                        f"host end of {self.name}: receiver still reading {timeout:.0f} s "
-                        "after the switchover hold"
-                    )
-                self._lock.wait(remaining)
-            self._received_at_hold = self.bytes_received
-            self._note(
-                f"held at {time.time():.3f}: {self.bytes_received} bytes received from the "
-                f"source, {self.bytes_sent} sent to it"
-            )
+            if held:
+                self._received_at_hold = self.bytes_received
+                self._note(
+                    f"held at {time.time():.3f}: {self.bytes_received} bytes received from "
+                    f"the source, {self.bytes_sent} sent to it"
+                )
 
     def connect_successor(self, path: Path, timeout: float = 10) -> None:
         """Connect to the migration destination's chardev now, so that the destination loads
@@ -496,29 +481,33 @@ class HostEndpoint:
             return chunk
 
     def _receive_loop(self, sock: socket.socket) -> None:
-        """recv() only after poll() saw data, so that hold() is noticed within _RX_POLL even
-        when nothing arrives (a blocking recv could read once more after the hold)."""
+        """Wait for data with poll(), then recv() without blocking *under the lock*, after
+        checking hold(): so once hold() has taken the lock, no recv() follows (a blocking recv
+        could read once more after the hold)."""
         readable = select.poll()
         readable.register(sock, select.POLLIN)
         while True:
             with self._lock:
-                while (
-                    self._stalled or self._held or self._inbox_size >= RECEIVE_LIMIT
-                ) and not self._closing:
-                    self._rx_parked = True
-                    self._lock.notify_all()
+                while self._receiving_paused() and not self._closing:
                     self._lock.wait()
-                self._rx_parked = False
                 if self._closing:
                     return
             try:
                 if not readable.poll(_RX_POLL * 1000):
                     continue
-                data = sock.recv(_CHUNK)
             except OSError as error:
                 self._fail(error)
                 return
             with self._lock:
+                if self._closing or self._receiving_paused():
+                    continue
+                try:
+                    data = sock.recv(_CHUNK, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    continue
+                except OSError as error:
+                    self._fail(error)
+                    return
                 if not data:
                     self._eof = True
                     self._lock.notify_all()
@@ -527,6 +516,10 @@ class HostEndpoint:
                 self._inbox_size += len(data)
                 self.bytes_received += len(data)
                 self._lock.notify_all()
+
+    def _receiving_paused(self) -> bool:
+        """Stalled, held at a switchover, or the inbox full (lock held)."""
+        return self._stalled or self._held or self._inbox_size >= RECEIVE_LIMIT
 
     def _fail(self, error: BaseException) -> None:
         with self._lock:

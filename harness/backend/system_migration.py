@@ -202,11 +202,8 @@ def _hold_all(source: Guest, endpoints: Iterable[HostEndpoint]) -> None:
     chardev watch schedules the port's flush bottom half). Each reply comes from a later
     main-loop iteration than the hold, so that flush has run, before the state is saved,
     and the socket is full again or the port has nothing left to send."""
-    held = list(endpoints)
-    for endpoint in held:
+    for endpoint in endpoints:
         endpoint.hold()
-    for endpoint in held:
-        endpoint.wait_held()
     qmp = source.machine.qmp
     if qmp is not None:
         for _ in range(SETTLE_ROUND_TRIPS):
