@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
+import select
 import socket
 import subprocess
 import threading
@@ -25,9 +27,11 @@ from pathlib import Path
 from harness.machine.errors import MachineError, ReadTimeout, WaitTimeout
 from harness.model.payload import Mismatch, Payload, StreamChecker, iter_chunks, sha256_of
 
+log = logging.getLogger("hil.backend")
 RECEIVE_LIMIT = 4 * 1024 * 1024
 REPLAY_LIMIT = 8 * 1024 * 1024  # > any unix socket queue: what QEMU may not have read yet
 _CHUNK = 262144  # per recv(): fewer, larger chunks cost the host less per byte
+_RX_POLL = 0.1  # the receiver's poll() timeout: it re-checks close() this often when idle
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,8 @@ class HostEndpoint:
         self._threads: list[threading.Thread] = []
         self.error: BaseException | None = None
         self._paused = False
+        self._held = False  # hold(): at a switchover, the source's socket is not read any more
+        self._received_at_hold = 0
         self._partial = b""  # a chunk the sender has begun, carried across a migration
         self._recent = bytearray()  # the last REPLAY_LIMIT bytes sent, to re-send unread ones
         self._successor: socket.socket | None = None
@@ -225,11 +231,37 @@ class HostEndpoint:
             self._paused = paused
             self._lock.notify_all()
 
+    def hold(self, held: bool = True) -> None:
+        """At a migration's switchover: neither write to nor read from the source any more
+        (until switch_to_successor drains what it wrote, or hold(False) after a refusal). No
+        recv() happens after this returns: the receiver reads only under the lock, after
+        checking the hold.
+
+        Why reading must stop too: QEMU 7.2 keeps flushing a throttled port's held and queued
+        guest data to its chardev whenever the socket turns writable, with the VM stopped and
+        even after the device state (which still counts those bytes as unsent) went to the
+        destination, which then sends them again (README Findings). Once we stop reading, the
+        source's socket stays full, so it cannot write after its state was saved."""
+        with self._lock:
+            self._paused = self._held = held
+            self._lock.notify_all()
+            if held:
+                self._received_at_hold = self.bytes_received
+                self._note(
+                    f"held at {time.time():.3f}: {self.bytes_received} bytes received from "
+                    f"the source, {self.bytes_sent} sent to it"
+                )
+
     def connect_successor(self, path: Path, timeout: float = 10) -> None:
         """Connect to the migration destination's chardev now, so that the destination loads
         with the host already connected (no PORT_OPEN 0/1 blip the model does not predict)."""
         self._successor = _connect(path, timeout, self.name)
-        self.migration_log.append(f"connected to destination socket {path}")
+        self._note(f"connected to destination socket {path}")
+
+    def _note(self, text: str) -> None:
+        """A migration event of this host end: kept for failure reports, and logged."""
+        self.migration_log.append(text)
+        log.info("host end of %s: %s", self.name, text)
 
     def drop_successor(self) -> None:
         if self._successor is not None:
@@ -251,7 +283,12 @@ class HostEndpoint:
                 raise MachineError(f"host end of {self.name}: {thread.name} did not stop")
         with self._lock:
             if old is not None:
-                self._drain_residue(old)
+                late = self.bytes_received - self._received_at_hold
+                residue = self._drain_residue(old)
+                self._note(
+                    f"source exited; at {time.time():.3f} drained the {residue} bytes it wrote "
+                    f"that were still queued ({late} read between the hold and its exit)"
+                )
                 old.close()
             if unread_by_source > len(self._recent):
                 raise MachineError(
@@ -264,7 +301,7 @@ class HostEndpoint:
                 self._pending_out += unread_by_source
                 self.bytes_sent -= unread_by_source
                 del self._recent[len(self._recent) - unread_by_source :]
-            self.migration_log.append(
+            self._note(
                 f"switched to {new_path}: re-sending {unread_by_source} bytes the source never "
                 f"read, kept {self._inbox_size} received bytes"
             )
@@ -272,19 +309,23 @@ class HostEndpoint:
             self._eof = False
             self._closing = False
             self._paused = False
+            self._held = False
             successor, self._successor = self._successor, None
         self._start(successor)
 
-    def _drain_residue(self, sock: socket.socket) -> None:
-        """Everything the source wrote before exiting, whatever the receive limit or stall."""
+    def _drain_residue(self, sock: socket.socket) -> int:
+        """Everything the source wrote before exiting, whatever the receive limit or stall;
+        returns the byte count."""
         sock.setblocking(False)
+        drained = 0
         while True:
             try:
                 data = sock.recv(_CHUNK)
             except (BlockingIOError, OSError):
-                return
+                return drained
             if not data:
-                return
+                return drained
+            drained += len(data)
             self._inbox.append(data)
             self._inbox_size += len(data)
             self.bytes_received += len(data)
@@ -422,18 +463,33 @@ class HostEndpoint:
         return chunk
 
     def _receive_loop(self, sock: socket.socket) -> None:
+        """Wait for data with poll(), then recv() without blocking *under the lock*, after
+        checking hold(): so once hold() has taken the lock, no recv() follows (a blocking recv
+        could read once more after the hold)."""
+        readable = select.poll()
+        readable.register(sock, select.POLLIN)
         while True:
             with self._lock:
-                while (self._stalled or self._inbox_size >= RECEIVE_LIMIT) and not self._closing:
+                while self._receiving_paused() and not self._closing:
                     self._lock.wait()
                 if self._closing:
                     return
             try:
-                data = sock.recv(_CHUNK)
+                if not readable.poll(_RX_POLL * 1000):
+                    continue
             except OSError as error:
                 self._fail(error)
                 return
             with self._lock:
+                if self._closing or self._receiving_paused():
+                    continue
+                try:
+                    data = sock.recv(_CHUNK, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    continue
+                except OSError as error:
+                    self._fail(error)
+                    return
                 if not data:
                     self._eof = True
                     self._lock.notify_all()
@@ -442,6 +498,10 @@ class HostEndpoint:
                 self._inbox_size += len(data)
                 self.bytes_received += len(data)
                 self._lock.notify_all()
+
+    def _receiving_paused(self) -> bool:
+        """Stalled, held at a switchover, or the inbox full (lock held)."""
+        return self._stalled or self._held or self._inbox_size >= RECEIVE_LIMIT
 
     def _fail(self, error: BaseException) -> None:
         with self._lock:

@@ -33,7 +33,8 @@ class Migrating(SystemBase):
     ) -> MigrationStats:
         """Move the guest to a new QEMU (same configuration, or `destination`'s), carrying the
         host ends over: connected ones connect to the destination before it loads, and bytes
-        the source never read are re-sent exactly (see HostEndpoint.switch_to_successor).
+        the source never read are re-sent exactly (see HostEndpoint.switch_to_successor), and
+        the source is neither written to nor read from after the switchover point (hold).
         `qemu` (else the run's destination QEMU, else the source's) runs the destination,
         with the source's versioned machine type."""
         guest, _, ports = self._need_guest()
@@ -53,12 +54,12 @@ class Migrating(SystemBase):
                 target.machine,
                 mode,
                 target.machine.workdir,
-                at_switchover=lambda: _pause_all(e for e, _ in endpoints),
+                at_switchover=lambda: _hold_all(guest, (e for e, _ in endpoints)),
             )
         except MigrationRefused as error:
             for endpoint, _ in endpoints:
                 endpoint.drop_successor()
-                endpoint.pause_sending(False)
+                endpoint.hold(False)
             target.shutdown()
             raise RealFailure(error.text) from None
         self._hand_over(guest, target, planned, endpoints)
@@ -189,7 +190,24 @@ class Migrating(SystemBase):
         self.agent = AgentClient(target).start()
 
 
-def _pause_all(endpoints: Iterable[HostEndpoint]) -> None:
-    """At the switchover point no host sender may write to the source any more."""
+#: QMP round trips on the paused source after the hold (see _hold_all).
+SETTLE_ROUND_TRIPS = 2
+
+
+def _hold_all(source: Guest, endpoints: Iterable[HostEndpoint]) -> None:
+    """At the switchover point (vCPUs stopped, device state not yet saved) the host ends
+    neither write to nor read from the source any more (HostEndpoint.hold: QEMU would
+    otherwise flush held guest data after its state was saved, and the destination would
+    send it again).
+
+    Then a few QMP round trips before `migrate-continue`: a read of ours just before the hold
+    may have left the source's socket writable, and QEMU reacts to that in its main loop (a
+    chardev watch schedules the port's flush bottom half). Each reply comes from a later
+    main-loop iteration than the hold, so that flush has run, before the state is saved,
+    and the socket is full again or the port has nothing left to send."""
     for endpoint in endpoints:
-        endpoint.pause_sending()
+        endpoint.hold()
+    qmp = source.machine.qmp
+    if qmp is not None:
+        for _ in range(SETTLE_ROUND_TRIPS):
+            qmp.execute("query-status")

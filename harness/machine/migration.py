@@ -153,6 +153,7 @@ def _run(
         relay.start()
     if not live:
         source.qmp.execute("stop")
+        at_switchover()  # before `migrate`: the device state may be saved right away
     mark = len(source.qmp.events)
     source.qmp.execute("migrate", {"uri": source_uri})
     if live:
@@ -160,8 +161,6 @@ def _run(
         if _status(source) == "pre-switchover":
             at_switchover()
             source.qmp.execute("migrate-continue", {"state": "pre-switchover"})
-    else:
-        at_switchover()
     _await_status(source, ("completed", "failed", "cancelled"), timeout, mark)
     info = source.qmp.execute("query-migrate")
     if info.get("status") != "completed":
