@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.images.qemu_pkg import DEFAULT_QEMU
 from harness.model.declarations import MachineDecl, PortDecl
 from harness.scenario.runner import RunnerOptions, ScenarioFailure, ScenarioRunner
 from harness.scenario.schema import Scenario
@@ -253,8 +254,9 @@ def machine() -> MachineDecl:
     return MachineDecl(ports=(PortDecl(IN, nr=1), PortDecl(OUT, nr=2)))
 
 
-def _system(workdir: Path) -> Any:
-    """A QemuSystem on the default image, as the pytest plugin would make it."""
+def _system(workdir: Path, qemu: str) -> Any:
+    """A QemuSystem on the default image and the QEMU `qemu` names (a spec as for --hil-qemu),
+    as the pytest plugin would make it."""
     from harness.backend.system import QemuSystem
     from harness.guest.guest import Credentials, Guest
     from harness.images.builder import build_image
@@ -262,13 +264,17 @@ def _system(workdir: Path) -> Any:
     from harness.machine.qemu import Machine, MachineSpec
 
     image = build_image()
-    accel = choose_accel("auto", "qemu-system-x86_64", image.kernel, image.initramfs)
+    accel = choose_accel("auto", qemu, image.kernel, image.initramfs)
     print(f"hil: {accel.describe()}", flush=True)
     count = iter(range(1, 1 << 30))
 
     def create(name: str = "guest", boot: bool = True, **overrides: Any) -> Guest:
         spec = MachineSpec(
-            image.kernel, image.initramfs, image.cmdline, accel=accel.accel, **overrides
+            image.kernel,
+            image.initramfs,
+            image.cmdline,
+            accel=accel.accel,
+            **{"qemu": qemu, **overrides},  # a migration step may name the destination's QEMU
         )
         guest = Guest(
             Machine(spec, workdir / f"{name}-{next(count)}", name),
@@ -281,15 +287,16 @@ def _system(workdir: Path) -> Any:
     return QemuSystem(create)
 
 
-def soak(minutes: float, seed: int, out: Path | None = None) -> int:
-    """Run the soak; 0 when every byte is accounted for and nothing grew past its bound."""
+def soak(minutes: float, seed: int, out: Path | None = None, qemu: str = DEFAULT_QEMU) -> int:
+    """Run the soak on QEMU `qemu` (a spec as for --hil-qemu); 0 when every byte is accounted
+    for and nothing grew past its bound."""
     workdir = Path(tempfile.mkdtemp(prefix="hil-soak-"))
     out = out or workdir
     scenario = Scenario(f"soak seed {seed}", "", (), machine(), (), "soak")
-    system = _system(workdir)
+    system = _system(workdir, qemu)
     runner = ScenarioRunner(scenario, system, RunnerOptions())
     job = Soak(runner, system, SoakPlan(seed), minutes)
-    print(f"soak: {minutes:g} min, seed {seed}, work directory {workdir}", flush=True)
+    print(f"soak: {minutes:g} min, seed {seed}, QEMU {qemu}, work directory {workdir}", flush=True)
     print("  ".join(COLUMNS), flush=True)
     failure = ""
     try:

@@ -45,3 +45,25 @@ def test_the_plot_is_an_svg_with_one_line_per_series() -> None:
     assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
     assert svg.count("<polyline") == len(COLUMNS) - 4
     assert "qemu_rss_mib: 100.0 .. 120.0" in svg
+
+
+def test_soak_runs_on_the_qemu_named_by_the_qemu_option(monkeypatch) -> None:
+    """`--qemu SPEC` reaches soak() (which starts every machine, migration destinations too,
+    on it); without it the soak keeps the default QEMU."""
+    import harness.logs
+    import harness.soak
+    from harness.__main__ import main
+    from harness.images.qemu_pkg import DEFAULT_QEMU
+
+    calls: list[tuple[float, int, str]] = []
+
+    def fake_soak(minutes: float, seed: int, qemu: str = DEFAULT_QEMU) -> int:
+        calls.append((minutes, seed, qemu))
+        return 0
+
+    monkeypatch.setattr(harness.soak, "soak", fake_soak)
+    monkeypatch.setattr(harness.logs, "print_progress", lambda: None)
+    spec = "debian:trixie/qemu-system-x86"
+    assert main(["soak", "--minutes", "2", "--seed", "7", "--qemu", spec]) == 0
+    assert main(["soak", "--minutes", "1"]) == 0
+    assert calls == [(2.0, 7, spec), (1.0, 1, DEFAULT_QEMU)]
