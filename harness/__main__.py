@@ -11,6 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness.images.qemu_pkg import DEFAULT_QEMU
+
 REPO_SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 
 
@@ -105,6 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     soak = commands.add_parser("soak", help="streams and faults on one long-lived guest")
     soak.add_argument("--minutes", type=float, default=30.0, help="how long (default 30)")
     soak.add_argument("--seed", type=int, default=1, help="the fault mix's seed (default 1)")
+    soak.add_argument(
+        "--qemu",
+        default=DEFAULT_QEMU,
+        metavar="SPEC",
+        help=f"the QEMU to run, as for --hil-qemu (e.g. debian:trixie/qemu-system-x86; "
+        f"default {DEFAULT_QEMU})",
+    )
     bench = commands.add_parser(
         "bench",
         help="boot one guest; raw vs checked stream MB/s (1 and 4 ports) and round trips",
@@ -142,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         from harness.soak import soak as run_soak
 
         print_progress()
-        return run_soak(args.minutes, args.seed)
+        return run_soak(args.minutes, args.seed, qemu=args.qemu)
     if args.command == "bench":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")

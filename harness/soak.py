@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.images.qemu_pkg import DEFAULT_QEMU
 from harness.model.declarations import MachineDecl, PortDecl
 from harness.scenario.runner import RunnerOptions, ScenarioFailure, ScenarioRunner
 from harness.scenario.schema import Scenario
@@ -43,6 +44,7 @@ LOSSLESS = (
     ("ssh_drop",),
     ("host_stall", "host_resume"),
 )
+LIVE = ("migrate", "live")  # a known QEMU bug's trigger (qemu_versions.QemuBug.trigger)
 CUTTING = (("host_close", "host_open"), ("guest_close", "guest_open"))
 COLUMNS = (
     "round",
@@ -80,6 +82,8 @@ class SoakPlan:
     """The seeded mix: yields (kind, args) steps, round by round."""
 
     seed: int
+    #: fault names (LOSSLESS's first entries) this run leaves out, e.g. a known QEMU bug's
+    left_out: tuple[str, ...] = ()
     rng: random.Random = field(init=False)
 
     def __post_init__(self) -> None:
@@ -90,7 +94,7 @@ class SoakPlan:
             ("host_stream", {"port": IN}),
             ("guest_stream", {"port": OUT}),
         ]
-        picks = self.rng.sample(LOSSLESS, 2)
+        picks = self.rng.sample([f for f in LOSSLESS if f[0] not in self.left_out], 2)
         cut = self.rng.choice(CUTTING) if self.rng.random() < 0.3 else None
         names = []
         for pick in picks:
@@ -253,13 +257,14 @@ def machine() -> MachineDecl:
     return MachineDecl(ports=(PortDecl(IN, nr=1), PortDecl(OUT, nr=2)))
 
 
-def _system(workdir: Path) -> Any:
-    """A QemuSystem on the default image, as the pytest plugin would make it."""
+def _system(workdir: Path, qemu: str) -> tuple[Any, str]:
+    """A QemuSystem on the default image and the QEMU `qemu` names (a spec as for --hil-qemu),
+    as the pytest plugin would make it, and its accelerator (kvm or tcg)."""
     from harness.backend.system import QemuSystem
     from harness.guest.guest import Guest, ImageGuests
     from harness.images.builder import build_image
 
-    guests = ImageGuests.auto(build_image())
+    guests = ImageGuests.auto(build_image(), qemu)
     print(f"hil: {guests.choice.describe()}", flush=True)
     count = iter(range(1, 1 << 30))
 
@@ -269,18 +274,33 @@ def _system(workdir: Path) -> Any:
             guest.boot()
         return guest
 
-    return QemuSystem(create)
+    return QemuSystem(create), guests.choice.accel
 
 
-def soak(minutes: float, seed: int, out: Path | None = None) -> int:
-    """Run the soak; 0 when every byte is accounted for and nothing grew past its bound."""
+def left_out_faults(qemu: str, accel: str) -> tuple[str, ...]:
+    """Live migration on a QEMU with the TCG dirty-tracking bug (README Findings) corrupts the
+    guest at random: the soak would fail on the known bug, not on anything it measures."""
+    from harness.machine.qemu_spec import qemu_version
+    from harness.plugin.qemu_versions import QEMU_BUGS, known_qemu_bug
+
+    version = qemu_version(qemu)
+    for bug in QEMU_BUGS:
+        if bug.trigger == LIVE and known_qemu_bug([bug.mark], version, accel):
+            print(f"soak: no live migrations on QEMU {version}: {bug.evidence}", flush=True)
+            return ("migrate:live",)
+    return ()
+
+
+def soak(minutes: float, seed: int, out: Path | None = None, qemu: str = DEFAULT_QEMU) -> int:
+    """Run the soak on QEMU `qemu` (a spec as for --hil-qemu); 0 when every byte is accounted
+    for and nothing grew past its bound."""
     workdir = Path(tempfile.mkdtemp(prefix="hil-soak-"))
     out = out or workdir
     scenario = Scenario(f"soak seed {seed}", "", (), machine(), (), "soak")
-    system = _system(workdir)
+    system, accel = _system(workdir, qemu)
     runner = ScenarioRunner(scenario, system, RunnerOptions())
-    job = Soak(runner, system, SoakPlan(seed), minutes)
-    print(f"soak: {minutes:g} min, seed {seed}, work directory {workdir}", flush=True)
+    job = Soak(runner, system, SoakPlan(seed, left_out_faults(qemu, accel)), minutes)
+    print(f"soak: {minutes:g} min, seed {seed}, QEMU {qemu}, work directory {workdir}", flush=True)
     print("  ".join(COLUMNS), flush=True)
     failure = ""
     try:

@@ -41,16 +41,20 @@ class ImageGuests:
     image: GuestImage
     choice: AccelChoice
 
+    qemu: str = "qemu-system-x86_64"
+
     @classmethod
-    def auto(cls, image: GuestImage) -> ImageGuests:
-        """KVM where a probe boot of ``image`` works, else TCG (``choice`` says why)."""
-        return cls(image, choose_accel("auto", "qemu-system-x86_64", image.kernel, image.initramfs))
+    def auto(cls, image: GuestImage, qemu: str = "qemu-system-x86_64") -> ImageGuests:
+        """KVM where a probe boot of ``image`` on ``qemu`` (a --hil-qemu spec) works, else TCG
+        (``choice`` says why)."""
+        return cls(image, choose_accel("auto", qemu, image.kernel, image.initramfs), qemu)
 
     def guest(self, workdir: Path, name: str, **spec: Any) -> Guest:
         """A guest (not booted yet) working in ``workdir``; ``spec``: more MachineSpec fields."""
         image = self.image
+        fields = {"qemu": self.qemu, **spec}  # a migration step may name the destination's QEMU
         machine = MachineSpec(
-            image.kernel, image.initramfs, image.cmdline, accel=self.choice.accel, **spec
+            image.kernel, image.initramfs, image.cmdline, accel=self.choice.accel, **fields
         )
         return Guest(Machine(machine, workdir, name), Credentials.of(image))
 

@@ -42,6 +42,10 @@ def pytest_configure(config: pytest.Config) -> None:
     check_qemu_specs(config)
     for line in MARKERS:
         config.addinivalue_line("markers", line)
+    from harness.plugin.qemu_versions import QEMU_BUGS  # here: see the module docstring
+
+    for bug in QEMU_BUGS:
+        config.addinivalue_line("markers", f"{bug.mark}: a known QEMU bug (README Findings)")
     logs.configure(config)
     for name in _LAYERS:
         if not config.pluginmanager.has_plugin(name):

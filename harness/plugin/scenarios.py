@@ -28,6 +28,7 @@ from harness.errors import HarnessError, NotApplicable
 from harness.images.errors import ImageBuildError
 from harness.model import Behaviour
 from harness.plugin.kernels import Observation, flatten
+from harness.plugin.qemu_versions import QemuBug, known_qemu_bug
 from harness.plugin.variants import NO_VARIANT, Variant, variants
 from harness.scenario.runner import RunnerOptions, ScenarioFailure, ScenarioRunner
 from harness.scenario.schema import Scenario, ScenarioError, Step, load_scenario
@@ -367,6 +368,9 @@ class ScenarioItem(pytest.Function):
             runner.run()
         except ScenarioFailure as failure:
             _attach_failure(failure, real)
+            bug = self._known_qemu_bug(failure)
+            if bug is not None:
+                pytest.xfail(f"known QEMU bug ({bug.mark}): {bug.evidence}; here: {failure}")
             raise
         except NotApplicable as reason:  # e.g. module_reload on a built-in driver
             pytest.skip(str(reason))
@@ -376,6 +380,24 @@ class ScenarioItem(pytest.Function):
         finally:
             if real is not None:
                 real.stop()
+
+    def _known_qemu_bug(self, failure: ScenarioFailure) -> QemuBug | None:
+        """The QEMU bug (qemu_versions.QEMU_BUGS) this scenario is marked with, when this
+        QEMU has it and the failure came at or after the bug's trigger step: the bug showed,
+        not a new failure."""
+        if self.backend != "qemu":
+            return None
+        from harness.plugin.fixtures import announced_accel, qemu_version
+        from harness.plugin.options import HilSettings
+
+        accel = announced_accel(self.config)
+        version = qemu_version(self.hil_qemu or HilSettings.from_config(self.config).qemu)
+        marks = [mark.name for mark in self.iter_markers()]
+        bug = known_qemu_bug(marks, version, accel.accel if accel else None)
+        if bug is None:
+            return None
+        triggers = [s.index for s in self.scenario.steps if bug.triggered_by(s.kind, s.args)]
+        return bug if triggers and failure.step.index >= triggers[0] else None
 
     def _behaviour(self) -> Behaviour:
         """The switches for this item's kernel and for its QEMU (its

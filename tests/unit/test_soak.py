@@ -45,3 +45,47 @@ def test_the_plot_is_an_svg_with_one_line_per_series() -> None:
     assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
     assert svg.count("<polyline") == len(COLUMNS) - 4
     assert "qemu_rss_mib: 100.0 .. 120.0" in svg
+
+
+def test_soak_runs_on_the_qemu_named_by_the_qemu_option(monkeypatch) -> None:
+    """`--qemu SPEC` reaches soak() (which starts every machine, migration destinations too,
+    on it); without it the soak keeps the default QEMU."""
+    import harness.logs
+    import harness.soak
+    from harness.__main__ import main
+    from harness.images.qemu_pkg import DEFAULT_QEMU
+
+    calls: list[tuple[float, int, str]] = []
+
+    def fake_soak(minutes: float, seed: int, qemu: str = DEFAULT_QEMU) -> int:
+        calls.append((minutes, seed, qemu))
+        return 0
+
+    monkeypatch.setattr(harness.soak, "soak", fake_soak)
+    monkeypatch.setattr(harness.logs, "print_progress", lambda: None)
+    spec = "debian:trixie/qemu-system-x86"
+    assert main(["soak", "--minutes", "2", "--seed", "7", "--qemu", spec]) == 0
+    assert main(["soak", "--minutes", "1"]) == 0
+    assert calls == [(2.0, 7, spec), (1.0, 1, DEFAULT_QEMU)]
+
+
+def test_a_plan_never_picks_a_left_out_fault() -> None:
+    plan = SoakPlan(7, left_out=("migrate:live",))
+    faults = [plan.round()[1] for _ in range(200)]
+    assert not any("migrate:live" in f for f in faults)
+    assert any("migrate:paused" in f for f in faults)  # the other migrations still run
+    everything = SoakPlan(7)
+    assert any("migrate:live" in everything.round()[1] for _ in range(200))
+
+
+def test_live_migration_is_left_out_only_on_a_qemu_with_the_tcg_dirty_tracking_bug(
+    monkeypatch,
+) -> None:
+    import harness.machine.qemu_spec
+    from harness.soak import left_out_faults
+
+    versions = {"old": "7.2.22 (Debian 1:7.2+dfsg-7+deb12u18)", "new": "10.0.13"}
+    monkeypatch.setattr(harness.machine.qemu_spec, "qemu_version", versions.__getitem__)
+    assert left_out_faults("old", "tcg") == ("migrate:live",)
+    assert left_out_faults("old", "kvm") == ()
+    assert left_out_faults("new", "tcg") == ()
