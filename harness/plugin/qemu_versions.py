@@ -112,8 +112,14 @@ QEMU_BUGS: tuple[QemuBug, ...] = (
 )
 
 
-def known_qemu_bug(marks: list[str], version: str | None, accel: str | None) -> QemuBug | None:
-    """The bug among `marks` that this QEMU version and accelerator have, if any."""
+def known_qemu_bug(
+    marks: list[str], version: str | None, accel: str | None, guest_kernel_reported: bool = False
+) -> QemuBug | None:
+    """The bug among `marks` that this QEMU version and accelerator have, if any.  With
+    `guest_kernel_reported` (the failure is the guest kernel's own oops) every known bug
+    counts, marked or not: guest RAM corrupted by QEMU shows first as exactly that."""
+    if guest_kernel_reported:
+        marks = [*marks, *(bug.mark for bug in QEMU_BUGS)]
     found = qemu_version_tuple(version)
     if found is None or accel is None:
         return None

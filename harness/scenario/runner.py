@@ -173,7 +173,10 @@ class ScenarioRunner:
         if self.real is None:
             return ScenarioFailure(step, f"{type(error).__name__}: {error}")
         context = self.real.failure_context()
-        return ScenarioFailure(step, f"{context.headline}: {error}", context.console_tail)
+        fresh = self.real.console_problems()[self._console_seen :]  # the guest kernel's own
+        return ScenarioFailure(
+            step, f"{context.headline}: {error}", context.console_tail, console=fresh
+        )
 
     def run_step(self, step: Step, decide: Decide | None = None) -> Step | None:
         """Run one step; return it as run (None: dropped by ``decide``).

@@ -26,6 +26,17 @@ def test_tcg_dirty_tracking_bug_is_known_before_9_0_under_tcg_only() -> None:
     assert known_qemu_bug(["slow"], "7.2.22", "tcg") is None  # an unmarked scenario
 
 
+def test_a_guest_kernel_oops_is_the_bug_in_an_unmarked_scenario_too() -> None:
+    """Any scenario that migrates live on an affected QEMU can meet the corruption; when its
+    failure is the guest kernel's own report, that is the bug's signature (xfail with the
+    evidence); any other failure of an unmarked scenario still fails."""
+    bug = known_qemu_bug(["slow"], "7.2.22", "tcg", guest_kernel_reported=True)
+    assert bug is not None and bug.mark == TCG_DIRTY
+    assert known_qemu_bug(["slow"], "7.2.22", "tcg", guest_kernel_reported=False) is None
+    assert known_qemu_bug([], "10.0.13", "tcg", guest_kernel_reported=True) is None
+    assert known_qemu_bug([], "7.2.22", "kvm", guest_kernel_reported=True) is None
+
+
 def test_only_a_live_migration_triggers_the_tcg_dirty_tracking_bug() -> None:
     (bug,) = [b for b in QEMU_BUGS if b.mark == TCG_DIRTY]
     assert bug.triggered_by("migrate", {"mode": "live"})
