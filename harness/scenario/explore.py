@@ -36,7 +36,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, NotApplicable
 from harness.model import (
     BACKENDS,
     Completion,
@@ -504,6 +504,9 @@ class Exploration:
     #: wraps every stretch that runs the model (boot, each step): see ``model_coverage``
     measure: Callable[[], AbstractContextManager[Any]] = nullcontext
     stats: Stats = field(init=False)
+    #: kinds the real system cannot run at all (module_reload on a built-in driver), with why:
+    #: found on the first try, that example is dropped and the kind is not drawn again
+    not_applicable: dict[str, str] = field(init=False, default_factory=dict)
     _failing: list[Step] | None = field(init=False, default=None)
     _failure: str = field(init=False, default="")
     _first_failing: int = field(init=False, default=0)
@@ -652,7 +655,8 @@ def build_state_machine(exploration: Exploration) -> type[RuleBasedStateMachine]
                 if step_hook is not None:
                     self.runner.step_context = step_hook
                 self.real.start(ex.machine)
-            self.kinds = swarm_kinds(kinds, swarm)
+            usable = tuple(k for k in kinds if k not in ex.not_applicable)
+            self.kinds = swarm_kinds(usable, swarm)
             self.runner.model = build_model(ex.machine, ex.behaviour)
             self.state = abstract_state(self.runner.model.snapshot())
             ex.stats.states.add(self.state)
@@ -734,6 +738,11 @@ def build_state_machine(exploration: Exploration) -> type[RuleBasedStateMachine]
             except (ScenarioFailure, InvariantBroken) as failure:
                 ex.note_failure(self.steps, failure)
                 raise
+            except NotApplicable as reason:
+                if kind not in ex.not_applicable:
+                    print(f"explore: {kind} is not drawn any more: {reason}", flush=True)
+                ex.not_applicable[kind] = str(reason)
+                reject()  # the model already ran it: this example cannot go on
             if isinstance(args.get("port"), str):
                 self.pools.last_port = args["port"]
             provides = STEPS[kind].provides

@@ -9,6 +9,7 @@ from typing import cast
 
 import pytest
 
+from harness.errors import NotApplicable
 from harness.model import ModelError, Outcome, build_model
 from harness.model.device import G2H
 from harness.scenario.explore import (
@@ -189,3 +190,28 @@ def test_runner_drops_only_a_step_the_model_refuses() -> None:
     open_other = replace(open_, args={"port": "ex2"})
     assert runner.run_step(open_other, lambda step, prediction: step) == open_other
     assert runner.predicted is not None and runner.predicted.ports["ex2"].poll is not None
+
+
+class BuiltInDriver(ModelSystem):
+    """A real system whose kernel has virtio_console built in (Debian 13's cloud kernel)."""
+
+    def module_reload(self) -> None:
+        raise NotApplicable("virtio_console is built into this kernel")
+
+
+def test_a_kind_the_real_system_cannot_run_is_dropped_not_a_crash(tmp_path: Path) -> None:
+    """Found by the 20-minute run on Debian 13: module_reload's NotApplicable ended the whole
+    exploration; now that example is dropped and the kind is not drawn again."""
+    exploration = Exploration(
+        real_factory=lambda: cast(RealSystem, BuiltInDriver(EXPLORE_NAME)),
+        seed=1,
+        seconds=600,
+        max_examples=60,
+        out_dir=tmp_path,
+        options=MODEL_OPTIONS,
+        exclude=CANNOT_PLAY,
+    )
+    stats = exploration.run()
+    assert not stats.findings, stats.summary()
+    assert "built into" in exploration.not_applicable["module_reload"]
+    assert stats.examples >= 60
