@@ -512,9 +512,11 @@ class VirtioSerialModel:
 
         The driver probes the controllers in PCI slot order.  A controller without MULTIPORT
         makes its console inside probe (add_port(portdev, 0)); a MULTIPORT one learns its
-        consoles from control messages in its own workqueue item.  When consoles come from
-        more than one of these contexts their vtermnos race (see harness.model.vterm): each
-        gets the range of the reset's numbers, not one number."""
+        consoles from control messages in a workqueue item.  When both kinds make consoles
+        in one reset their vtermnos race (see harness.model.vterm): each gets the range of
+        the reset's numbers, not one number.  Consoles of MULTIPORT controllers alone keep
+        device-then-bus order: work items only interleave when one sleeps in hvc_alloc,
+        which the probe thread's hvc_alloc (its mutex) is what provokes."""
         for name in list(self._blocked_ports()):
             self._fail_blocked(name, E.ModelError(E.KILLED, "guest reset"))
         for port in [*self.removed.values(), *self.stale]:
@@ -523,20 +525,17 @@ class VirtioSerialModel:
         self._vterm_freed_unknown = False
         self._vterm_counter = 0
         controllers = list(self.controllers.values())  # PCI slot order
-        contexts: list[list[GuestPort]] = [[]]  # the probe thread's consoles first
+        probed: list[GuestPort] = []  # consoles the probe thread made
         for ctrl in controllers:
             if not ctrl.multiport:
                 ctrl.guest0 = self._probe_console()
-                contexts[0].append(ctrl.guest0)
+                probed.append(ctrl.guest0)
             for name in ctrl.ports:
                 self._reset_port(self.ports[name], ctrl.multiport)
-        for ctrl in controllers:
-            if ctrl.multiport:
-                contexts.append(self._probe(ctrl))
-        consoles = [guest for context in contexts for guest in context]
-        if sum(1 for context in contexts if context) > 1:
-            for guest in consoles:
-                guest.vtermno = VtermRange(1, len(consoles))
+        queued = [guest for ctrl in controllers if ctrl.multiport for guest in self._probe(ctrl)]
+        if probed and queued:
+            for guest in probed + queued:
+                guest.vtermno = VtermRange(1, len(probed) + len(queued))
         return self._outcome()
 
     reboot = guest_reset

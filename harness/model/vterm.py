@@ -1,14 +1,17 @@
 """Console vtermnos the guest may give in either order: a range that equals any value in it.
 
 Linux makes a console in two kinds of context: inside probe for a controller without
-MULTIPORT (add_port(portdev, 0)), and in a control workqueue item (CONSOLE_PORT) for each
-MULTIPORT controller.  When one reset makes consoles in more than one such context, they
-interleave: on 6.1 init_port_console reads pdrvdata.next_vtermno, sleeps in hvc_alloc and
-only then increments it, so the order varies run to run and two consoles can even get the
-same number (observed on Debian 12's 6.1: 1,1,3 / 1,2,3 / 3,1,2 across identical reboots
-and rmmod/insmod; fixed upstream by the vtermno IDA, whose order still races).  What stays
-fixed: each of the k consoles of that reset gets a number in base+1..base+k, and the counter
-ends at base+k.  The model predicts that range, and the diff accepts any value in it.
+MULTIPORT (add_port(portdev, 0)), and in a control workqueue item (CONSOLE_PORT) for a
+MULTIPORT controller.  When one reset makes consoles in both, they interleave: on 6.1
+init_port_console reads pdrvdata.next_vtermno, may reschedule inside hvc_alloc (kzalloc,
+hvc_structs_mutex) and only then increments it, so the order varies run to run and two
+consoles can even get the same number.  Observed on Debian 12's 6.1 (vser1 max_ports 1,
+the virtconsole on vser0, vser2 max_ports 1): 2,1,3 / 1,3,2 / 1,1,3 / 1,1,2 across
+identical reboots and rmmod/insmod.  Upstream replaced the counter with an IDA ("virtio_console:
+Introduce an ID allocator for virtual console numbers", whose message shows the same
+duplicates in debugfs); the order still races there.  What stays fixed: each of the k
+consoles of that reset gets a number in 1..k, and the next console gets k+1.  The model
+predicts that range, and the diff accepts any value in it.
 """
 
 from __future__ import annotations

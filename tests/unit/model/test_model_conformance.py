@@ -98,8 +98,8 @@ def test_a_console_made_alone_after_a_racy_reset_gets_exactly_the_next_vtermno()
 
 
 def test_consoles_of_one_context_keep_their_order():
-    """Only probe consoles (one thread, PCI slot order) or only one MULTIPORT controller's
-    consoles (one workqueue item, bus order): no race, exact numbers."""
+    """Only probe consoles (one thread, PCI slot order) or only MULTIPORT consoles (work
+    items, device then bus order): no race, exact numbers."""
     probes = _controllers(1)
     probes.hotplug_controller("c1b", max_ports=1)
     probes.boot()
@@ -107,8 +107,9 @@ def test_consoles_of_one_context_keep_their_order():
     multi = _controllers(4, 31)
     multi.hotplug("a", controller="c4", nr=1, console=True)
     multi.hotplug("b", controller="c4", nr=3, console=True)
+    multi.hotplug("c", controller="c31", console=True)
     multi.boot()
-    assert _vterms(multi) == {"a": "1", "b": "2"}
+    assert _vterms(multi) == {"a": "1", "b": "2", "c": "3"}
 
 
 def test_a_vtermno_range_equals_each_value_in_it_and_shows_as_low_dots_high():
