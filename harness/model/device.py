@@ -515,8 +515,8 @@ class VirtioSerialModel:
         consoles from control messages in a workqueue item.  When both kinds make consoles
         in one reset their vtermnos race (see harness.model.vterm): each gets the range of
         the reset's numbers, not one number.  Consoles of MULTIPORT controllers alone keep
-        device-then-bus order: work items only interleave when one sleeps in hvc_alloc,
-        which the probe thread's hvc_alloc (its mutex) is what provokes."""
+        device-then-bus order (their work items would interleave only if one slept inside
+        hvc_alloc; not seen)."""
         for name in list(self._blocked_ports()):
             self._fail_blocked(name, E.ModelError(E.KILLED, "guest reset"))
         for port in [*self.removed.values(), *self.stale]:
