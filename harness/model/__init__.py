@@ -30,7 +30,8 @@ Data - ``Payload.literal(b) / Payload.generated(seed, length)``, ``Slice``,
     ``payload_bytes(p, start, end)``, ``sha256_of(p, start, end)``, ``slices_sha256``.
 Observables - ``Snapshot(controllers, ports)``, ``PortView``, ``QemuPortView``,
     ``GuestPortView``, ``ControllerView``; ``diff(expected, actual) -> [Difference]``,
-    ``format_diff``; ``parse_vport("vport2p5") -> (2, 5)``, ``port_nr_from_vport``.
+    ``format_diff``; ``VtermRange`` (a racy console vtermno); ``parse_vport("vport2p5")
+    -> (2, 5)``, ``port_nr_from_vport``.
 Control protocol (``harness.model.control``) - ``ControlMessage``, ``encode``, ``decode``,
     event constants, ``DeviceControl`` / ``DriverControl`` / ``handshake`` / ``lost``.
 Migration (``harness.model.migration``) - ``save(model, controller=None) -> bytes``,
@@ -82,6 +83,7 @@ from harness.model.snapshot import (
     parse_vport,
     port_nr_from_vport,
 )
+from harness.model.vterm import VtermRange
 
 __all__ = [
     "BACKENDS",
@@ -113,6 +115,7 @@ __all__ = [
     "Slice",
     "Snapshot",
     "VirtioSerialModel",
+    "VtermRange",
     "build_model",
     "decode",
     "diff",

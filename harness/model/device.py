@@ -27,6 +27,7 @@ from harness.model.behaviour import Behaviour, migrated
 from harness.model.control import DevicePort, handshake
 from harness.model.declarations import DEFAULT_MAX_PORTS, Backend
 from harness.model.payload import Payload, Slice, SliceQueue, as_payload, slices_sha256
+from harness.model.vterm import Vtermno, VtermRange
 
 if TYPE_CHECKING:
     from harness.model.snapshot import Snapshot
@@ -111,7 +112,7 @@ class GuestPort:
     is_console: bool = False
     guest_connected: bool = False
     host_connected: bool = False
-    vtermno: int = 0
+    vtermno: Vtermno = 0
     bytes_sent: int = 0
     bytes_received: int = 0
     bytes_discarded: int = 0
@@ -197,6 +198,8 @@ class VirtioSerialModel:
         self._completed: list[Completion] = []
         self._vterm_counter = 0
         self._vterms_in_use: set[int] = set()
+        #: a freed console's vtermno was a range: which number the IDA got back is unknown
+        self._vterm_freed_unknown = False
 
     @property
     def qemu_behaviour(self) -> Behaviour:
@@ -274,7 +277,7 @@ class VirtioSerialModel:
         for name in list(ctrl.ports):
             self._unplug(self.ports[name])
         if ctrl.guest0 is not None:  # the driver's remove frees port 0's vtermno too
-            self._vterms_in_use.discard(ctrl.guest0.vtermno)
+            self._free_vterm(ctrl.guest0.vtermno)
         del self.controllers[id]
         return self._outcome()
 
@@ -367,16 +370,23 @@ class VirtioSerialModel:
         outvq.clear()
 
     # -------------------------------------------------------------- guest side
-    def _alloc_vterm(self) -> int:
+    def _alloc_vterm(self) -> Vtermno:
         if self.behaviour.console_vtermno_reuse:
             vterm = 1
             while vterm in self._vterms_in_use:
                 vterm += 1
+            self._vterms_in_use.add(vterm)
+            # the real in-use set is a subset of ours, so its lowest free number is no higher
+            return VtermRange(1, vterm) if self._vterm_freed_unknown else vterm
+        self._vterm_counter += 1
+        return self._vterm_counter
+
+    def _free_vterm(self, vterm: Vtermno) -> None:
+        """unplug_port's ida_free (reuse only): a range frees a number the model can't name."""
+        if isinstance(vterm, VtermRange):
+            self._vterm_freed_unknown = True
         else:
-            self._vterm_counter += 1
-            vterm = self._vterm_counter
-        self._vterms_in_use.add(vterm)
-        return vterm
+            self._vterms_in_use.discard(vterm)
 
     def _probe_console(self) -> GuestPort:
         """virtcons_probe without MULTIPORT: add_port(portdev, 0) -> init_port_console.
@@ -414,7 +424,7 @@ class VirtioSerialModel:
             return
         self._discard(port, H2G, "guest", len(guest.rx), "port unplugged")
         if guest.is_console:
-            self._vterms_in_use.discard(guest.vtermno)
+            self._free_vterm(guest.vtermno)
         if guest.fd is not None:
             guest.fd.unplugged = True
             guest.guest_connected = guest.host_connected = False
@@ -516,14 +526,14 @@ class VirtioSerialModel:
     def guest_reset(self) -> Outcome:
         """Driver reload / reboot: opens dropped, buffers lost, QEMU guest_reset, handshake.
 
-        The driver probes the controllers in PCI slot order, but only a controller without
-        MULTIPORT makes its console inside probe (add_port(portdev, 0)); a MULTIPORT one
-        learns its ports from control messages that a workqueue handles after the probes.
-        So every non-MULTIPORT port 0 takes its vtermno first, then the MULTIPORT consoles
-        follow, device by device (observed on 6.1 after reboot and after rmmod/insmod,
-        found by exploration: a hot-plugged max_ports=1 controller's console got vtermno 1,
-        the first controller's virtconsole 2).  The device reset gives the queues their sizes on
-        the QEMU the device runs on now."""
+        The driver probes the controllers in PCI slot order.  A controller without MULTIPORT
+        makes its console inside probe (add_port(portdev, 0)); a MULTIPORT one learns its
+        consoles from control messages in a workqueue item.  When both kinds make consoles
+        in one reset their vtermnos race (see harness.model.vterm): each gets the range of
+        the reset's numbers, not one number.  Consoles of MULTIPORT controllers alone keep
+        device-then-bus order (their work items would interleave only if one slept inside
+        hvc_alloc; not seen).  The device reset gives the queues their sizes on the QEMU the
+        device runs on now."""
         if self.reset_behaviour is not None:
             self.behaviour, self.reset_behaviour = self.reset_behaviour, None
         for name in list(self._blocked_ports()):
@@ -531,16 +541,20 @@ class VirtioSerialModel:
         for port in [*self.removed.values(), *self.stale]:
             port.guest = None  # the reset process held the last fd of unplugged ports
         self._vterms_in_use.clear()
+        self._vterm_freed_unknown = False
         self._vterm_counter = 0
         controllers = list(self.controllers.values())  # PCI slot order
+        probed: list[GuestPort] = []  # consoles the probe thread made
         for ctrl in controllers:
             if not ctrl.multiport:
                 ctrl.guest0 = self._probe_console()
+                probed.append(ctrl.guest0)
             for name in ctrl.ports:
                 self._reset_port(self.ports[name], ctrl.multiport)
-        for ctrl in controllers:
-            if ctrl.multiport:
-                self._probe(ctrl)
+        queued = [guest for ctrl in controllers if ctrl.multiport for guest in self._probe(ctrl)]
+        if probed and queued:
+            for guest in probed + queued:
+                guest.vtermno = VtermRange(1, len(probed) + len(queued))
         return self._outcome()
 
     reboot = guest_reset
@@ -561,15 +575,17 @@ class VirtioSerialModel:
             self._guest_add(port, multiport)
             port.guest_connected = True  # set_status: DRIVER_OK marks port 0 open
 
-    def _probe(self, ctrl: Controller) -> None:
+    def _probe(self, ctrl: Controller) -> list[GuestPort]:
         """The driver's probe handshake with every port of ``ctrl`` at once (control.handshake,
         with Behaviour.control_rx_buffers fresh control rx buffers).  What QEMU dropped for
         want of a buffer the guest never learns: no PORT_ADD, no port at all; no PORT_NAME,
         no name; no CONSOLE_PORT, no console; no PORT_OPEN 1, "host closed" in the guest
-        while QEMU says host on (read gives EOF, write blocks) until the host reconnects."""
+        while QEMU says host on (read gives EOF, write blocks) until the host reconnects.
+        Returns the consoles it made, in the order its workqueue item made them."""
         ports = [self.ports[name] for name in ctrl.ports]
         device = [DevicePort(p.nr, p.name, p.console, p.host_connected) for p in ports]
         _, driver = handshake(device, ctrl.max_ports, self.behaviour)
+        consoles = []
         for port in ports:
             seen = driver.ports.get(port.nr)
             if seen is None:
@@ -579,6 +595,8 @@ class VirtioSerialModel:
                 port.guest.is_console = port.guest.guest_connected = True
                 port.guest.vtermno = self._alloc_vterm()
                 port.guest_connected = True  # init_port_console sends PORT_OPEN 1
+                consoles.append(port.guest)
+        return consoles
 
     def _blocked_ports(self) -> set[str]:
         return {b.pending.port for b in self._blocked.values()}

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, fields, is_dataclass
 from typing import TYPE_CHECKING, Any
 
+from harness.model.vterm import Vtermno
+
 if TYPE_CHECKING:
     from harness.model.device import GuestPort, VirtioSerialModel
 
@@ -54,7 +56,7 @@ class GuestPortView:
     guest_connected: bool = False
     host_connected: bool = False
     is_console: bool = False
-    console_vtermno: int = 0
+    console_vtermno: Vtermno = 0
     bytes_sent: int = 0
     bytes_received: int = 0
     bytes_discarded: int = 0
