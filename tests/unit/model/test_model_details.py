@@ -444,3 +444,52 @@ def test_bytes_discarded_adds_up_over_closes():
         m.host_write("a", data)
         m.guest_close("a")
     assert m.snapshot().ports["a"].guest.bytes_discarded == 5
+
+
+def throttled_after_reset(socket_buffer: int) -> VirtioSerialModel:
+    """QEMU's guest_reset keeps ``throttled`` (spec: it drops the popped element only), so
+    what the guest writes after the reset stays in its out_vq: nothing is popped."""
+    m = VirtioSerialModel(Behaviour(host_socket_buffer=socket_buffer))
+    m.hotplug_controller("c")
+    m.hotplug("a", controller="c")
+    m.host_open("a")
+    m.guest_open("a")
+    m.set_host_backpressure("a", True)
+    m.guest_write("a", b"x" * (socket_buffer + 3))  # the socket fills up: throttled
+    m.guest_reset()
+    m.guest_open("a")
+    assert m.guest_write("a", b"abc").value == 3  # accepted by the driver, into the out_vq
+    assert (m.snapshot().ports["a"].qemu.throttled, element_popped(m)) == (True, False)
+    return m
+
+
+def element_popped(m: VirtioSerialModel) -> bool:
+    """elem_popped of the only port of the only controller, as the migration section says
+    (config 8 bytes, one map word, the port count, then id, guest and host connected)."""
+    (popped,) = struct.unpack_from(">I", save(m), 8 + 4 + 4 + 4 + 1 + 1)
+    return bool(popped)
+
+
+def test_stalling_a_stalled_host_again_pops_nothing():
+    m = throttled_after_reset(0)
+    m.set_host_backpressure("a", True)  # the host still does not read: no chardev event
+    assert (m.snapshot().ports["a"].qemu.throttled, element_popped(m)) == (True, False)
+
+
+def test_a_host_read_of_nothing_leaves_a_full_socket_throttled():
+    m = throttled_after_reset(2)
+    m.host_read("a", 0)  # the socket is as full as before: not writable, no unthrottle
+    assert (m.snapshot().ports["a"].qemu.throttled, element_popped(m)) == (True, False)
+
+
+def test_unplugging_port_0_without_multiport_leaves_nothing_in_flight():
+    """The guest keeps its port 0 (no PORT_REMOVE without a control queue); the QEMU port's
+    unsent host bytes are discarded, so written = discarded + in flight still holds."""
+    m = VirtioSerialModel()
+    m.hotplug_controller("c", max_ports=1)
+    m.hotplug("con", controller="c", console=True)
+    m.host_open("con")
+    m.host_write("con", b"abc")  # guest_connected only at DRIVER_OK: waits in the socket
+    m.unplug("con")
+    assert (m.in_flight("host->guest"), m.discarded("host->guest")) == (0, 3)
+    assert m.snapshot().ports["<c port 0>"].guest.is_console is True
