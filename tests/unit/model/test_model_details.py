@@ -15,6 +15,7 @@ from harness.model import (
     Behaviour,
     ModelError,
     Payload,
+    ReadResult,
     Slice,
     VirtioSerialModel,
     diff,
@@ -27,7 +28,7 @@ from harness.model import (
 )
 from harness.model import control as C
 from harness.model.migration import clone_configuration, load, migrate, save
-from harness.model.payload import SliceQueue, iter_chunks, payload_bytes
+from harness.model.payload import SliceQueue, iter_chunks, payload_bytes, slices_bytes
 
 
 # ------------------------------------------------------------------- errors
@@ -493,3 +494,18 @@ def test_unplugging_port_0_without_multiport_leaves_nothing_in_flight():
     m.unplug("con")
     assert (m.in_flight("host->guest"), m.discarded("host->guest")) == (0, 3)
     assert m.snapshot().ports["<c port 0>"].guest.is_console is True
+
+
+def test_a_read_across_refilled_buffers_stops_at_max_bytes():
+    """read(fd, buf, 6) never returns more than 6 bytes, also when the guest's buffers were
+    refilled from the host socket while it read."""
+    m = VirtioSerialModel(Behaviour(guest_rx_capacity=4))
+    m.hotplug_controller("c")
+    m.hotplug("a", controller="c")
+    m.host_open("a")
+    m.guest_open("a")
+    m.host_write("a", b"0123456789")  # 4 in the guest's buffers, 6 wait in the socket
+    got = m.guest_read("a", 6).value
+    assert isinstance(got, ReadResult)
+    assert slices_bytes(got.slices) == b"012345"
+    assert slices_bytes(m.guest_read("a").value.slices) == b"6789"
