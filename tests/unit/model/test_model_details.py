@@ -508,3 +508,43 @@ def test_a_read_across_refilled_buffers_stops_at_max_bytes() -> None:
     first, rest = m.guest_read("a", 6).value, m.guest_read("a").value
     assert isinstance(first, ReadResult) and isinstance(rest, ReadResult)
     assert (slices_bytes(first.slices), slices_bytes(rest.slices)) == (b"012345", b"6789")
+
+
+def test_guest_open_errors_say_why() -> None:
+    m = VirtioSerialModel(Behaviour(control_rx_buffers=1))
+    m.hotplug_controller("c")
+    m.hotplug("a", controller="c")
+    m.hotplug("b", controller="c")
+    assert error_of(m.guest_open, "nope") == "ENOENT (nope)"
+    m.reboot()  # one control rx buffer: only a's PORT_ADD reaches the guest
+    assert error_of(m.guest_open, "b") == (
+        "ENOENT (the guest never got PORT_ADD (no control rx buffer))"
+    )
+
+
+def test_reboot_tells_the_guest_every_port_name() -> None:
+    """The probe handshake sends PORT_NAME for every port: sysfs shows each name again."""
+    m = VirtioSerialModel()
+    m.hotplug_controller("c")
+    for name in ("a", "b"):
+        m.hotplug(name, controller="c")
+    m.hotplug("con", controller="c", console=True)
+    m.reboot()
+    assert {n: v.guest.name for n, v in m.snapshot().ports.items()} == {
+        "a": "a",
+        "b": "b",
+        "con": "con",
+    }
+
+
+def test_host_close_discards_the_held_element_and_every_buffer_behind_it() -> None:
+    """virtio_serial_close: discard_throttle_data + discard_vq_data (the whole out_vq)."""
+    m = VirtioSerialModel(Behaviour(guest_write_chunk=2))
+    m.hotplug_controller("c")
+    m.hotplug("a", controller="c")
+    m.host_open("a")
+    m.guest_open("a")
+    m.set_host_backpressure("a", True)
+    m.guest_write("a", b"hello")  # "he" popped and held, "ll" and "o" queued behind it
+    m.host_close("a")
+    assert (m.discarded("guest->host"), m.in_flight("guest->host")) == (5, 0)
