@@ -548,3 +548,12 @@ def test_host_close_discards_the_held_element_and_every_buffer_behind_it() -> No
     m.guest_write("a", b"hello")  # "he" popped and held, "ll" and "o" queued behind it
     m.host_close("a")
     assert (m.discarded("guest->host"), m.in_flight("guest->host")) == (5, 0)
+
+
+def test_the_largest_uint32_max_ports_parses_and_is_then_too_many() -> None:
+    """2**32 - 1 is a valid uint32 for QEMU's property parser: realize refuses it, as more
+    than the 511 ports a controller supports."""
+    m = VirtioSerialModel()
+    assert error_of(m.hotplug_controller, "c", max_ports=2**32 - 1) == (
+        "maximum ports supported: 511"
+    )
