@@ -557,3 +557,23 @@ def test_the_largest_uint32_max_ports_parses_and_is_then_too_many() -> None:
     assert error_of(m.hotplug_controller, "c", max_ports=2**32 - 1) == (
         "maximum ports supported: 511"
     )
+
+
+def test_a_blocked_read_behind_a_blocked_write_still_completes() -> None:
+    """Blocked operations of different ports are independent: a write still waiting for its
+    host does not hold up a read whose data has arrived."""
+    m = VirtioSerialModel()
+    m.hotplug_controller("c")
+    m.hotplug("w", controller="c")
+    m.guest_open("w")
+    write = m.guest_write("w", b"x").pending  # the host end of w is closed: blocks
+    m.hotplug("r", controller="c")
+    m.host_open("r")
+    m.guest_open("r")
+    read = m.guest_read("r").pending
+    assert write is not None and read is not None
+    done = m.host_write("r", b"data").completed
+    assert [(c.ticket, c.op, c.port) for c in done] == [(read.ticket, "guest_read", "r")]
+    assert isinstance(done[0].result, ReadResult)
+    assert slices_bytes(done[0].result.slices) == b"data"
+    assert m.blocked() == [write]
