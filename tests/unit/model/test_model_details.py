@@ -15,6 +15,7 @@ from harness.model import (
     Behaviour,
     ModelError,
     Payload,
+    ReadResult,
     Slice,
     VirtioSerialModel,
     diff,
@@ -27,7 +28,7 @@ from harness.model import (
 )
 from harness.model import control as C
 from harness.model.migration import clone_configuration, load, migrate, save
-from harness.model.payload import SliceQueue, iter_chunks, payload_bytes
+from harness.model.payload import SliceQueue, iter_chunks, payload_bytes, slices_bytes
 from tests.unit.model.conftest import error_of, open_port, plug_open
 
 
@@ -420,3 +421,135 @@ def test_bytes_discarded_adds_up_over_closes():
         m.host_write("a", data)
         m.guest_close("a")
     assert m.snapshot().ports["a"].guest.bytes_discarded == 5
+
+
+def throttled_after_reset(socket_buffer: int) -> VirtioSerialModel:
+    """QEMU's guest_reset keeps ``throttled`` (spec: it drops the popped element only), so
+    what the guest writes after the reset stays in its out_vq: nothing is popped."""
+    m = VirtioSerialModel(Behaviour(host_socket_buffer=socket_buffer))
+    m.hotplug_controller("c")
+    m.hotplug("a", controller="c")
+    m.host_open("a")
+    m.guest_open("a")
+    m.set_host_backpressure("a", True)
+    m.guest_write("a", b"x" * (socket_buffer + 3))  # the socket fills up: throttled
+    m.guest_reset()
+    m.guest_open("a")
+    assert m.guest_write("a", b"abc").value == 3  # accepted by the driver, into the out_vq
+    assert (m.snapshot().ports["a"].qemu.throttled, element_popped(m)) == (True, False)
+    return m
+
+
+def element_popped(m: VirtioSerialModel) -> bool:
+    """elem_popped of the only port of the only controller, as the migration section says
+    (config 8 bytes, one map word, the port count, then id, guest and host connected)."""
+    (popped,) = struct.unpack_from(">I", save(m), 8 + 4 + 4 + 4 + 1 + 1)
+    return bool(popped)
+
+
+def test_stalling_a_stalled_host_again_pops_nothing() -> None:
+    m = throttled_after_reset(0)
+    m.set_host_backpressure("a", True)  # the host still does not read: no chardev event
+    assert (m.snapshot().ports["a"].qemu.throttled, element_popped(m)) == (True, False)
+
+
+def test_a_host_read_of_nothing_leaves_a_full_socket_throttled() -> None:
+    m = throttled_after_reset(2)
+    m.host_read("a", 0)  # the socket is as full as before: not writable, no unthrottle
+    assert (m.snapshot().ports["a"].qemu.throttled, element_popped(m)) == (True, False)
+
+
+def test_unplugging_port_0_without_multiport_leaves_nothing_in_flight() -> None:
+    """The guest keeps its port 0 (no PORT_REMOVE without a control queue); the QEMU port's
+    unsent host bytes are discarded, so written = discarded + in flight still holds."""
+    m = VirtioSerialModel()
+    m.hotplug_controller("c", max_ports=1)
+    m.hotplug("con", controller="c", console=True)
+    m.host_open("con")
+    m.host_write("con", b"abc")  # guest_connected only at DRIVER_OK: waits in the socket
+    m.unplug("con")
+    assert (m.in_flight("host->guest"), m.discarded("host->guest")) == (0, 3)
+    assert m.snapshot().ports["<c port 0>"].guest.is_console is True
+
+
+def test_a_read_across_refilled_buffers_stops_at_max_bytes() -> None:
+    """read(fd, buf, 6) never returns more than 6 bytes, also when the guest's buffers were
+    refilled from the host socket while it read."""
+    m = VirtioSerialModel(Behaviour(guest_rx_capacity=4))
+    m.hotplug_controller("c")
+    m.hotplug("a", controller="c")
+    m.host_open("a")
+    m.guest_open("a")
+    m.host_write("a", b"0123456789")  # 4 in the guest's buffers, 6 wait in the socket
+    first, rest = m.guest_read("a", 6).value, m.guest_read("a").value
+    assert isinstance(first, ReadResult) and isinstance(rest, ReadResult)
+    assert (slices_bytes(first.slices), slices_bytes(rest.slices)) == (b"012345", b"6789")
+
+
+def test_guest_open_errors_say_why() -> None:
+    m = VirtioSerialModel(Behaviour(control_rx_buffers=1))
+    m.hotplug_controller("c")
+    m.hotplug("a", controller="c")
+    m.hotplug("b", controller="c")
+    assert error_of(m.guest_open, "nope") == "ENOENT (nope)"
+    m.reboot()  # one control rx buffer: only a's PORT_ADD reaches the guest
+    assert error_of(m.guest_open, "b") == (
+        "ENOENT (the guest never got PORT_ADD (no control rx buffer))"
+    )
+
+
+def test_reboot_tells_the_guest_every_port_name() -> None:
+    """The probe handshake sends PORT_NAME for every port: sysfs shows each name again."""
+    m = VirtioSerialModel()
+    m.hotplug_controller("c")
+    for name in ("a", "b"):
+        m.hotplug(name, controller="c")
+    m.hotplug("con", controller="c", console=True)
+    m.reboot()
+    assert {n: v.guest.name for n, v in m.snapshot().ports.items()} == {
+        "a": "a",
+        "b": "b",
+        "con": "con",
+    }
+
+
+def test_host_close_discards_the_held_element_and_every_buffer_behind_it() -> None:
+    """virtio_serial_close: discard_throttle_data + discard_vq_data (the whole out_vq)."""
+    m = VirtioSerialModel(Behaviour(guest_write_chunk=2))
+    m.hotplug_controller("c")
+    m.hotplug("a", controller="c")
+    m.host_open("a")
+    m.guest_open("a")
+    m.set_host_backpressure("a", True)
+    m.guest_write("a", b"hello")  # "he" popped and held, "ll" and "o" queued behind it
+    m.host_close("a")
+    assert (m.discarded("guest->host"), m.in_flight("guest->host")) == (5, 0)
+
+
+def test_the_largest_uint32_max_ports_parses_and_is_then_too_many() -> None:
+    """2**32 - 1 is a valid uint32 for QEMU's property parser: realize refuses it, as more
+    than the 511 ports a controller supports."""
+    m = VirtioSerialModel()
+    assert error_of(m.hotplug_controller, "c", max_ports=2**32 - 1) == (
+        "maximum ports supported: 511"
+    )
+
+
+def test_a_blocked_read_behind_a_blocked_write_still_completes() -> None:
+    """Blocked operations of different ports are independent: a write still waiting for its
+    host does not hold up a read whose data has arrived."""
+    m = VirtioSerialModel()
+    m.hotplug_controller("c")
+    m.hotplug("w", controller="c")
+    m.guest_open("w")
+    write = m.guest_write("w", b"x").pending  # the host end of w is closed: blocks
+    m.hotplug("r", controller="c")
+    m.host_open("r")
+    m.guest_open("r")
+    read = m.guest_read("r").pending
+    assert write is not None and read is not None
+    done = m.host_write("r", b"data").completed
+    assert [(c.ticket, c.op, c.port) for c in done] == [(read.ticket, "guest_read", "r")]
+    assert isinstance(done[0].result, ReadResult)
+    assert slices_bytes(done[0].result.slices) == b"data"
+    assert m.blocked() == [write]

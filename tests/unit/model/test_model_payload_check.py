@@ -92,3 +92,59 @@ def test_headers_need_sixteen_bytes() -> None:
 def test_literal_payloads_cannot_be_block_checked() -> None:
     with pytest.raises(ValueError, match="generated payloads"):
         StreamChecker(Payload.literal(b"abc"))
+
+
+def test_literal_payloads_are_refused_with_the_reason() -> None:
+    with pytest.raises(ValueError) as err:
+        StreamChecker(Payload.literal(b"abc"))
+    assert str(err.value) == "only generated payloads can be checked block by block"
+
+
+def test_a_check_that_starts_in_a_later_span_uses_that_span() -> None:
+    payload = Payload.generated(5, 2 * SPAN_SIZE)
+    start = SPAN_SIZE + 3 * BLOCK_SIZE
+    checker = feed_all(StreamChecker(payload, start), payload_bytes(payload, start))
+    assert checker.mismatch is None and checker.complete
+
+
+@pytest.mark.parametrize("piece", [1, BLOCK_SIZE])
+def test_the_first_byte_of_every_piece_is_checked(piece: int) -> None:
+    payload = Payload.generated(5, 3 * BLOCK_SIZE)
+    data = bytearray(payload_bytes(payload))
+    data[2 * BLOCK_SIZE] ^= 1  # the first byte of the third piece of BLOCK_SIZE
+    checker = feed_all(StreamChecker(payload), bytes(data), piece)
+    assert checker.mismatch is not None and checker.mismatch.offset == 2 * BLOCK_SIZE
+
+
+def test_a_piece_across_a_span_boundary_is_checked_past_the_boundary() -> None:
+    payload = Payload.generated(5, 2 * SPAN_SIZE)
+    data = bytearray(payload_bytes(payload))
+    data[SPAN_SIZE + 100] ^= 1  # in the first block past the boundary
+    checker = StreamChecker(payload)
+    checker.feed(bytes(data[:BLOCK_SIZE]))
+    checker.feed(bytes(data[BLOCK_SIZE:]))
+    bad = SPAN_SIZE // BLOCK_SIZE  # received whole (the piece starts on a block): header kept
+    assert checker.mismatch == Mismatch(bad * BLOCK_SIZE, BlockHeader(seed_tag(5), bad))
+
+
+def test_the_stream_going_on_past_the_end_in_a_later_piece_is_a_mismatch() -> None:
+    payload = Payload.generated(3, 2 * BLOCK_SIZE)
+    longer = payload_bytes(Payload.generated(3, 3 * BLOCK_SIZE))
+    checker = StreamChecker(payload)
+    checker.feed(longer[:BLOCK_SIZE])
+    checker.feed(longer[BLOCK_SIZE:])
+    assert checker.mismatch == Mismatch(2 * BLOCK_SIZE, BlockHeader(seed_tag(3), 2))
+
+
+@pytest.mark.parametrize("bad_block", [1, 3])
+def test_a_bad_block_in_a_later_piece_is_located_with_its_header(bad_block: int) -> None:
+    """The second piece starts at block 1, so every block it holds arrives whole: the
+    mismatch is the bad block, with the header it carried."""
+    payload = Payload.generated(4, 6 * BLOCK_SIZE)
+    data = bytearray(payload_bytes(payload))
+    data[bad_block * BLOCK_SIZE + 20] ^= 1
+    checker = StreamChecker(payload)
+    checker.feed(bytes(data[:BLOCK_SIZE]))
+    checker.feed(bytes(data[BLOCK_SIZE:]))
+    expected = Mismatch(bad_block * BLOCK_SIZE, BlockHeader(seed_tag(4), bad_block))
+    assert checker.mismatch == expected
