@@ -5,11 +5,22 @@ from __future__ import annotations
 from dataclasses import replace
 
 from harness.scenario.steps import STEPS
-from harness.soak import BOUNDS, COLUMNS, IN, OUT, Sample, SoakPlan, growth, svg_plot, table
+from harness.soak import (
+    BOUNDS,
+    COLUMNS,
+    IN,
+    OUT,
+    Sample,
+    SoakPlan,
+    growth,
+    qemu_own,
+    svg_plot,
+    table,
+)
 
 
 def sample(round_: int, **changes: float) -> Sample:
-    base = Sample(round_, 1.0, "vm_stop", 10.0, 100.0, 40, 80.0, 20, 300.0, 30.0)
+    base = Sample(round_, 1.0, "vm_stop", 10.0, 300.0, 100.0, 40, 80.0, 20, 300.0, 50.0, 30.0)
     return replace(base, **changes)
 
 
@@ -34,6 +45,12 @@ def test_table_has_a_row_per_sample_under_the_columns() -> None:
 def test_growth_past_a_bound_is_reported_from_the_first_sample_after_warm_up() -> None:
     flat = [sample(1, harness_rss_mib=10.0), sample(2), sample(3, harness_fds=20 + 2)]
     assert growth(flat) == []
+    # QEMU's RSS follows the guest's RAM use; only what QEMU keeps itself is bounded
+    before = {"MemTotal": 480.0, "MemFree": 380.0}
+    after = {"MemTotal": 480.0, "MemFree": 180.0}  # the guest used 200 MiB more
+    assert qemu_own(300.0, before) == qemu_own(500.0, after) == 200.0
+    (leak,) = growth([sample(1), sample(2), sample(3, guest_unavailable_mib=50.0 + 65)])
+    assert leak.startswith("guest_unavailable_mib grew by")
     grown = sample(3, qemu_fds=40 + BOUNDS["qemu_fds"] + 1)
     (problem,) = growth([sample(1), sample(2), grown])
     assert problem.startswith("qemu_fds grew by") and "from round 2" in problem
@@ -44,7 +61,7 @@ def test_the_plot_is_an_svg_with_one_line_per_series() -> None:
     svg = svg_plot([sample(1), sample(2, qemu_rss_mib=120.0)])
     assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
     assert svg.count("<polyline") == len(COLUMNS) - 4
-    assert "qemu_rss_mib: 100.0 .. 120.0" in svg
+    assert "qemu_rss_mib: 120.0 .. 300.0" in svg
 
 
 def test_soak_runs_on_the_qemu_named_by_the_qemu_option(monkeypatch) -> None:
