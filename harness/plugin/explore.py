@@ -30,7 +30,19 @@ def pytest_collection_modifyitems(
 
     module = pytest.Module.from_parent(session, path=Path(explore_tests.__file__))
     collected = [node for node in module.collect() if isinstance(node, pytest.Item)]
+    ceiling = explore_timeout(float(config.getoption("--hil-explore")))
+    for item in collected:  # the run-wide pytest-timeout (600 s) would cut a longer run
+        item.add_marker(pytest.mark.timeout(ceiling))
     items[:] = collected
+
+
+#: Shrinking replays examples on the real system after the time bound: this much more at most
+SHRINK_ALLOWANCE = 1800.0
+
+
+def explore_timeout(seconds: float) -> float:
+    """pytest-timeout's ceiling for one exploration item: its time bound plus shrinking."""
+    return seconds + SHRINK_ALLOWANCE
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -43,3 +43,17 @@ def test_unknown_mutant_is_a_usage_error(project: pytest.Pytester) -> None:
     result = project.runpytest("--hil-backend=model", "--hil-explore=1", "--hil-explore-mutant=x")
     assert result.ret != 0
     result.stderr.fnmatch_lines(["*unknown x; known: all, host_close_poll*"])
+
+
+def test_a_long_exploration_is_not_cut_by_the_run_wide_timeout(project: pytest.Pytester) -> None:
+    """Found by the 20-minute runs: pytest-timeout's 600 s (pyproject) killed a 1200 s
+    exploration mid-shrink; each exploration item gets its time bound plus shrinking."""
+    project.makeconftest(
+        "def pytest_collection_finish(session):\n"
+        "    for item in session.items:\n"
+        "        print('ceiling', item.get_closest_marker('timeout').args[0])\n"
+    )
+    result = project.runpytest(
+        "--hil-backend=model", "--hil-explore=1200", "--collect-only", "-q", "-s"
+    )
+    result.stdout.fnmatch_lines(["ceiling 3000.0"])
