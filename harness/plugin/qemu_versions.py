@@ -90,7 +90,9 @@ class QemuBug:
     evidence: str
 
     def triggered_by(self, kind: str, args: dict[str, Any]) -> bool:
-        return (kind, str(args.get("mode", ""))) == self.trigger
+        from harness.scenario.steps import migration_mode
+
+        return (kind, migration_mode(args)) == self.trigger
 
 
 #: The known QEMU bugs, by the scenario mark that names them.

@@ -35,6 +35,12 @@ if TYPE_CHECKING:
 #: what the seeded generator and the agent's 64-bit counters could overflow on.
 MAX_PAYLOAD = 1 << 30
 MIGRATION_MODES = ("live", "paused", "file")
+DEFAULT_MIGRATION_MODE = MIGRATION_MODES[0]
+
+
+def migration_mode(args: dict[str, Any]) -> str:
+    """A migrate step's mode, its default filled in (a step may leave it out)."""
+    return str(args.get("mode", DEFAULT_MIGRATION_MODE))
 
 
 @dataclass(frozen=True)
@@ -307,7 +313,7 @@ def _real_migrate(real: RealSystem, call: StepCall) -> SavedState | None:
     know about QEMUs). Returns the virtio-serial state the stream carried, when the system
     read it (a file migration on QEMU), for the runner to compare with the model's."""
     target = _destination(call.args)
-    mode = call.args.get("mode", "live")
+    mode = migration_mode(call.args)
     if target.qemu is None:
         stats = real.migrate(target.machine, mode)
     else:

@@ -40,6 +40,7 @@ def test_a_guest_kernel_oops_is_the_bug_in_an_unmarked_scenario_too() -> None:
 def test_only_a_live_migration_triggers_the_tcg_dirty_tracking_bug() -> None:
     (bug,) = [b for b in QEMU_BUGS if b.mark == TCG_DIRTY]
     assert bug.triggered_by("migrate", {"mode": "live"})
+    assert bug.triggered_by("migrate", {})  # live is the default mode
     for mode in ("paused", "file"):  # the guest is stopped before its RAM is sent
         assert not bug.triggered_by("migrate", {"mode": mode})
     assert not bug.triggered_by("vm_stop", {})
