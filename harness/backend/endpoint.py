@@ -226,7 +226,7 @@ class HostEndpoint:
             self._in_send = False
             self._partial = self._partial[sent:]
             self.bytes_sent += sent
-            self._pending_out -= sent
+            self._pending_out = max(0, self._pending_out - sent)  # close() may have zeroed it
             self._recent += pending[:sent]
             if len(self._recent) > REPLAY_LIMIT:
                 del self._recent[: len(self._recent) - REPLAY_LIMIT]

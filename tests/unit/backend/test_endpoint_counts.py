@@ -10,66 +10,21 @@ chunk and stops; the held count must equal exactly what reached the peer's socke
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from harness.backend.endpoint import HostEndpoint
+from tests.unit.backend.peer import drain, read_exactly
 
 CHUNK = 4 << 20  # one chunk, far larger than a unix socket's queue: one send() cannot finish
-
-
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[HostEndpoint, socket.socket]]:
-    path = tmp_path / "port.sock"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(path))
-    listener.listen(1)
-    endpoint = HostEndpoint("org.test.0", path)
-    endpoint.connect(timeout=5)
-    peer, _ = listener.accept()
-    listener.close()
-    peer.settimeout(10)
-    yield endpoint, peer
-    endpoint.close()
-    peer.close()
-
-
-def _read(peer: socket.socket, length: int) -> int:
-    """Read exactly ``length`` bytes (blocking, with the socket's timeout)."""
-    got = 0
-    while got < length:
-        data = peer.recv(min(65536, length - got))
-        assert data, f"peer saw EOF after {got} of {length} bytes"
-        got += len(data)
-    return got
-
-
-def _drain(peer: socket.socket) -> int:
-    """Everything queued for the peer right now, without waiting for more."""
-    got = 0
-    peer.setblocking(False)
-    try:
-        while True:
-            try:
-                data = peer.recv(65536)
-            except BlockingIOError:
-                return got
-            assert data, "peer saw EOF while draining"
-            got += len(data)
-    finally:
-        peer.settimeout(10)
 
 
 def test_held_count_is_what_reached_the_socket(pair: tuple[HostEndpoint, socket.socket]) -> None:
     endpoint, peer = pair
     endpoint.write(b"\x5a" * CHUNK)
-    read = _read(peer, 1 << 20)  # the peer takes part of the chunk, then stops reading
+    read = read_exactly(peer, 1 << 20)  # the peer takes part of the chunk, then stops reading
     with endpoint.hold_sending() as sent:
-        queued = _drain(peer)  # room again, but a held sender passes nothing more
+        queued = drain(peer)  # room again, but a held sender passes nothing more
         assert endpoint.bytes_sent == sent
-        assert _drain(peer) == 0
+        assert drain(peer) == 0
     assert 0 < sent < CHUNK
     assert sent == read + queued
     assert endpoint.pending_out == CHUNK - sent
@@ -78,11 +33,11 @@ def test_held_count_is_what_reached_the_socket(pair: tuple[HostEndpoint, socket.
 def test_sender_goes_on_after_a_hold(pair: tuple[HostEndpoint, socket.socket]) -> None:
     endpoint, peer = pair
     endpoint.write(b"\xa5" * CHUNK)
-    read = _read(peer, 4096)
+    read = read_exactly(peer, 4096)
     with endpoint.hold_sending() as sent:
-        read += _drain(peer)
+        read += drain(peer)
     assert read == sent
-    read += _read(peer, CHUNK - read)
+    read += read_exactly(peer, CHUNK - read)
     endpoint.wait_sent(timeout=10)
     assert endpoint.bytes_sent == read == CHUNK
     assert endpoint.pending_out == 0
@@ -93,10 +48,10 @@ def test_dropped_rest_is_never_counted(pair: tuple[HostEndpoint, socket.socket])
     endpoint, peer = pair
     endpoint.write(b"\x01" * CHUNK)
     endpoint.write(b"\x02" * CHUNK)
-    read = _read(peer, 8192)
+    read = read_exactly(peer, 8192)
     with endpoint.hold_sending() as sent:
         dropped = endpoint.drop_pending()
-        read += _drain(peer)
+        read += drain(peer)
     assert dropped == CHUNK
     assert read == sent
     assert endpoint.pending_out == CHUNK - sent
