@@ -100,7 +100,8 @@ class HostEndpoint:
         self._paused = False
         self._held = False  # hold(): at a switchover, the source's socket is not read any more
         self._received_at_hold = 0
-        self._partial = b""  # a chunk the sender has begun, carried across a migration
+        # a chunk the sender has begun (a view: its rest is never copied), kept across migration
+        self._partial: bytes | memoryview = b""
         self._recent = bytearray()  # the last REPLAY_LIMIT bytes sent, to re-send unread ones
         self._successor: socket.socket | None = None
         self.migration_log: list[str] = []
@@ -202,7 +203,7 @@ class HostEndpoint:
                 if self._closing:
                     return
                 if not self._partial:
-                    self._partial = next(self._outbox[0], b"")
+                    self._partial = memoryview(next(self._outbox[0], b""))
                     if not self._partial:
                         self._outbox.popleft()
                         continue
@@ -220,7 +221,7 @@ class HostEndpoint:
             if not sent and not self._wait_room(sock):
                 return
 
-    def _sent(self, pending: bytes, sent: int) -> None:
+    def _sent(self, pending: bytes | memoryview, sent: int) -> None:
         """Count what one send() call passed to the socket; the call is over."""
         with self._lock:
             self._in_send = False
