@@ -299,6 +299,8 @@ class HostEndpoint:
         with self._lock:
             self._paused = self._held = held
             self._lock.notify_all()
+            while held and self._in_send:  # a send() under way ends at once (non-blocking)
+                self._lock.wait()
             if held:
                 self._received_at_hold = self.bytes_received
                 self._note(
