@@ -32,6 +32,7 @@ RECEIVE_LIMIT = 4 * 1024 * 1024
 REPLAY_LIMIT = 8 * 1024 * 1024  # > any unix socket queue: what QEMU may not have read yet
 _CHUNK = 262144  # per recv(): fewer, larger chunks cost the host less per byte
 _RX_POLL = 0.1  # the receiver's poll() timeout: it re-checks close() this often when idle
+SEND_POLL = 0.2  # a sender waiting for room looks at close/pause/hold this often
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ class HostEndpoint:
         self._eof = False
         self._outbox: deque[Iterator[bytes]] = deque()
         self._pending_out = 0
+        self._in_send = False  # a send() call is under way: its bytes are not counted yet
+        self._holds = 0  # hold_sending() callers: the sender starts no send() meanwhile
         self._stalled = False
         self._closing = False
         self.bytes_sent = 0
@@ -97,7 +100,8 @@ class HostEndpoint:
         self._paused = False
         self._held = False  # hold(): at a switchover, the source's socket is not read any more
         self._received_at_hold = 0
-        self._partial = b""  # a chunk the sender has begun, carried across a migration
+        # a chunk the sender has begun (a view: its rest is never copied), kept across migration
+        self._partial: bytes | memoryview = b""
         self._recent = bytearray()  # the last REPLAY_LIMIT bytes sent, to re-send unread ones
         self._successor: socket.socket | None = None
         self.migration_log: list[str] = []
@@ -187,32 +191,82 @@ class HostEndpoint:
                 self._lock.wait(remaining)
 
     def _send_loop(self, sock: socket.socket) -> None:
+        """Feed the socket without ever blocking inside send(): a blocking send() of a whole
+        chunk would pass part of it to QEMU while ``bytes_sent`` still lacks it (and stay in
+        the kernel for good once QEMU stops reading), so every count would lag the socket."""
         while True:
             with self._lock:
                 idle = not self._partial and not self._outbox
-                while (self._paused or idle) and not self._closing:
+                while (self._paused or self._holds or idle) and not self._closing:
                     self._lock.wait()
                     idle = not self._partial and not self._outbox
                 if self._closing:
                     return
                 if not self._partial:
-                    self._partial = next(self._outbox[0], b"")
+                    self._partial = memoryview(next(self._outbox[0], b""))
                     if not self._partial:
                         self._outbox.popleft()
                         continue
                 pending = self._partial
+                self._in_send = True
             try:
-                sent = sock.send(pending)
+                sent = sock.send(pending, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
             except OSError as error:
+                self._sent(pending, 0)
                 self._fail(error)
                 return
+            self._sent(pending, sent)
+            if not sent and not self._wait_room(sock):
+                return
+
+    def _sent(self, pending: bytes | memoryview, sent: int) -> None:
+        """Count what one send() call passed to the socket; the call is over."""
+        with self._lock:
+            self._in_send = False
+            self._partial = self._partial[sent:]
+            self.bytes_sent += sent
+            self._pending_out = max(0, self._pending_out - sent)  # close() may have zeroed it
+            self._recent += pending[:sent]
+            if len(self._recent) > REPLAY_LIMIT:
+                del self._recent[: len(self._recent) - REPLAY_LIMIT]
+            self._lock.notify_all()
+
+    def _wait_room(self, sock: socket.socket) -> bool:
+        """Until the socket takes bytes again or SEND_POLL passes; False once it is gone."""
+        try:
+            select.select([], [sock], [], SEND_POLL)
+        except (OSError, ValueError) as error:  # closed under us (ValueError: fileno -1)
+            self._fail(error if isinstance(error, OSError) else OSError(str(error)))
+            return False
+        return True
+
+    @contextlib.contextmanager
+    def hold_sending(self, timeout: float = 10) -> Iterator[int]:
+        """Hold the sender between send() calls and yield ``bytes_sent``, exact and fixed while
+        held: what crossed the socket can then be measured against it (a stream's end)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._holds += 1
+            try:
+                while self._in_send:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise WaitTimeout(
+                            f"host end of {self.name}: a send() call still under way after "
+                            f"{timeout:.0f} s (the sender thread is not running)"
+                        )
+                    self._lock.wait(remaining)
+                sent = self.bytes_sent
+            except BaseException:
+                self._holds -= 1
+                raise
+        try:
+            yield sent
+        finally:
             with self._lock:
-                self._partial = self._partial[sent:]
-                self.bytes_sent += sent
-                self._pending_out -= sent
-                self._recent += pending[:sent]
-                if len(self._recent) > REPLAY_LIMIT:
-                    del self._recent[: len(self._recent) - REPLAY_LIMIT]
+                self._holds -= 1
                 self._lock.notify_all()
 
     def drop_pending(self) -> int:
@@ -245,6 +299,8 @@ class HostEndpoint:
         with self._lock:
             self._paused = self._held = held
             self._lock.notify_all()
+            while held and self._in_send:  # a send() under way ends at once (non-blocking)
+                self._lock.wait()
             if held:
                 self._received_at_hold = self.bytes_received
                 self._note(

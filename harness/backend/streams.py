@@ -125,10 +125,10 @@ class StreamRunner:
         length = -1 if size is None else size
         driver = self._counter(port, direction)
         if direction == H2G:
-            before = endpoint.bytes_sent
             args: dict[str, Any] = {"name": port, "flow": flow, "direction": "in", "chunk": chunk}
             ticket = _start_flow(agent, {**args, "length": length})
-            endpoint.write(Payload.generated(seed, UNBOUNDED if size is None else size))
+            with endpoint.hold_sending() as before:  # an exact baseline: no send() half done
+                endpoint.write(Payload.generated(seed, UNBOUNDED if size is None else size))
             stream = RealStream(port, direction, seed, size, flow, ticket, endpoint, before, driver)
         else:
             consumer = _Consumer(endpoint, seed)
@@ -200,13 +200,17 @@ class StreamRunner:
                 notes.append(f"host writer stopped ({dropped} queued bytes never sent)")
         sent = endpoint.bytes_sent - stream.sent_before
         self._wait_reader(stream, sent, timeout)
+        # Downstream first: the reader's final count, then the driver's, then the socket and
+        # the writer together while the sender is held (no send() half done), so no layer can
+        # count a byte that the one before it had not passed yet when it was measured.
         result = self._flow_result(stream, True, timeout)
-        sent = endpoint.bytes_sent - stream.sent_before
-        unread = None
-        if endpoint.connected and endpoint.inode is not None:
-            unread = unread_by_peer({endpoint.inode}).get(endpoint.inode, 0)
-            endpoint.drop_pending()
         driver = self._counter(stream.port, H2G)
+        unread = None
+        with endpoint.hold_sending() as total:
+            sent = total - stream.sent_before
+            if endpoint.connected and endpoint.inode is not None:
+                unread = unread_by_peer({endpoint.inode}).get(endpoint.inode, 0)
+                endpoint.drop_pending()
         if result is None:
             notes.append(
                 f"the guest end's count was lost with the agent ({stream.progress} bytes "

@@ -170,13 +170,16 @@ def _real_end(real: RealSystem, call: StepCall) -> StreamReportLike:
         stream, report.sent, report.delivered, report.prefix_ok, layers, report.writer_error
     )
     log.info(
-        "stream on %s (step %d, %s): sent %s, delivered %s, discarded %s%s%s",
+        "stream on %s (step %d, %s): sent %s, delivered %s, discarded %s "
+        "(host socket %s, guest driver %s)%s%s",
         call.port,
         stream.step,
         stream.direction,
         report.sent,
         report.delivered,
         verdict.discarded,
+        report.socket,
+        report.driver,
         f" ({stream.cut.fault} at step {stream.cut.step})" if stream.cut else "",
         "".join(f"; {note}" for note in report.notes),
     )
