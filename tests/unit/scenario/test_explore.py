@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 from dataclasses import replace
 from pathlib import Path
-from typing import cast
+from typing import ClassVar, cast
 
 import pytest
 
@@ -220,7 +220,7 @@ def test_a_kind_the_real_system_cannot_run_is_dropped_not_a_crash(tmp_path: Path
 class CountsMigrations(ModelSystem):
     """The model as the real system, counting the migrations it is asked for by mode."""
 
-    modes: list[str] = []
+    modes: ClassVar[list[str]] = []
 
     def migrate(self, destination: object, mode: str = "live", qemu: str | None = None) -> object:
         CountsMigrations.modes.append(mode)
