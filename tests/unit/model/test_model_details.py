@@ -18,6 +18,7 @@ from harness.model import (
     ReadResult,
     Slice,
     VirtioSerialModel,
+    VtermRange,
     diff,
     encode,
     format_diff,
@@ -640,3 +641,8 @@ def test_a_controller_only_the_destination_has_keeps_its_own_guest_side(max_port
     migrate(source, dest)
     assert dest.snapshot().ports.get(guest_only_key("d", 0)) == before
     assert (before is None) == (max_ports > 1)  # only a controller without MULTIPORT has one
+
+
+def test_a_vterm_range_is_below_a_number_when_its_lowest_value_is() -> None:
+    assert VtermRange(2, 4) < 3
+    assert not VtermRange(2, 4) < 2
