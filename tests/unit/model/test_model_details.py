@@ -18,6 +18,7 @@ from harness.model import (
     ReadResult,
     Slice,
     VirtioSerialModel,
+    VtermRange,
     diff,
     encode,
     format_diff,
@@ -27,8 +28,18 @@ from harness.model import (
     slices_sha256,
 )
 from harness.model import control as C
+from harness.model.boot import build_model
+from harness.model.declarations import MachineDecl
 from harness.model.migration import clone_configuration, load, migrate, save
 from harness.model.payload import SliceQueue, iter_chunks, payload_bytes, slices_bytes
+from harness.model.snapshot import (
+    ABSENT,
+    ABSENT_FIELD,
+    PortView,
+    QemuPortView,
+    Snapshot,
+    guest_only_key,
+)
 from tests.unit.model.conftest import error_of, open_port, plug_open
 
 
@@ -553,3 +564,85 @@ def test_a_blocked_read_behind_a_blocked_write_still_completes() -> None:
     assert isinstance(done[0].result, ReadResult)
     assert slices_bytes(done[0].result.slices) == b"data"
     assert m.blocked() == [write]
+
+
+def test_an_unplugged_port_migrates_as_a_copy_the_source_cannot_touch() -> None:
+    # the host never read "xyz" before the unplug, and the guest still holds the fd
+    source = open_port("a")
+    source.guest_write("a", b"xyz")
+    source.unplug("a")
+    dest = clone_configuration(source)
+    migrate(source, dest)
+    assert source.host_read("a").value == ReadResult((Slice(Payload.literal(b"xyz"), 0, 3),))
+    source.guest_close("a")
+    assert dest.host_read("a").value == ReadResult((Slice(Payload.literal(b"xyz"), 0, 3),))
+    dest.guest_close("a")  # EBADF had the close on the source reached the destination
+
+
+def test_a_stale_port_migrates_as_a_copy_the_source_cannot_touch() -> None:
+    # plugged again under its name: the guest's fd still refers to the old (stale) port
+    source = open_port("a")
+    source.unplug("a")
+    source.hotplug("a", controller="c")
+    dest = clone_configuration(source)
+    migrate(source, dest)
+    source.guest_close("a")
+    dest.guest_close("a")  # EBADF had the close on the source reached the destination
+
+
+def test_build_model_runs_the_behaviour_it_is_given() -> None:
+    behaviour = Behaviour(guest_rx_capacity=4096, control_rx_buffers=3)
+    assert build_model(MachineDecl(), behaviour).behaviour == behaviour
+
+
+def test_every_reply_the_driver_had_no_buffer_for_is_lost_on_its_way_to_the_driver() -> None:
+    ports = [C.DevicePort(i, f"p{i}", host_connected=True) for i in (1, 2, 3)]
+    log, _ = C.handshake(ports, 31, Behaviour(control_rx_buffers=3))
+    lost = [wire for wire in log if wire.lost]
+    assert lost and all(wire.direction == C.TO_DRIVER for wire in lost)
+
+
+def test_a_port_whose_port_add_was_lost_shows_qemu_side_only() -> None:
+    # 34 serial ports, host ends closed: the 32 control buffers go to 32 PORT_ADDs, and QEMU
+    # drops the PORT_ADDs of ids 33 and 34 (see test_more_ports_than_buffers_lose_port_add)
+    m = VirtioSerialModel(Behaviour(control_rx_buffers=32))
+    m.hotplug_controller("c", max_ports=64)
+    for nr in range(1, 35):
+        m.hotplug(f"p{nr}", controller="c", nr=nr)
+    m.boot()
+    ports = m.snapshot().ports
+    for nr in (33, 34):
+        assert ports[f"p{nr}"] == PortView(
+            "c", nr, False, QemuPortView(False, False, False), ABSENT
+        )
+    assert ports["p32"].guest.present
+
+
+def test_a_field_only_one_side_has_is_a_difference() -> None:
+    # QEMU has no port 0 on a controller without MULTIPORT (qemu None); the other side has one
+    guest_only = PortView("c", 0, False, None, ABSENT)
+    with_qemu = PortView("c", 0, False, QemuPortView(True, False, False), ABSENT)
+    got = diff(Snapshot({}, {"x": guest_only}), Snapshot({}, {"x": with_qemu}))
+    assert [(d.field, d.expected, d.actual) for d in got] == [
+        ("qemu", None, ABSENT_FIELD),
+        ("qemu.guest_connected", ABSENT_FIELD, True),
+        ("qemu.host_connected", ABSENT_FIELD, False),
+        ("qemu.throttled", ABSENT_FIELD, False),
+    ]
+
+
+@pytest.mark.parametrize("max_ports", [1, 31])
+def test_a_controller_only_the_destination_has_keeps_its_own_guest_side(max_ports: int) -> None:
+    # no section in the stream for it: it is not loaded, and no source port 0 replaces its own
+    source = open_port("a")
+    dest = clone_configuration(source)
+    dest.hotplug_controller("d", max_ports=max_ports)
+    before = dest.snapshot().ports.get(guest_only_key("d", 0))
+    migrate(source, dest)
+    assert dest.snapshot().ports.get(guest_only_key("d", 0)) == before
+    assert (before is None) == (max_ports > 1)  # only a controller without MULTIPORT has one
+
+
+def test_a_vterm_range_is_below_a_number_when_its_lowest_value_is() -> None:
+    assert VtermRange(2, 4) < 3
+    assert not VtermRange(2, 4) < 2

@@ -8,10 +8,13 @@ from harness.model.device import G2H, H2G
 from harness.model.streams import (
     AGENT,
     GUEST_DRIVER,
+    HOST_READER,
     HOST_SOCKET,
+    HOST_WRITER,
     QEMU,
     Layer,
     StreamModel,
+    Verdict,
     chain,
     first_loss,
     judge,
@@ -127,3 +130,96 @@ def test_first_loss_skips_unmeasured_layers() -> None:
     layers = [Layer("a", 10), Layer("b", None), Layer("c", 10), Layer("d", 4)]
     assert first_loss(layers) == "between c and d"
     assert first_loss([Layer("a", None), Layer("b", 3)]) is None
+
+
+def test_chain_lists_the_layers_in_the_order_a_byte_crosses_them() -> None:
+    measured = {"socket": 90, "qemu": 85, "driver": 80}
+    h2g = chain(H2G, 100, 70, **measured)
+    assert h2g == [
+        Layer(HOST_WRITER, 100),
+        Layer(HOST_SOCKET, 90, "bytes that passed the host socket"),
+        Layer(QEMU, 85, "not observable: the difference of its neighbours"),
+        Layer(GUEST_DRIVER, 80, "debugfs counter change"),
+        Layer(AGENT, 70),
+    ]
+    g2h = chain(G2H, 100, 70, **measured)
+    assert [(x.name, x.bytes) for x in g2h] == [
+        (AGENT, 100),
+        (GUEST_DRIVER, 80),
+        (QEMU, 85),
+        (HOST_SOCKET, 90),
+        (HOST_READER, 70),
+    ]
+
+
+def test_chain_leaves_what_was_not_measured_unknown() -> None:
+    assert [x.bytes for x in chain(G2H, 5, 4)] == [5, None, None, None, 4]
+
+
+def test_the_table_aligns_columns_and_shows_unmeasured_layers_as_a_question_mark() -> None:
+    verdict = Verdict(
+        sent=100,
+        delivered=7,
+        discarded=93,
+        problems=(),
+        layers=(Layer("writer", 100, "sent"), Layer("q", None, "n/a"), Layer("reader", 7)),
+        lost_at=None,
+    )
+    assert verdict.table() == (
+        "layer   bytes  note\n"
+        "------  -----  ----\n"
+        "writer  100    sent\n"
+        "q       ?      n/a\n"
+        "reader  7"
+    )
+
+
+def test_a_missing_delivered_count_keeps_what_is_known() -> None:
+    layers = chain(H2G, 10, None)
+    verdict = judge(stream(H2G), 10, None, True, layers)
+    assert verdict.sent == 10 and verdict.delivered is None and verdict.discarded is None
+    assert verdict.problems == ("the guest end's count is missing, and no fault explains that",)
+    assert verdict.layers == tuple(layers) and verdict.lost_at is None
+
+
+def test_a_corrupted_prefix_and_a_surplus_say_how_many_bytes() -> None:
+    problems = judge(stream(), 10, 12, False, []).problems
+    assert problems == (
+        "the 12 bytes delivered are not the stream's first 12 bytes "
+        "(corrupted, duplicated, reordered or from another stream)",
+        "2 bytes delivered more than were sent",
+    )
+
+
+@pytest.mark.parametrize(
+    ("faults", "named"),
+    [([], "none"), (["vm_stop", "migrate"], "vm_stop (step 4), migrate (step 4)")],
+)
+def test_an_unexplained_loss_names_the_faults_the_stream_saw(faults: list[str], named: str) -> None:
+    s = stream()
+    for fault in faults:
+        s.fault(fault, 4, None)
+    verdict = judge(s, 100, 90, True, [])
+    assert verdict.problems == (
+        f"10 of 100 bytes were lost, and no fault in this stream explains a loss (faults: {named})",
+    )
+    assert verdict.sent == 100 and verdict.delivered == 90 and verdict.discarded == 10
+
+
+@pytest.mark.parametrize(
+    ("fault", "direction", "where"),
+    [
+        ("unplug", H2G, f"{GUEST_DRIVER}, {HOST_SOCKET}"),
+        # a cut that names no layer; judge takes its loss without a problem (see the notes in
+        # mutation_survivors.md: the model says a guest_close loses no guest-to-host byte)
+        ("guest_close", G2H, "nowhere"),
+    ],
+)
+def test_the_discard_row_counts_the_bytes_and_names_the_cut_and_its_layers(
+    fault: str, direction: str, where: str
+) -> None:
+    s = stream(direction)
+    s.fault(fault, 5, "p")
+    verdict = judge(s, 100, 60, True, [])
+    assert verdict.layers == (Layer("discarded", 40, f"discarded by {fault} (step 5) in: {where}"),)
+    assert verdict.sent == 100 and verdict.delivered == 60 and verdict.discarded == 40
