@@ -184,6 +184,7 @@ class Migrating(SystemBase):
             if port.endpoint is not None and port.spec.chardev_path is not None:
                 port.endpoint.path = port.spec.chardev_path
         self._ports = planned
+        self._unplugged.clear()  # the destination never had them: unknown ports (ENOENT) now
         self.guest = target
         self.ports = PortManager(target.machine)
         target.connect_ssh(self.boot_timeout)
