@@ -49,8 +49,6 @@ def test_growth_past_a_bound_is_reported_from_the_first_sample_after_warm_up() -
     before = {"MemTotal": 480.0, "MemFree": 380.0}
     after = {"MemTotal": 480.0, "MemFree": 180.0}  # the guest used 200 MiB more
     assert qemu_own(300.0, before) == qemu_own(500.0, after) == 200.0
-    (leak,) = growth([sample(1), sample(2), sample(3, guest_unavailable_mib=50.0 + 65)])
-    assert leak.startswith("guest_unavailable_mib grew by")
     grown = sample(3, qemu_fds=40 + BOUNDS["qemu_fds"] + 1)
     (problem,) = growth([sample(1), sample(2), grown])
     assert problem.startswith("qemu_fds grew by") and "from round 2" in problem
