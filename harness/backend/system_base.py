@@ -156,4 +156,6 @@ class SystemBase:
         if current is not None:
             return current.handle
         held = self._fds.get(port, [])
+        if not held and port not in self._ports and port not in self._unplugged:
+            raise RealFailure("ENOENT", port)  # never plugged here (e.g. gone with a migration)
         return held[-1].handle if held else port
