@@ -31,19 +31,28 @@ def qemu_command(spec: str) -> QemuCommand:
         raise MachineError(f"QEMU {spec}: {error}") from None
 
 
-def _run(spec: str, *args: str) -> str:
-    command = qemu_command(spec)
+def run_command(
+    command: QemuCommand, args: list[str], timeout: float, failed: str
+) -> subprocess.CompletedProcess[str]:
+    """QEMU run as `command` runs it (its loader, libraries, environment), output captured;
+    one that cannot start or outlives `timeout` is a MachineError saying `failed`."""
     try:
-        result = subprocess.run(
+        return subprocess.run(
             [*command.argv, *args],
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=timeout,
             check=False,
             env=command.environment(),
         )
     except (OSError, subprocess.TimeoutExpired) as error:
-        raise MachineError(f"QEMU {spec}: {' '.join(args)} failed: {error}") from None
+        raise MachineError(f"{failed}: {error}") from None
+
+
+def _run(spec: str, *args: str) -> str:
+    result = run_command(
+        qemu_command(spec), list(args), 60, f"QEMU {spec}: {' '.join(args)} failed"
+    )
     if result.returncode != 0:
         raise MachineError(
             f"QEMU {spec}: {' '.join(args)} exited {result.returncode}: "

@@ -26,7 +26,6 @@ import itertools
 import json
 import os
 import re
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from typing import Any
 
 from harness.images.qemu_pkg import QemuCommand
 from harness.machine.errors import MachineError
+from harness.machine.qemu_spec import run_command
 
 #: Bump when what a state holds or how it is made changes (old states are then never used).
 #: 2: the QEMU is keyed by its binary's digest and its spec's identity (1 keyed argv[0],
@@ -122,18 +122,8 @@ def _qemu_binary(argv: tuple[str, ...]) -> Path:
 @cache
 def _qemu_version(command: QemuCommand, size: int, mtime_ns: int, ctime_ns: int) -> str:
     """`--version` run as the spec runs QEMU (memoized per binary size, mtime and ctime)."""
-    try:
-        result = subprocess.run(
-            [*command.argv, "--version"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-            env=command.environment(),
-        )
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise MachineError(f"could not ask QEMU {command.spec} for its version: {error}") from None
-    return result.stdout.strip()
+    failed = f"could not ask QEMU {command.spec} for its version"
+    return run_command(command, ["--version"], 30, failed).stdout.strip()
 
 
 def state_key(
