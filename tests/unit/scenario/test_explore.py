@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 from dataclasses import replace
 from pathlib import Path
-from typing import ClassVar, cast
+from typing import Any, ClassVar, cast
 
 import pytest
 
@@ -192,6 +192,19 @@ def test_runner_drops_only_a_step_the_model_refuses() -> None:
     assert runner.predicted is not None and runner.predicted.ports["ex2"].poll is not None
 
 
+def explore_against(system: type[ModelSystem], out: Path, **settings: Any) -> Exploration:
+    """A seeded model-mode exploration whose "real" side is ``system`` (a ModelSystem)."""
+    return Exploration(
+        real_factory=lambda: cast(RealSystem, system(EXPLORE_NAME)),
+        seed=1,
+        seconds=600,
+        out_dir=out,
+        options=MODEL_OPTIONS,
+        exclude=CANNOT_PLAY,
+        **settings,
+    )
+
+
 class BuiltInDriver(ModelSystem):
     """A real system whose kernel has virtio_console built in (Debian 13's cloud kernel)."""
 
@@ -202,15 +215,7 @@ class BuiltInDriver(ModelSystem):
 def test_a_kind_the_real_system_cannot_run_is_dropped_not_a_crash(tmp_path: Path) -> None:
     """Found by the 20-minute run on Debian 13: module_reload's NotApplicable ended the whole
     exploration; now that example is dropped and the kind is not drawn again."""
-    exploration = Exploration(
-        real_factory=lambda: cast(RealSystem, BuiltInDriver(EXPLORE_NAME)),
-        seed=1,
-        seconds=600,
-        max_examples=60,
-        out_dir=tmp_path,
-        options=MODEL_OPTIONS,
-        exclude=CANNOT_PLAY,
-    )
+    exploration = explore_against(BuiltInDriver, tmp_path, max_examples=60)
     stats = exploration.run()
     assert not stats.findings, stats.summary()
     assert "built into" in exploration.not_applicable["module_reload"]
@@ -231,15 +236,8 @@ def test_steps_left_out_for_a_known_qemu_bug_are_never_run(tmp_path: Path) -> No
     """QEMU 7.2 under TCG corrupts guest RAM in live migrations (qemu_versions.QEMU_BUGS):
     a finding there would not replay, so the explorer runs the other modes only."""
     CountsMigrations.modes = []
-    exploration = Exploration(
-        real_factory=lambda: cast(RealSystem, CountsMigrations(EXPLORE_NAME)),
-        seed=1,
-        seconds=600,
-        max_examples=80,
-        out_dir=tmp_path,
-        options=MODEL_OPTIONS,
-        exclude=CANNOT_PLAY,
-        left_out=frozenset({("migrate", "live")}),
+    exploration = explore_against(
+        CountsMigrations, tmp_path, max_examples=80, left_out=frozenset({("migrate", "live")})
     )
     stats = exploration.run()
     assert not stats.findings, stats.summary()
