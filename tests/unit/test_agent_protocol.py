@@ -12,6 +12,7 @@ import errno
 import hashlib
 import importlib.util
 import os
+import select
 import shutil
 import signal
 import socket
@@ -226,6 +227,46 @@ def test_read_timeout_and_eof(hil_agent: ModuleType) -> None:
         assert eof["result"]["eof"] is True
     finally:
         agent.close_all()
+
+
+@pytest.mark.parametrize("op", ["flow", "check_stream"])
+def test_a_port_closed_under_a_stream_never_hands_its_fd_number_to_the_next_open(
+    hil_agent: ModuleType, op: str
+) -> None:
+    """guest_close while a stream reads the port: the next open must not get the same fd
+    number while the stream still runs, or the stream reads the other port's bytes (the 10.0
+    soak's duplicated, wrong-prefix h2g stream)."""
+    agent = hil_agent.Agent()
+    first_r, first_w = os.pipe()
+    _inject(hil_agent, agent, "first", first_r, False)
+    sent = hil_agent.generated_bytes(5, 8192)
+    os.write(first_w, sent)
+    args = {"name": "first", "seed": 5, "length": 1 << 20, "timeout": 10}
+    if op == "flow":
+        args.update(flow="f", direction="in")
+    ticket = agent.handle({"id": 1, "op": "start", "args": {"op": op, "args": args}})
+    ticket_id = ticket["result"]["ticket"]
+    deadline = time.monotonic() + 10
+    while agent.ports["first"].users == 0 or select.select([first_r], [], [], 0)[0]:
+        assert time.monotonic() < deadline, "the stream did not read the first bytes in 10 s"
+        time.sleep(0.01)
+    assert agent.handle({"id": 2, "op": "close", "args": {"name": "first"}})["ok"]
+    second_r, second_w = os.pipe()
+    try:
+        assert first_r not in (second_r, second_w), "a closed port's number was reused"
+        _inject(hil_agent, agent, "second", second_r, False)
+        os.write(second_w, b"x" * 4096)
+        state = agent.handle({"id": 3, "op": "ticket", "args": {"ticket": ticket_id, "wait": 10}})
+        result = state["result"]["reply"]["result"]
+        assert result["bytes"] == len(sent), result
+        assert result.get("error", result.get("errno")) == "EBADF", result
+        assert os.read(second_r, 8192) == b"x" * 4096  # the other port's bytes stayed there
+        with pytest.raises(OSError):  # the last user closed the retired number
+            os.fstat(first_r)
+    finally:
+        agent.close_all()
+        for fd in (first_w, second_w):
+            os.close(fd)
 
 
 def test_streams_match_the_model_sha256(hil_agent: ModuleType) -> None:
