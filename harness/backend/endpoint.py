@@ -95,6 +95,8 @@ class HostEndpoint:
         self._closing = False
         self.bytes_sent = 0
         self.bytes_received = 0
+        #: connect() calls so far: a migration's switch carries the same connection over
+        self.connections = 0
         self._threads: list[threading.Thread] = []
         self.error: BaseException | None = None
         self._paused = False
@@ -116,6 +118,7 @@ class HostEndpoint:
         if self._sock is not None:
             raise MachineError(f"host end of {self.name} is already connected")
         self._start(_connect(self.path, timeout, self.name))
+        self.connections += 1
 
     @property
     def inode(self) -> int | None:

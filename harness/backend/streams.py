@@ -12,6 +12,7 @@ passed (writer, host socket, guest driver counters, reader), so the scenario lay
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import threading
 import time
@@ -30,6 +31,41 @@ if TYPE_CHECKING:
 UNBOUNDED = 1 << 40  # an `until` stream's length: never reached
 QUIET = 2.0  # a reader with nothing new for this long has drained what will come
 _ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Residue:
+    """Bytes a host stream sent that still wait in the host socket at its end: QEMU reads
+    nothing for a port whose guest end is closed, so they stay there (the stream's report
+    counts them as discarded, as the model predicts for a guest close) and the port's next
+    reader gets them first, before its own stream (a check of what a guest close keeps)."""
+
+    seed: int
+    offset: int  # the stream offset of its first byte
+    length: int
+
+
+def residue_sha256(segments: list[Residue]) -> str:
+    digest = hashlib.sha256()
+    for segment in segments:
+        payload = Payload.generated(segment.seed, UNBOUNDED)
+        for chunk in iter_chunks(payload, segment.offset, segment.offset + segment.length):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def split_residue(segments: list[Residue], count: int) -> tuple[list[Residue], list[Residue]]:
+    """The first ``count`` bytes of ``segments`` and the rest."""
+    taken: list[Residue] = []
+    left: list[Residue] = []
+    for segment in segments:
+        take = max(0, min(segment.length, count))
+        count -= take
+        if take:
+            taken.append(Residue(segment.seed, segment.offset, take))
+        if take < segment.length:
+            left.append(Residue(segment.seed, segment.offset + take, segment.length - take))
+    return taken, left
 
 
 @dataclass
@@ -91,6 +127,7 @@ class RealStream:
     driver_before: int | None
     consumer: _Consumer | None = None
     progress: int | None = None  # the guest end's count just before a reset, if one came
+    residue: list[Residue] = field(default_factory=list)  # earlier bytes read first (Residue)
 
 
 class StreamRunner:
@@ -103,6 +140,8 @@ class StreamRunner:
     ) -> None:
         self._agent, self._endpoint = agent, endpoint
         self.streams: dict[str, RealStream] = {}
+        #: per port: the host connection (HostEndpoint.connections) and what waits in it
+        self.residues: dict[str, tuple[HostEndpoint, int, list[Residue]]] = {}
 
     def _counter(self, port: str, direction: str) -> int | None:
         """The guest driver's count of the stream's direction (debugfs), None if absent."""
@@ -125,11 +164,15 @@ class StreamRunner:
         length = -1 if size is None else size
         driver = self._counter(port, direction)
         if direction == H2G:
+            residue = self._residue(port, endpoint)
             args: dict[str, Any] = {"name": port, "flow": flow, "direction": "in", "chunk": chunk}
+            if residue:
+                args["skip"] = sum(segment.length for segment in residue)
             ticket = _start_flow(agent, {**args, "length": length})
             with endpoint.hold_sending() as before:  # an exact baseline: no send() half done
                 endpoint.write(Payload.generated(seed, UNBOUNDED if size is None else size))
             stream = RealStream(port, direction, seed, size, flow, ticket, endpoint, before, driver)
+            stream.residue = residue
         else:
             consumer = _Consumer(endpoint, seed)
             consumer.start()
@@ -149,6 +192,14 @@ class StreamRunner:
             )
         self.streams[port] = stream
         return port
+
+    def _residue(self, port: str, endpoint: HostEndpoint) -> list[Residue]:
+        """What an earlier stream left waiting on this host connection (none once the host end
+        reconnected: a closed socket's queue is gone with it)."""
+        kept = self.residues.pop(port, None)
+        if kept is None or kept[0] is not endpoint or kept[1] != endpoint.connections:
+            return []
+        return kept[2]
 
     def note_progress(self) -> None:
         """Before the guest resets: what each guest end had counted (kept for the report)."""
@@ -205,12 +256,13 @@ class StreamRunner:
         # count a byte that the one before it had not passed yet when it was measured.
         result = self._flow_result(stream, True, timeout)
         driver = self._counter(stream.port, H2G)
-        unread = None
+        unread, waiting = None, 0
         with endpoint.hold_sending() as total:
             sent = total - stream.sent_before
             if endpoint.connected and endpoint.inode is not None:
                 unread = unread_by_peer({endpoint.inode}).get(endpoint.inode, 0)
                 endpoint.drop_pending()
+                waiting = endpoint.pending_out  # a begun chunk: it still goes, after the rest
         if result is None:
             notes.append(
                 f"the guest end's count was lost with the agent ({stream.progress} bytes "
@@ -219,15 +271,54 @@ class StreamRunner:
             return StreamReport(sent, None, False, None, None, None, notes)
         delivered = int(result["bytes"])
         prefix = sha256_of(Payload.generated(stream.seed, UNBOUNDED), 0, delivered)
+        skipped = int(result.get("skipped", 0))
+        residue_ok = self._check_residue(stream, result, notes)
+        if unread is not None:
+            self._keep_residue(stream, sent, unread, waiting, notes)
+        driver_delta = _delta(stream.driver_before, driver)
         return StreamReport(
             sent,
             delivered,
-            prefix == result["sha256"],
+            prefix == result["sha256"] and residue_ok,
             result.get("error"),
             None if unread is None else sent - unread,
-            _delta(stream.driver_before, driver),
+            # earlier bytes read first may have reached the driver before the stream began:
+            # its counter is not this stream's alone then
+            None if skipped else driver_delta,
             notes,
         )
+
+    @staticmethod
+    def _check_residue(stream: RealStream, result: dict[str, Any], notes: list[str]) -> bool:
+        """The earlier bytes the flow read first (``skip``) are those that were left waiting."""
+        if not stream.residue:
+            return True
+        skipped = int(result.get("skipped", 0))
+        taken, left = split_residue(stream.residue, skipped)
+        stream.residue = left
+        ok = residue_sha256(taken) == result.get("skip_sha256")
+        notes.append(
+            f"read first the {skipped} bytes an earlier stream left in the host socket: "
+            + ("as that stream sent them" if ok else "NOT the bytes that stream sent")
+        )
+        return ok
+
+    def _keep_residue(
+        self, stream: RealStream, sent: int, unread: int, waiting: int, notes: list[str]
+    ) -> None:
+        """Bytes still in the host socket (and a begun chunk) wait for the port's next reader."""
+        endpoint = stream.endpoint
+        earlier = sum(segment.length for segment in stream.residue)  # still ahead in the queue
+        own = max(0, unread - earlier)
+        segments = list(stream.residue)
+        if own + waiting:
+            segments.append(Residue(stream.seed, sent - own, own + waiting))
+            notes.append(
+                f"{own + waiting} bytes stay queued for the port (host socket: QEMU reads none "
+                "while the guest end is closed); the port's next host stream reads them first"
+            )
+        if segments:
+            self.residues[stream.port] = (endpoint, endpoint.connections, segments)
 
     def _wait_reader(self, stream: RealStream, sent: int, timeout: float) -> None:
         """Until the guest reader has what was sent, or nothing new arrived for QUIET s."""

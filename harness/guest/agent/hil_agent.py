@@ -313,6 +313,32 @@ class BlockReader:
         return {"offset": index * STREAM_BLOCK}
 
 
+class Skipped:
+    """The bytes a flow reads before its own stream (flow ``skip``), hashed apart."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self.count = 0
+        self.digest = hashlib.sha256()
+
+    def size(self, chunk: int) -> int:
+        """How much the next read may take while skipping; 0 once done."""
+        return min(chunk, self.length - self.count)
+
+    def take(self, data: bytes) -> bool:
+        """Hash ``data`` apart if it is still skipped bytes (a read never straddles the end)."""
+        if self.count >= self.length:
+            return False
+        self.digest.update(data)
+        self.count += len(data)
+        return True
+
+    def result(self) -> dict[str, Any]:
+        if not self.length:
+            return {}
+        return {"skipped": self.count, "skip_sha256": self.digest.hexdigest()}
+
+
 class StreamIO:
     """One checked stream on a port fd that is non-blocking while it runs.
 
@@ -1080,7 +1106,9 @@ class Agent:
         """Send (``out``) or receive (``in``) the generated stream until ``length``, EOF, an
         error or ``flow_stop``; never blocks in the kernel, so a stop always ends it.
 
-        Errors are results, not failures: a fault (unplug, close) ends a stream on purpose."""
+        Errors are results, not failures: a fault (unplug, close) ends a stream on purpose.
+        ``skip`` (``in``): read this many bytes first and hash them apart (``skipped``,
+        ``skip_sha256``): an earlier stream's bytes still queued for the port come first."""
         with self.using(args) as port:
             return self._flow(port, args)
 
@@ -1098,6 +1126,7 @@ class Agent:
         fd, want = port.fd, select.POLLOUT if out else select.POLLIN | select.POLLPRI
         pieces = iter_generated(seed, 0, length if length >= 0 else 1 << 62, chunk)
         pending = b""
+        skip = Skipped(_arg(args, "skip", 0, int))
         while not state["stop"] and (length < 0 or state["bytes"] < length):
             if port.closed:  # closed under the flow: its fd number is a dead socket now
                 error = "EBADF"
@@ -1119,10 +1148,12 @@ class Agent:
                     pending = pending[n:]
                 else:
                     size = chunk if length < 0 else min(chunk, length - state["bytes"])
-                    data = os.read(fd, size)
+                    data = os.read(fd, skip.size(chunk) or size)
                     if not data:
                         eof = True
                         break
+                    if skip.take(data):
+                        continue
                     digest.update(data)
                     n = len(data)
             except OSError as failure:
@@ -1140,6 +1171,7 @@ class Agent:
             "eof": eof,
             "error": error,
             "stopped": state["stop"],
+            **skip.result(),
         }
 
     def op_flow_stop(self, args: dict[str, Any]) -> dict[str, Any]:
