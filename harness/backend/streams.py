@@ -169,7 +169,10 @@ class StreamRunner:
             if residue:
                 args["skip"] = sum(segment.length for segment in residue)
             ticket = _start_flow(agent, {**args, "length": length})
-            with endpoint.hold_sending() as before:  # an exact baseline: no send() half done
+            with endpoint.hold_sending() as sent:  # an exact baseline: no send() half done
+                # bytes still queued before ours (an earlier stream's begun chunk, part of
+                # its residue) go first: the stream's own count starts after them
+                before = sent + endpoint.pending_out
                 endpoint.write(Payload.generated(seed, UNBOUNDED if size is None else size))
             stream = RealStream(port, direction, seed, size, flow, ticket, endpoint, before, driver)
             stream.residue = residue
@@ -258,7 +261,7 @@ class StreamRunner:
         driver = self._counter(stream.port, H2G)
         unread, waiting = None, 0
         with endpoint.hold_sending() as total:
-            sent = total - stream.sent_before
+            sent = max(0, total - stream.sent_before)  # (< 0: an earlier chunk still queued)
             if endpoint.connected and endpoint.inode is not None:
                 unread = unread_by_peer({endpoint.inode}).get(endpoint.inode, 0)
                 endpoint.drop_pending()
