@@ -306,7 +306,7 @@ class ScenarioRunner:
         if isinstance(prediction.value, ReadResult):
             self._judge_read(step, step, prediction.value, actual.value)
         elif isinstance(prediction.value, SavedState) and isinstance(actual.value, SavedState):
-            differences = prediction.value.differences(actual.value)
+            differences = prediction.value.differences(actual.value, self._streamed_ports())
             if differences:
                 raise ScenarioFailure(
                     step,
@@ -324,6 +324,11 @@ class ScenarioRunner:
                 "bytes written differ",
                 _table(step, "written", prediction.value, actual.value),
             )
+
+    def _streamed_ports(self) -> frozenset[tuple[str, int]]:
+        """(controller, port id) of the ports a stream runs on (see SavedState.differences)."""
+        ports = (self.model.ports.get(name) for name in self.streams.active)
+        return frozenset((port.controller, port.nr) for port in ports if port is not None)
 
     def _judge_read(self, step: Step, origin: Step, predicted: ReadResult, real: object) -> None:
         """Author's literal vs the model first (the model must agree with the author too).
