@@ -306,13 +306,14 @@ def _with_port(max_ports: int) -> VirtioSerialModel:
 @pytest.mark.parametrize("source,dest", [(64, 31), (64, 32), (40, 20)])
 def test_fewer_ports_map_words_leave_the_section_misaligned(source, dest):
     """Observed 64 -> 31: 'VQ 2 size 0x20 < last_avail_idx 0x4 - used_idx 0x44' then
-    'load of migration failed: Operation not permitted'."""
+    'load of migration failed: Operation not permitted' (10.0.13: 'Missing section footer',
+    Invalid argument): refused, the reason depends on the values read out of step."""
     target = VirtioSerialModel()
     target.hotplug_controller("vser0", max_ports=dest)
     target.hotplug("a", controller="vser0", nr=1)
     with pytest.raises(ModelError) as caught:
         load(target, save(_with_port(source)))
-    assert caught.value.text == "load of migration failed: Operation not permitted"
+    assert caught.value.text == "load of migration failed"
     # the source wrote 8 (header) + 8 (two map words) + 4 (count) + 10 (port a) bytes; the
     # destination read 8 + 4 (one word) + 4 (the source's word 1 as the count, 0): 14 left
     assert "virtio-console:virtio: 14 bytes of the device part left over" in str(caught.value)
