@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from harness.model.payload import Payload, iter_chunks, sha256_of
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+log = logging.getLogger("hil.backend")
 UNBOUNDED = 1 << 40  # an `until` stream's length: never reached
 QUIET = 2.0  # a reader with nothing new for this long has drained what will come
 _ids = itertools.count(1)
@@ -234,13 +236,15 @@ class StreamRunner:
             if stop:
                 agent.call("flow_stop", flow=stream.flow)
             state = agent.ticket(stream.ticket, wait=timeout)
-        except AgentError:
+        except AgentError as error:  # logged: the report only says the count is missing
+            log.warning("flow %s: no result from the agent: %s", stream.flow, error)
             return None
         if not state["done"]:
             agent.call("flow_stop", flow=stream.flow)
             state = agent.ticket(stream.ticket, wait=5)
         reply = state.get("reply") or {}
         if not reply.get("ok"):
+            log.warning("flow %s: the agent's flow op failed: %s", stream.flow, reply)
             return None
         result: dict[str, Any] = reply["result"]
         return result
