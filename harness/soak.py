@@ -10,6 +10,8 @@ growth past ``BOUNDS`` (first sample after the warm-up round against the last).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import random
 import shutil
@@ -193,6 +195,22 @@ def _attach_plot(samples: list[Sample], out: Path) -> Path:
 
 
 # -------------------------------------------------------------- sampling
+def trim_heap() -> bool:
+    """Return the C allocator's free pages to the OS before the harness's RSS is sampled.
+
+    Python frees what it no longer uses, but glibc keeps freed pages in its arenas (one per
+    thread that allocated: endpoint, consumer and SSH threads come and go every round), so the
+    RSS climbs for a long time without any live object growing: tracemalloc over 21 soak
+    rounds saw the traced total flat at ~52 MiB while the RSS grew ~90 MiB. Trimmed, the RSS
+    tracks live memory, and a real leak still shows. False where malloc_trim is missing."""
+    name = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
 def _proc(pid: int) -> tuple[float, int]:
     """(RSS MiB, open fds) of a process."""
     rss = 0.0
@@ -235,6 +253,7 @@ class Soak:
     def sample(self, number: int, started: float, faults: str) -> Sample:
         guest = self.system.guest
         qemu = _proc(guest.machine.process.pid)
+        trim_heap()
         mine = _proc(os.getpid())
         info = _meminfo(guest.run("cat /proc/meminfo").output)
         moved = sum(r.delivered or 0 for r in self.runner.streams.reports) / (1 << 20)
