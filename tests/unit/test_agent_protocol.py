@@ -269,6 +269,41 @@ def test_a_port_closed_under_a_stream_never_hands_its_fd_number_to_the_next_open
             os.close(fd)
 
 
+def test_a_flow_on_a_blocking_fd_never_blocks_in_the_kernel(hil_agent: ModuleType) -> None:
+    """poll() says POLLOUT, yet a blocking write can still block (virtio_console: the host
+    disconnected in between; a pipe: less room than the chunk): the flow must stay stoppable,
+    so it writes non-blocking and the port is blocking again afterwards."""
+    agent = hil_agent.Agent()
+    r, w = os.pipe()
+    _inject(hil_agent, agent, "pipe", w, False)
+    args = {"name": "pipe", "flow": "f", "direction": "out", "seed": 3, "chunk": 32768}
+    ticket = agent.handle({"id": 1, "op": "start", "args": {"op": "flow", "args": args}})
+    try:
+        deadline = time.monotonic() + 10
+        while select.select([], [w], [], 0)[1]:  # until the flow has filled the pipe
+            assert time.monotonic() < deadline, "the flow did not fill the pipe in 10 s"
+            time.sleep(0.01)
+        before = agent.handle({"id": 4, "op": "flow_state", "args": {"flow": "f"}})
+        os.read(r, 8192)  # room for less than a chunk: POLLOUT, but a blocking write blocks
+        while (
+            agent.handle({"id": 5, "op": "flow_state", "args": {"flow": "f"}})["result"]["bytes"]
+            == before["result"]["bytes"]
+        ):
+            assert time.monotonic() < deadline + 10, "the flow wrote nothing into the room"
+            time.sleep(0.01)
+        agent.handle({"id": 2, "op": "flow_stop", "args": {"flow": "f"}})
+        state = agent.handle(
+            {"id": 3, "op": "ticket", "args": {"ticket": ticket["result"]["ticket"], "wait": 3}}
+        )
+        assert state["result"]["done"], "the flow blocked in write() and could not stop"
+        result = state["result"]["reply"]["result"]
+        assert result["stopped"] and result["error"] is None, result
+        assert os.get_blocking(w)
+    finally:
+        os.close(r)  # a flow still blocked in write() ends with EPIPE
+        agent.close_all()
+
+
 def test_streams_match_the_model_sha256(hil_agent: ModuleType) -> None:
     agent = hil_agent.Agent()
     a, b = socket.socketpair()

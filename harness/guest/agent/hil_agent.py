@@ -1110,7 +1110,15 @@ class Agent:
         ``skip`` (``in``): read this many bytes first and hash them apart (``skipped``,
         ``skip_sha256``): an earlier stream's bytes still queued for the port come first."""
         with self.using(args) as port:
-            return self._flow(port, args)
+            # Non-blocking while it runs: poll() said POLLOUT, but a host that disconnects
+            # before the write makes virtio_console block a blocking write until it comes back
+            # (will_write_block), and the flow could not be stopped (the soak's lost count).
+            stream_mode(port, True)
+            try:
+                return self._flow(port, args)
+            finally:
+                with contextlib.suppress(OSError):
+                    stream_mode(port, False)
 
     def _flow(self, port: Port, args: dict[str, Any]) -> dict[str, Any]:
         flow = _arg(args, "flow", kind=str)
