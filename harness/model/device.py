@@ -188,6 +188,9 @@ class VirtioSerialModel:
         self.controllers: dict[str, Controller] = {}
         self.ports: dict[str, Port] = {}
         self.removed: dict[str, Port] = {}
+        #: names unplugged on this QEMU: a host op on one is ENODEV; after a migration the
+        #: destination never had them (the guest keeps its fds: ``removed`` moves over)
+        self.unplugged_here: set[str] = set()
         #: earlier ports of names plugged again since: the guest may still hold their fds
         self.stale: list[Port] = []
         self.discards: list[Discard] = []
@@ -217,8 +220,12 @@ class VirtioSerialModel:
     def _port(self, name: str) -> Port:
         port = self.ports.get(name)
         if port is None:
-            raise E.ModelError(E.ENODEV if name in self.removed else E.ENOENT, name)
+            raise E.ModelError(self.missing_port_errno(name), name)
         return port
+
+    def missing_port_errno(self, name: str) -> str:
+        """ENODEV for a port unplugged from this QEMU, ENOENT for one it never had."""
+        return E.ENODEV if name in self.unplugged_here else E.ENOENT
 
     def _guest_fd_port(self, name: str) -> Port:
         """The port behind the guest fd a step names: fds belong to port instances, not names.
@@ -303,6 +310,7 @@ class VirtioSerialModel:
         ctrl.ports.append(name)
         self.ports[name] = port
         earlier = self.removed.pop(name, None)
+        self.unplugged_here.discard(name)
         if earlier is not None:  # the old instance's unread host data can no longer be read
             self._discard(earlier, G2H, "host socket", len(earlier.to_host), "port plugged again")
             earlier.to_host = SliceQueue()  # discarded, not in flight (found by exploration)
@@ -355,6 +363,7 @@ class VirtioSerialModel:
         port.removed = True
         del self.ports[port.name]
         self.removed[port.name] = port
+        self.unplugged_here.add(port.name)
 
     def _drop_g2h(self, port: Port, why: str, keep_throttle: bool = False) -> None:
         """discard_throttle_data + discard_vq_data: the held element and the out_vq.

@@ -73,7 +73,7 @@ class StreamBook:
         model = call.model
         state = model.ports.get(port)
         if state is None:
-            raise ModelError(E.ENODEV if port in model.removed else E.ENOENT, port)
+            raise ModelError(model.missing_port_errno(port), port)
         if port in self.active:
             raise ModelError(E.EBUSY, f"a stream already runs on {port}")
         if not state.host_attached:
