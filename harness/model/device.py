@@ -243,6 +243,8 @@ class VirtioSerialModel:
         for port in candidates:
             if port.guest is not None and port.guest.fd is not None:
                 return port
+        if live is None and name not in self.unplugged_here:  # gone with a migration
+            raise E.ModelError(E.ENOENT, f"{name}: no fd, and this QEMU never had the port")
         raise E.ModelError(E.EBADF, f"no open guest fd for {name}")
 
     def blocked(self) -> list[Pending]:
