@@ -615,6 +615,11 @@ class Port:
         self.users = 0  # long ops running on the fd (see Agent.using)
         self.closed = False  # op_close ran: the fd number is a dead socket until users end
 
+    def errno_of(self, error: OSError) -> str:
+        """An error's errno name; EBADF once the port was closed under the op (its fd number
+        is a dead socket then, whose EPIPE or EOF would misname what happened: Agent.retire)."""
+        return "EBADF" if self.closed else errno_name(error.errno)
+
     def describe(self) -> dict[str, Any]:
         return {
             "handle": self.handle,
@@ -959,7 +964,7 @@ class Agent:
                 if wait_ready(port, error, select.POLLOUT):
                     continue
                 raise AgentFailure(
-                    "EBADF" if port.closed else errno_name(error.errno),
+                    port.errno_of(error),
                     f"send_stream stopped after {sent} bytes: {error}",
                     bytes=sent,
                 ) from None
@@ -1072,7 +1077,7 @@ class Agent:
                 if error.errno == errno.EAGAIN:
                     continue
                 raise AgentFailure(
-                    "EBADF" if port.closed else errno_name(error.errno),
+                    port.errno_of(error),
                     f"recv_stream stopped after {got} bytes: {error}",
                     bytes=got,
                     sha256=digest.hexdigest(),
