@@ -82,11 +82,14 @@ def migrate(
     workdir: Path,
     at_switchover: Callable[[], None],
     timeout: float = 300,
+    pause_mid_section: float = 0.0,
 ) -> MigrationStats:
     """Move the guest from `source` to `destination` (started with `incoming="defer"`).
 
     `at_switchover` runs while both are paused, before device state is saved. On failure the
-    source is running again and MigrationRefused carries QEMU's reason."""
+    source is running again and MigrationRefused carries QEMU's reason.
+    `pause_mid_section` (live and paused modes): the relay's gap inside the
+    virtio-serial section (machine.relay; the README finding's test)."""
     assert source.qmp is not None and destination.qmp is not None
     started = time.monotonic()
     source_uri, destination_uri = migration_uri(mode, workdir)
@@ -96,6 +99,7 @@ def migrate(
             Path(source_uri.removeprefix("unix:")),
             Path(destination_uri.removeprefix("unix:")),
             timeout,
+            pause_mid_section,
         )
     try:
         uris = (relay.uri if relay is not None else source_uri, destination_uri)

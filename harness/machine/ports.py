@@ -38,6 +38,22 @@ class QtreePort:
 
 
 @dataclass(frozen=True)
+class QueueStatus:
+    """A virtqueue's indexes as QEMU keeps them (`x-query-virtio-queue-status`): elements the
+    guest made available and QEMU has not popped are `shadow_avail_idx - last_avail_idx`;
+    `inuse` counts popped ones not yet returned."""
+
+    inuse: int
+    last_avail_idx: int
+    shadow_avail_idx: int
+    used_idx: int
+
+    @property
+    def waiting(self) -> int:
+        return (self.shadow_avail_idx - self.last_avail_idx) % 0x10000
+
+
+@dataclass(frozen=True)
 class QtreeController:
     id: str
     max_ports: int
@@ -155,6 +171,30 @@ class PortManager:
 
     def qtree(self) -> tuple[dict[str, QtreeController], dict[str, QtreePort]]:
         return parse_qtree(self.qmp.hmp("info qtree"))
+
+    def output_queue(self, port: PortSpec) -> QueueStatus:
+        """The guest -> host virtqueue of a port (multiport layout: port 0 has queue 1, the
+        control queues are 2 and 3, port n >= 1 has 2n + 3)."""
+        nr = port.nr if port.nr is not None else self.qtree()[1][port.name].nr
+        queue = 1 if nr == 0 else 2 * nr + 3
+        status = self.qmp.execute(
+            "x-query-virtio-queue-status",
+            {"path": f"/machine/peripheral/{port.controller}/virtio-backend", "queue": queue},
+        )
+        return QueueStatus(
+            inuse=status["inuse"],
+            last_avail_idx=status["last-avail-idx"],
+            shadow_avail_idx=status["shadow-avail-idx"],
+            used_idx=status["used-idx"],
+        )
+
+    def controller_broken(self, controller_id: str) -> bool:
+        """QEMU marked the controller's virtio device broken (it met an error it cannot
+        recover from and wants a reset; nothing moves on any of its ports until then)."""
+        status = self.qmp.execute(
+            "x-query-virtio-status", {"path": f"/machine/peripheral/{controller_id}/virtio-backend"}
+        )
+        return bool(status["broken"])
 
     def port_events(self, port: PortSpec) -> list[QmpEvent]:
         """VSERPORT_CHANGE events of one port, in the order QEMU sent them."""

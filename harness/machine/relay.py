@@ -6,6 +6,14 @@ destination's replies, e.g. its "loaded" or "failed" shut message), reading the
 virtio-serial sections of the forward stream as they pass (wire.StreamScanner: the stream
 itself, mostly guest RAM, is never kept).
 
+From the first virtio-serial section on, the relay holds the stream and passes it on in one
+piece once the source pauses or ends. Why: a destination QEMU that has read the device's port
+data but must wait for the rest of the section runs the port's flush while half loaded
+(README finding "QEMU flushes a held element while the device is half loaded"): it writes one
+held element and marks the whole controller broken. Users' migrations meet that
+whenever the network splits the section; the harness's own runs must not, except the test
+that shows it (`pause_mid_section`).
+
 It never decides a migration's outcome: when either side closes or fails, the relay passes
 the end on (a half-close, or closing both) and stops, and QEMU reports the failure in its own
 words. Every wait is bounded and names what it waited for.
@@ -27,15 +35,35 @@ from harness.machine.wire import Section, StreamScanner
 log = logging.getLogger("hil.machine")
 
 _CHUNK = 256 * 1024
+#: While holding (see the module's doc), how long the source must be silent before the held
+#: bytes go on: its device sections come in one burst, then it ends or waits for the
+#: destination's answer (which needs them).
+HOLD_QUIET = 0.05
+#: The subsection that follows the virtqueues' ring addresses in a virtio device's section.
+_RINGS_LOADED = b"virtio/extra_state"
+#: Held bytes beyond this go on at once (a stream that is not the expected short tail).
+_HOLD_LIMIT = 16 * 1024 * 1024
 
 
 class MigrationRelay:
     """Listens on `listen_path` for the source; copies to `destination_path`'s listener."""
 
-    def __init__(self, listen_path: Path, destination_path: Path, timeout: float) -> None:
+    def __init__(
+        self,
+        listen_path: Path,
+        destination_path: Path,
+        timeout: float,
+        pause_mid_section: float = 0.0,
+        hold_quiet: float = HOLD_QUIET,
+    ) -> None:
         self.listen_path = listen_path
         self.destination_path = destination_path
         self.timeout = timeout  # for the source's connection and the destination's accept
+        #: > 0: the held bytes go on in two pieces this many seconds apart, split inside the
+        #: virtio-serial section where its rings' addresses are loaded and the rest is not
+        #: (before its "virtio/extra_state" subsection; what a slow network may do)
+        self.pause_mid_section = pause_mid_section
+        self.hold_quiet = hold_quiet
         self.scanner = StreamScanner()
         self.returned = 0  # bytes of the return path
         self.error: str | None = None  # why the relay stopped early (QEMU says its own part)
@@ -44,6 +72,7 @@ class MigrationRelay:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._closed = False
+        self._paused = False  # the pause inside the virtio-serial section was made
 
     @property
     def uri(self) -> str:
@@ -143,18 +172,31 @@ class MigrationRelay:
         end of stream) or "write" (`dst` is gone; a source gone from the return path closes
         everything, the forward pump's caller waits for the return path first)."""
         failed = None
+        held = bytearray()
         try:
             while True:
                 failed = "read"
-                data = src.recv(_CHUNK)
+                data = self._receive(src, bool(held))
+                if data is None:  # the source paused while we hold: pass it all on
+                    failed = "write"
+                    self._release(dst, held)
+                    continue
                 if not data:
                     break
                 failed = "write"
-                dst.sendall(data)
-                if forward:
-                    self.scanner.feed(data)
-                else:
+                if not forward:
+                    dst.sendall(data)
                     self.returned += len(data)
+                    continue
+                self.scanner.feed(data)
+                if self.scanner.found:
+                    held += data
+                    if len(held) >= _HOLD_LIMIT:
+                        self._release(dst, held)
+                else:
+                    dst.sendall(data)
+            failed = "write"
+            self._release(dst, held)
             failed = None
         except OSError as error:
             self._stop(f"{'source -> destination' if forward else 'return path'}: {error}")
@@ -164,6 +206,56 @@ class MigrationRelay:
         if failed != "write":
             _shutdown(dst, socket.SHUT_WR)
         return failed
+
+    def _receive(self, src: socket.socket, holding: bool) -> bytes | None:
+        """The next piece (b"" at the end); None when holding and the source stayed silent
+        for `hold_quiet` seconds."""
+        if not holding:
+            return src.recv(_CHUNK)
+        src.settimeout(self.hold_quiet)
+        try:
+            return src.recv(_CHUNK)
+        except TimeoutError:
+            return None
+        finally:
+            src.settimeout(None)
+
+    def _release(self, dst: socket.socket, held: bytearray) -> None:
+        """Send the held bytes (emptying `held`); split inside the virtio-serial section
+        when `pause_mid_section` asks for it."""
+        if not held:
+            return
+        start = self.scanner.total - len(held)  # stream offset of held[0]
+        cut = self._split_at(held, start)
+        if 0 < cut < len(held):
+            dst.sendall(held[:cut])
+            log.info(
+                "migration relay: pausing %.2f s inside the virtio-serial section "
+                "(stream offset %d)",
+                self.pause_mid_section,
+                start + cut,
+            )
+            # A deliberate gap in the stream, not a wait for anything: the destination
+            # must run out of bytes right there (README finding).
+            time.sleep(self.pause_mid_section)
+            dst.sendall(held[cut:])
+        else:
+            dst.sendall(held)
+        held.clear()
+
+    def _split_at(self, held: bytearray, start: int) -> int:
+        """Where to split `held` (stream offset `start`): before the first virtio-serial
+        section's extra-state subsection, when a pause is asked for and none was made yet;
+        else 0 (no split)."""
+        if self.pause_mid_section <= 0 or self._paused:
+            return 0
+        for section in self.scanner.sections():
+            if start <= section.end < start + len(held):
+                at = held.find(_RINGS_LOADED, section.end - start)
+                if at > 0:
+                    self._paused = True
+                    return at
+        return 0
 
     def _keep(self, sock: socket.socket) -> None:
         """Track a socket for close(); one opened after close() is closed at once."""

@@ -169,6 +169,11 @@ class StreamScanner:
         self._open: list[tuple[int, bytearray]] = []  # (stream offset, bytes) still growing
         self._closed: list[tuple[int, bytes]] = []
 
+    @property
+    def found(self) -> bool:
+        """A virtio-serial section began somewhere in what was fed."""
+        return bool(self._open or self._closed)
+
     def feed(self, chunk: bytes) -> None:
         still: list[tuple[int, bytearray]] = []
         for start, capture in self._open:

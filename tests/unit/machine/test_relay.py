@@ -10,7 +10,9 @@ from __future__ import annotations
 import socket
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -117,3 +119,74 @@ def test_a_destination_that_is_not_listening_closes_the_source_channel(where: Pa
     assert reply == b""
     assert relay.finish(10) == []
     assert relay.error is not None and str(where / "gone.sock") in relay.error
+
+
+class Recorder(threading.Thread):
+    """A destination that reads everything, noting (time, bytes so far) at every piece."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen(1)
+        self.listener.settimeout(10)
+        self.received = bytearray()
+        self.pieces: list[tuple[float, int]] = []
+        self.start()
+
+    def run(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            conn.settimeout(10)
+            while data := conn.recv(65536):
+                self.received += data
+                self.pieces.append((time.monotonic(), len(self.received)))
+        self.listener.close()
+
+
+def _wait(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, f"10 s passed waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_from_the_virtio_serial_section_on_the_stream_goes_on_in_one_piece(where: Path) -> None:
+    """What a destination QEMU must not wait for in the middle (README finding "QEMU flushes
+    a held element while the device is half loaded"): the relay holds it until the end."""
+    destination = Recorder(where / "incoming.sock")
+    relay = MigrationRelay(where / "relay.sock", where / "incoming.sock", 10, hold_quiet=30)
+    relay.start()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as source:
+        source.settimeout(10)
+        source.connect(str(relay.listen_path))
+        source.sendall(RAM)
+        _wait(lambda: len(destination.received) == len(RAM), "the RAM part at the destination")
+        source.sendall(SECTIONS[:1000])
+        _wait(lambda: relay.scanner.total == len(RAM) + 1000, "the relay to read the section")
+        source.sendall(SECTIONS[1000:])
+        _wait(lambda: relay.scanner.total == len(RAM) + len(SECTIONS), "the rest of it")
+        assert len(destination.received) == len(RAM)  # held, not passed on in pieces
+        source.shutdown(socket.SHUT_WR)  # the end: everything held goes on
+        relay.finish(10)
+    destination.join(10)
+    assert bytes(destination.received) == RAM + SECTIONS
+    assert destination.pieces[-1][1] == len(RAM) + len(SECTIONS)
+
+
+def test_a_pause_inside_the_section_splits_it_where_the_rings_are_loaded(where: Path) -> None:
+    """The finding's test needs the destination to run dry right before the extra state."""
+    rest = b"\x05\x12virtio/extra_state" + bytes(64) + b"QEMU end"
+    destination = Recorder(where / "incoming.sock")
+    relay = MigrationRelay(where / "relay.sock", where / "incoming.sock", 10, 0.3).start()
+    reply, error = _source(relay.listen_path, RAM + SECTIONS + rest)
+    relay.finish(10)
+    destination.join(10)
+    assert (reply, error) == (b"", None)
+    assert bytes(destination.received) == RAM + SECTIONS + rest
+    gaps = [
+        (later - earlier, count) for (earlier, count), (later, _) in pairwise(destination.pieces)
+    ]
+    count_before_the_gap = max(gaps)[1]
+    assert max(gaps)[0] >= 0.3
+    assert count_before_the_gap == len(RAM) + len(SECTIONS) + 2  # after the subsection header
