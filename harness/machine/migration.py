@@ -17,13 +17,14 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 from harness.machine.errors import MachineError
 from harness.machine.qemu import Machine
 from harness.machine.qmp import QmpSession
-from harness.machine.relay import MigrationRelay
+from harness.machine.relay import MigrationRelay, feed_file
 from harness.machine.wire import DeviceState, Section, read_stream_file
 
 log = logging.getLogger("hil.machine")
@@ -57,13 +58,17 @@ class MigrationStats:
 def migration_uri(mode: Mode, workdir: Path) -> tuple[str, str]:
     """(source uri, destination uri) for a mode; a socket mode's source goes to the relay."""
     if mode == "file":
-        image = workdir / "migration.state"  # MigrationStats.stream names it
-        return f"exec:cat > {image}", f"exec:cat {image}"
-    return f"unix:{workdir / RELAY_SOCKET}", f"unix:{workdir / 'migration.sock'}"
+        image = workdir / MIGRATION_FILE  # MigrationStats.stream names it
+        return f"exec:cat > {image}", f"unix:{workdir / INCOMING_SOCKET}"  # relay.feed_file
+    return f"unix:{workdir / RELAY_SOCKET}", f"unix:{workdir / INCOMING_SOCKET}"
 
 
 #: The harness's end of a socket migration (machine.relay), next to the destination's.
 RELAY_SOCKET = "relay.sock"
+#: A file migration's stream, in the destination's work directory.
+MIGRATION_FILE = "migration.state"
+#: The destination's incoming socket: the relay's far end, or where a file is fed from.
+INCOMING_SOCKET = "migration.sock"
 #: How long the relay may still copy once QEMU reported the migration's end.
 RELAY_FINISH_TIMEOUT = 30.0
 
@@ -88,8 +93,8 @@ def migrate(
 
     `at_switchover` runs while both are paused, before device state is saved. On failure the
     source is running again and MigrationRefused carries QEMU's reason.
-    `pause_mid_section` (live and paused modes): the relay's gap inside the
-    virtio-serial section (machine.relay; the README finding's test)."""
+    `pause_mid_section`: a gap in the stream inside the virtio-serial section (machine.relay;
+    the README finding's test)."""
     assert source.qmp is not None and destination.qmp is not None
     started = time.monotonic()
     source_uri, destination_uri = migration_uri(mode, workdir)
@@ -103,8 +108,14 @@ def migrate(
         )
     try:
         uris = (relay.uri if relay is not None else source_uri, destination_uri)
-        info = _run(source, destination, mode, uris, relay, at_switchover, timeout)
-        sections, wire_error = _sections(relay, workdir / "migration.state")
+        feed = None
+        if mode == "file":  # the harness feeds the file: `exec:cat`'s pipe may run dry
+            incoming = Path(destination_uri.removeprefix("unix:"))
+            feed = partial(
+                feed_file, workdir / MIGRATION_FILE, incoming, timeout, pause_mid_section
+            )
+        info = _run(source, destination, mode, uris, relay, at_switchover, timeout, feed)
+        sections, wire_error = _sections(relay, workdir / MIGRATION_FILE)
     finally:
         if relay is not None:
             relay.close()
@@ -114,7 +125,7 @@ def migrate(
         info.get("downtime"),
         (info.get("ram") or {}).get("transferred"),
         time.monotonic() - started,
-        workdir / "migration.state" if mode == "file" else None,
+        workdir / MIGRATION_FILE if mode == "file" else None,
         tuple(sections),
         wire_error,
     )
@@ -142,6 +153,7 @@ def _run(
     relay: MigrationRelay | None,
     at_switchover: Callable[[], None],
     timeout: float,
+    feed: Callable[[], object] | None,
 ) -> dict[str, Any]:
     """The QMP side of `migrate`: query-migrate's answer once both ends are done."""
     assert source.qmp is not None and destination.qmp is not None
@@ -170,8 +182,9 @@ def _run(
     if info.get("status") != "completed":
         _keep_source_running(source)
         raise MigrationRefused(_failure_text(info, destination))
-    if mode == "file":
+    if feed is not None:  # a file is read only once it is complete
         destination.qmp.execute("migrate-incoming", {"uri": destination_uri})
+        feed()
     try:
         _await_destination(destination, timeout)
     except MigrationRefused:

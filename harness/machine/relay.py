@@ -59,12 +59,9 @@ class MigrationRelay:
         self.listen_path = listen_path
         self.destination_path = destination_path
         self.timeout = timeout  # for the source's connection and the destination's accept
-        #: > 0: the held bytes go on in two pieces this many seconds apart, split inside the
-        #: virtio-serial section where its rings' addresses are loaded and the rest is not
-        #: (before its "virtio/extra_state" subsection; what a slow network may do)
-        self.pause_mid_section = pause_mid_section
         self.hold_quiet = hold_quiet
         self.scanner = StreamScanner()
+        self._forward = Forward(self.scanner, pause_mid_section)
         self.returned = 0  # bytes of the return path
         self.error: str | None = None  # why the relay stopped early (QEMU says its own part)
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -72,7 +69,6 @@ class MigrationRelay:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._closed = False
-        self._paused = False  # the pause inside the virtio-serial section was made
 
     @property
     def uri(self) -> str:
@@ -172,31 +168,23 @@ class MigrationRelay:
         end of stream) or "write" (`dst` is gone; a source gone from the return path closes
         everything, the forward pump's caller waits for the return path first)."""
         failed = None
-        held = bytearray()
         try:
             while True:
                 failed = "read"
-                data = self._receive(src, bool(held))
+                data = self._receive(src, forward and self._forward.holding)
+                failed = "write"
                 if data is None:  # the source paused while we hold: pass it all on
-                    failed = "write"
-                    self._release(dst, held)
+                    self._forward.release(dst)
                     continue
                 if not data:
                     break
-                failed = "write"
-                if not forward:
-                    dst.sendall(data)
-                    self.returned += len(data)
-                    continue
-                self.scanner.feed(data)
-                if self.scanner.found:
-                    held += data
-                    if len(held) >= _HOLD_LIMIT:
-                        self._release(dst, held)
+                if forward:
+                    self._forward.take(data, dst)
                 else:
                     dst.sendall(data)
-            failed = "write"
-            self._release(dst, held)
+                    self.returned += len(data)
+            if forward:
+                self._forward.release(dst)
             failed = None
         except OSError as error:
             self._stop(f"{'source -> destination' if forward else 'return path'}: {error}")
@@ -220,14 +208,55 @@ class MigrationRelay:
         finally:
             src.settimeout(None)
 
-    def _release(self, dst: socket.socket, held: bytearray) -> None:
-        """Send the held bytes (emptying `held`); split inside the virtio-serial section
-        when `pause_mid_section` asks for it."""
+    def _keep(self, sock: socket.socket) -> None:
+        """Track a socket for close(); one opened after close() is closed at once."""
+        with self._lock:
+            if not self._closed:
+                self._sockets.append(sock)
+                return
+        sock.close()
+
+    def _stop(self, why: str) -> None:
+        if self.error is None:
+            self.error = why
+            log.info("migration relay %s: %s", self.listen_path.name, why)
+
+
+class Forward:
+    """The forward stream on its way to the destination: scanned, and held from the first
+    virtio-serial section on until `release` (see the module's doc for why)."""
+
+    def __init__(self, scanner: StreamScanner, pause_mid_section: float = 0.0) -> None:
+        self.scanner = scanner
+        #: > 0: the held bytes go on in two pieces this many seconds apart, split inside the
+        #: virtio-serial section where its rings' addresses are loaded and the rest is not
+        #: (before its "virtio/extra_state" subsection; what a slow network may do)
+        self.pause_mid_section = pause_mid_section
+        self._held = bytearray()
+        self._paused = False  # the pause inside the section was made
+
+    @property
+    def holding(self) -> bool:
+        return bool(self._held)
+
+    def take(self, data: bytes, dst: socket.socket) -> None:
+        self.scanner.feed(data)
+        if not self.scanner.found:
+            dst.sendall(data)
+            return
+        self._held += data
+        if len(self._held) >= _HOLD_LIMIT:
+            self.release(dst)
+
+    def release(self, dst: socket.socket) -> None:
+        """Send what is held; split inside the virtio-serial section when
+        `pause_mid_section` asks for it."""
+        held, self._held = self._held, bytearray()
         if not held:
             return
         start = self.scanner.total - len(held)  # stream offset of held[0]
         cut = self._split_at(held, start)
-        if 0 < cut < len(held):
+        if cut:
             dst.sendall(held[:cut])
             log.info(
                 "migration relay: pausing %.2f s inside the virtio-serial section "
@@ -238,10 +267,7 @@ class MigrationRelay:
             # A deliberate gap in the stream, not a wait for anything: the destination
             # must run out of bytes right there (README finding).
             time.sleep(self.pause_mid_section)
-            dst.sendall(held[cut:])
-        else:
-            dst.sendall(held)
-        held.clear()
+        dst.sendall(held[cut:])
 
     def _split_at(self, held: bytearray, start: int) -> int:
         """Where to split `held` (stream offset `start`): before the first virtio-serial
@@ -257,18 +283,26 @@ class MigrationRelay:
                     return at
         return 0
 
-    def _keep(self, sock: socket.socket) -> None:
-        """Track a socket for close(); one opened after close() is closed at once."""
-        with self._lock:
-            if not self._closed:
-                self._sockets.append(sock)
-                return
-        sock.close()
 
-    def _stop(self, why: str) -> None:
-        if self.error is None:
-            self.error = why
-            log.info("migration relay %s: %s", self.listen_path.name, why)
+def feed_file(
+    image: Path, destination_path: Path, timeout: float, pause_mid_section: float = 0.0
+) -> int:
+    """Send a saved migration stream to a destination's incoming unix socket, held like the
+    relay's forward stream (a pipe from `exec:cat` can run dry mid-section as well); the
+    bytes sent. A destination that stops reading (it refused the stream) ends it early:
+    QEMU says why."""
+    forward = Forward(StreamScanner(), pause_mid_section)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dst, image.open("rb") as src:
+        dst.settimeout(timeout)
+        dst.connect(str(destination_path))
+        try:
+            while data := src.read(_CHUNK):
+                forward.take(data, dst)
+            forward.release(dst)
+        except OSError as error:
+            log.info("migration file feed %s: %s", image.name, error)
+        _shutdown(dst, socket.SHUT_WR)  # what it has not read yet stays readable
+    return forward.scanner.total
 
 
 def _shutdown(sock: socket.socket, how: int) -> None:

@@ -49,6 +49,6 @@ def test_64_mib_each_way_cross_a_live_migration_to_the_destination_qemu(
     assert received["bytes"] == to_guest.length, f"host->guest: {received}"
     assert received["sha256"] == sha256_of(to_guest), "host->guest bytes differ (order?)"
     assert first.length + rest.length == to_host.length, "guest->host bytes lost"
-    assert sent["sha256"] == sha256_of(to_host)
+    assert sent["bytes"] == to_host.length  # the guest wrote it all (the host checks what)
     assert first.sha256 == sha256_of(to_host, 0, first.length)
     assert rest.sha256 == sha256_of(to_host, first.length)

@@ -7,9 +7,9 @@ ring yet), pops the next one from rings it cannot read yet and marks the whole c
 broken ("Virtqueue size exceeded" on 7.2): no port of it moves again until the guest resets
 the device, and the elements waiting behind the held one are never sent.
 
-The harness's relay passes the section on in one piece (machine.relay), so its migrations do
-not meet this; here it pauses inside the section, after the rings' addresses, as a slow
-network may.
+The harness passes the section on in one piece (machine.relay: the live relay, and the feed
+of a saved file), so its migrations do not meet this; here it pauses inside the section,
+after the rings' addresses, as a slow network or a pipe may.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 
 from harness.backend.endpoint import HostEndpoint
 from harness.guest.agent_client import AgentClient
-from harness.machine.migration import migrate
+from harness.machine.migration import Mode, migrate
 from harness.machine.ports import PortManager
 from harness.machine.qemu import ControllerSpec, PortSpec
 from harness.model.payload import BLOCK_SIZE, BlockHeader, Payload, payload_bytes
@@ -36,8 +36,9 @@ TIMEOUT = 60.0
 SILENCE = 5.0  # how long the destination's port must stay silent to count as stalled
 
 
-def test_destination_writes_one_held_element_mid_load_and_stalls(
-    hil_guest_factory: Any, hil_socket_root: Path
+@pytest.mark.parametrize("mode", ["live", "file"])
+def test_destination_writes_one_held_element_mid_load_and_breaks(
+    hil_guest_factory: Any, hil_socket_root: Path, mode: Mode
 ) -> None:
     source_path, target_path = hil_socket_root / "src.sock", hil_socket_root / "dst.sock"
     controllers = [ControllerSpec("vser0")]
@@ -67,7 +68,7 @@ def test_destination_writes_one_held_element_mid_load_and_stalls(
         migrate(
             source.machine,
             target.machine,
-            "live",
+            mode,
             target.machine.workdir,
             lambda: None,
             pause_mid_section=1.0,

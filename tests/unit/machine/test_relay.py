@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.machine.relay import MigrationRelay
+from harness.machine.relay import MigrationRelay, feed_file
 from harness.machine.wire import read_sections
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -190,3 +190,21 @@ def test_a_pause_inside_the_section_splits_it_where_the_rings_are_loaded(where: 
     count_before_the_gap = max(gaps)[1]
     assert max(gaps)[0] >= 0.3
     assert count_before_the_gap == len(RAM) + len(SECTIONS) + 2  # after the subsection header
+
+
+def test_a_saved_file_is_fed_whole_with_the_same_split_when_asked(where: Path) -> None:
+    """File migrations: the harness feeds the destination (no `exec:cat` pipe that could run
+    dry mid-section), and the finding's test can make the same gap there."""
+    rest = b"\x05\x12virtio/extra_state" + bytes(64) + b"QEMU end"
+    image = where / "migration.state"
+    image.write_bytes(RAM + SECTIONS + rest)
+    destination = Recorder(where / "incoming.sock")
+    assert (
+        feed_file(image, where / "incoming.sock", 10, pause_mid_section=0.3) == image.stat().st_size
+    )
+    destination.join(10)
+    assert bytes(destination.received) == RAM + SECTIONS + rest
+    gap, count_before_the_gap = max(
+        (later - earlier, count) for (earlier, count), (later, _) in pairwise(destination.pieces)
+    )
+    assert gap >= 0.3 and count_before_the_gap == len(RAM) + len(SECTIONS) + 2
