@@ -6,8 +6,8 @@ destination's replies, e.g. its "loaded" or "failed" shut message), reading the
 virtio-serial sections of the forward stream as they pass (wire.StreamScanner: the stream
 itself, mostly guest RAM, is never kept).
 
-From the first virtio-serial section on, the relay holds the stream and passes it on in one
-piece once the source pauses or ends. Why: a destination QEMU that has read the device's port
+The relay holds each virtio-serial section from its header to its footer and passes it on in
+one piece. Why: a destination QEMU that has read the device's port
 data but must wait for the rest of the section runs the port's flush while half loaded
 (README finding "QEMU flushes a held element while the device is half loaded"): it writes one
 held element and marks the whole controller broken. Users' migrations meet that
@@ -27,6 +27,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 
 from harness.machine.errors import MachineError
@@ -35,10 +36,10 @@ from harness.machine.wire import Section, StreamScanner
 log = logging.getLogger("hil.machine")
 
 _CHUNK = 256 * 1024
-#: While holding (see the module's doc), how long the source must be silent before the held
-#: bytes go on: its device sections come in one burst, then it ends or waits for the
-#: destination's answer (which needs them).
-HOLD_QUIET = 0.05
+#: While holding (see the module's doc), how long the source may be silent before the held
+#: bytes go on although the section's footer was not seen (a stream without footers, or one
+#: this relay does not read right): the destination may be waiting for them.
+HOLD_QUIET = 1.0
 #: The subsection that follows the virtqueues' ring addresses in a virtio device's section.
 _RINGS_LOADED = b"virtio/extra_state"
 #: Held bytes beyond this go on at once (a stream that is not the expected short tail).
@@ -174,7 +175,7 @@ class MigrationRelay:
                 data = self._receive(src, forward and self._forward.holding)
                 failed = "write"
                 if data is None:  # the source paused while we hold: pass it all on
-                    self._forward.release(dst)
+                    self._forward.release(dst, f"the source paused {self.hold_quiet:g} s")
                     continue
                 if not data:
                     break
@@ -184,7 +185,7 @@ class MigrationRelay:
                     dst.sendall(data)
                     self.returned += len(data)
             if forward:
-                self._forward.release(dst)
+                self._forward.release(dst, "the stream ended")
             failed = None
         except OSError as error:
             self._stop(f"{'source -> destination' if forward else 'return path'}: {error}")
@@ -223,8 +224,9 @@ class MigrationRelay:
 
 
 class Forward:
-    """The forward stream on its way to the destination: scanned, and held from the first
-    virtio-serial section on until `release` (see the module's doc for why)."""
+    """The forward stream on its way to the destination: scanned, and each virtio-serial
+    section held from its header until its footer (and one byte more) arrived, then passed
+    on in one piece (see the module's doc for why)."""
 
     def __init__(self, scanner: StreamScanner, pause_mid_section: float = 0.0) -> None:
         self.scanner = scanner
@@ -233,6 +235,7 @@ class Forward:
         #: (before its "virtio/extra_state" subsection; what a slow network may do)
         self.pause_mid_section = pause_mid_section
         self._held = bytearray()
+        self._done = 0  # sections passed on whole
         self._paused = False  # the pause inside the section was made
 
     @property
@@ -241,33 +244,55 @@ class Forward:
 
     def take(self, data: bytes, dst: socket.socket) -> None:
         self.scanner.feed(data)
-        if not self.scanner.found:
+        if not self._held and self.scanner.begun == self._done:
             dst.sendall(data)
             return
         self._held += data
-        if len(self._held) >= _HOLD_LIMIT:
-            self.release(dst)
+        if self._sections_whole():
+            self.release(dst, "its footer arrived")
+        elif len(self._held) >= _HOLD_LIMIT:
+            self.release(dst, f"{_HOLD_LIMIT} bytes held, no footer")
 
-    def release(self, dst: socket.socket) -> None:
+    def _sections_whole(self) -> bool:
+        """Every section begun is in the held bytes up to its footer and one byte more."""
+        start = self.scanner.total - len(self._held)  # stream offset of held[0]
+        sections = self.scanner.sections()
+        if len(sections) < self.scanner.begun:
+            return False  # a device part still incomplete
+        for section in sections[self._done :]:
+            at = self._held.find(section.footer, max(0, section.end - start))
+            if at < 0 or at + len(section.footer) >= len(self._held):
+                return False
+        return True
+
+    def release(self, dst: socket.socket, why: str) -> None:
         """Send what is held; split inside the virtio-serial section when
         `pause_mid_section` asks for it."""
         held, self._held = self._held, bytearray()
+        done, self._done = self._done, self.scanner.begun
         if not held:
             return
+        log.info("migration relay: %d bytes held for the virtio-serial section: %s", len(held), why)
         start = self.scanner.total - len(held)  # stream offset of held[0]
-        cut = self._split_at(held, start)
-        if cut:
-            dst.sendall(held[:cut])
-            log.info(
-                "migration relay: pausing %.2f s inside the virtio-serial section "
-                "(stream offset %d)",
-                self.pause_mid_section,
-                start + cut,
-            )
-            # A deliberate gap in the stream, not a wait for anything: the destination
-            # must run out of bytes right there (README finding).
-            time.sleep(self.pause_mid_section)
-        dst.sendall(held[cut:])
+        # What came before the section goes first: the section itself then starts with an
+        # empty socket buffer, so the kernel queues it in one or two pieces, not as the
+        # destination happens to free space.
+        first = self.scanner.sections()[done:][:1]
+        header = first[0].start - start if first else 0
+        pause = self._split_at(held, start)
+        cuts = sorted({0, len(held), *(c for c in (header, pause) if 0 < c < len(held))})
+        for begin, end in pairwise(cuts):
+            if begin == pause:
+                log.info(
+                    "migration relay: pausing %.2f s inside the virtio-serial section "
+                    "(stream offset %d)",
+                    self.pause_mid_section,
+                    start + pause,
+                )
+                # A deliberate gap in the stream, not a wait for anything: the destination
+                # must run out of bytes right there (README finding).
+                time.sleep(self.pause_mid_section)
+            dst.sendall(held[begin:end])
 
     def _split_at(self, held: bytearray, start: int) -> int:
         """Where to split `held` (stream offset `start`): before the first virtio-serial
@@ -298,7 +323,7 @@ def feed_file(
         try:
             while data := src.read(_CHUNK):
                 forward.take(data, dst)
-            forward.release(dst)
+            forward.release(dst, "the file ended")
         except OSError as error:
             log.info("migration file feed %s: %s", image.name, error)
         _shutdown(dst, socket.SHUT_WR)  # what it has not read yet stays readable

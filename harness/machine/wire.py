@@ -32,6 +32,7 @@ from harness.machine.errors import MachineError
 
 SECTION_SUFFIX = b"/virtio-console"
 _SECTION_FULL = 0x04
+_SECTION_FOOTER = 0x7E  # QEMU_VM_SECTION_FOOTER, then the section id
 _QUEUE_ENTRY_SIZES = (16, 14)  # with an MSI-X vector (virtio-pci's default), without
 
 
@@ -99,6 +100,12 @@ class Section:
 
     start: int = 0  # offsets of the section header and of the device part's end
     end: int = 0
+    section_id: int = 0  # the stream's number for it (in its header and its footer)
+
+    @property
+    def footer(self) -> bytes:
+        """What ends the section (after the device part and its virtio subsections)."""
+        return bytes([_SECTION_FOOTER]) + struct.pack(">I", self.section_id)
 
     @property
     def pci_addr(self) -> str:
@@ -120,7 +127,8 @@ def read_sections(stream: bytes) -> list[Section]:
         except WireError:
             continue  # the name inside guest RAM or the stream's JSON description, not a section
         start = body - 8 - len(idstr) - 6
-        found.append(Section(idstr, version, state, start, end))
+        (section_id,) = struct.unpack_from(">I", stream, start + 1)
+        found.append(Section(idstr, version, state, start, end, section_id))
     return found
 
 
@@ -170,9 +178,9 @@ class StreamScanner:
         self._closed: list[tuple[int, bytes]] = []
 
     @property
-    def found(self) -> bool:
-        """A virtio-serial section began somewhere in what was fed."""
-        return bool(self._open or self._closed)
+    def begun(self) -> int:
+        """How many virtio-serial sections began in what was fed (parsed or not yet)."""
+        return len(self._open) + len(self._closed)
 
     def feed(self, chunk: bytes) -> None:
         still: list[tuple[int, bytearray]] = []

@@ -208,3 +208,26 @@ def test_a_saved_file_is_fed_whole_with_the_same_split_when_asked(where: Path) -
         (later - earlier, count) for (earlier, count), (later, _) in pairwise(destination.pieces)
     )
     assert gap >= 0.3 and count_before_the_gap == len(RAM) + len(SECTIONS) + 2
+
+
+def test_each_section_goes_on_once_its_footer_arrived_while_the_source_waits(where: Path) -> None:
+    """A source with a return path does not end its stream: it waits for the destination's
+    answer, which needs the section; the relay must not wait for the source's end."""
+    first, second = read_sections(SECTIONS)
+    subsections = b"\x05\x12virtio/extra_state" + bytes(64)
+    stream = RAM + b"".join(
+        SECTIONS[s.start : s.end] + subsections + s.footer for s in (first, second)
+    )
+    stream += b"\x1f"  # QEMU_VM_EOF: the byte after the last footer
+    destination = Recorder(where / "incoming.sock")
+    relay = MigrationRelay(where / "relay.sock", where / "incoming.sock", 10, hold_quiet=30)
+    relay.start()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as source:
+        source.settimeout(10)
+        source.connect(str(relay.listen_path))
+        source.sendall(stream)
+        _wait(lambda: len(destination.received) == len(stream), "the whole stream, source open")
+        source.shutdown(socket.SHUT_WR)
+        relay.finish(10)
+    destination.join(10)
+    assert bytes(destination.received) == stream
