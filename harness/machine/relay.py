@@ -42,6 +42,9 @@ _CHUNK = 256 * 1024
 HOLD_QUIET = 1.0
 #: The subsection that follows the virtqueues' ring addresses in a virtio device's section.
 _RINGS_LOADED = b"virtio/extra_state"
+#: What may follow a device section: the next section (QEMU_VM_SECTION_START/PART/END/FULL),
+#: a command, the stream's end or its JSON description (migration/savevm.c).
+_AFTER_A_SECTION = frozenset({0x01, 0x02, 0x03, 0x04, 0x06, 0x08, 0x1F})
 #: Held bytes beyond this go on at once (a stream that is not the expected short tail).
 _HOLD_LIMIT = 16 * 1024 * 1024
 
@@ -254,15 +257,20 @@ class Forward:
             self.release(dst, f"{_HOLD_LIMIT} bytes held, no footer")
 
     def _sections_whole(self) -> bool:
-        """Every section begun is in the held bytes up to its footer and one byte more."""
+        """Every section begun is in the held bytes up to its footer and the next item's
+        first byte (a footer's five bytes could occur inside the section's data; followed
+        by what may follow a section they almost surely do not)."""
         start = self.scanner.total - len(self._held)  # stream offset of held[0]
-        sections = self.scanner.sections()
-        if len(sections) < self.scanner.begun:
-            return False  # a device part still incomplete
-        for section in sections[self._done :]:
-            at = self._held.find(section.footer, max(0, section.end - start))
-            if at < 0 or at + len(section.footer) >= len(self._held):
-                return False
+        for header, footer in self.scanner.footers()[self._done :]:
+            at = max(0, header - start)
+            while True:
+                at = self._held.find(footer, at)
+                after = at + len(footer)
+                if at < 0 or after >= len(self._held):
+                    return False
+                if self._held[after] in _AFTER_A_SECTION:
+                    break
+                at += 1
         return True
 
     def release(self, dst: socket.socket, why: str) -> None:
@@ -272,17 +280,23 @@ class Forward:
         done, self._done = self._done, self.scanner.begun
         if not held:
             return
-        log.info("migration relay: %d bytes held for the virtio-serial section: %s", len(held), why)
+        log.info(
+            "migration relay: %d bytes held for the virtio-serial section (from stream "
+            "offset %d): %s",
+            len(held),
+            self.scanner.total - len(held),
+            why,
+        )
         start = self.scanner.total - len(held)  # stream offset of held[0]
         # What came before the section goes first: the section itself then starts with an
         # empty socket buffer, so the kernel queues it in one or two pieces, not as the
         # destination happens to free space.
-        first = self.scanner.sections()[done:][:1]
-        header = first[0].start - start if first else 0
+        first = self.scanner.footers()[done:][:1]
+        header = first[0][0] - start if first else 0
         pause = self._split_at(held, start)
         cuts = sorted({0, len(held), *(c for c in (header, pause) if 0 < c < len(held))})
         for begin, end in pairwise(cuts):
-            if begin == pause:
+            if pause and begin == pause:
                 log.info(
                     "migration relay: pausing %.2f s inside the virtio-serial section "
                     "(stream offset %d)",

@@ -105,12 +105,17 @@ class Section:
     @property
     def footer(self) -> bytes:
         """What ends the section (after the device part and its virtio subsections)."""
-        return bytes([_SECTION_FOOTER]) + struct.pack(">I", self.section_id)
+        return section_footer(self.section_id)
 
     @property
     def pci_addr(self) -> str:
         """The controller's PCI slot and function as `info qtree` shows it ("04.0")."""
         return self.idstr.split("/")[0].rsplit(":", 1)[-1]
+
+
+def section_footer(section_id: int) -> bytes:
+    """QEMU_VM_SECTION_FOOTER and the section's id: the end of a device's section."""
+    return bytes([_SECTION_FOOTER]) + struct.pack(">I", section_id)
 
 
 def read_sections(stream: bytes) -> list[Section]:
@@ -181,6 +186,26 @@ class StreamScanner:
     def begun(self) -> int:
         """How many virtio-serial sections began in what was fed (parsed or not yet)."""
         return len(self._open) + len(self._closed)
+
+    def footers(self) -> list[tuple[int, bytes]]:
+        """(stream offset of the header, the footer that ends it) for each section begun,
+        in stream order, whether or not its device part can be read (the relay's hold
+        must not depend on that)."""
+        found = []
+        for start, capture in sorted(self._closed + [(s, bytes(c)) for s, c in self._open]):
+            own = capture[: _CAPTURE_BEFORE + len(SECTION_SUFFIX)]  # its match is in here
+            headers = [
+                header
+                for match in re.finditer(re.escape(SECTION_SUFFIX), own)
+                if (header := _header_before(capture, match.start(), match.end()))
+            ]
+            if not headers:
+                continue
+            idstr, body = headers[-1]
+            head = body - 8 - len(idstr) - 6
+            (section_id,) = struct.unpack_from(">I", capture, head + 1)
+            found.append((start + head, section_footer(section_id)))
+        return found
 
     def feed(self, chunk: bytes) -> None:
         still: list[tuple[int, bytearray]] = []

@@ -8,6 +8,7 @@ the "destination" listens like `migrate-incoming` and answers on the return path
 from __future__ import annotations
 
 import socket
+import struct
 import tempfile
 import threading
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from harness.machine.relay import MigrationRelay, feed_file
-from harness.machine.wire import read_sections
+from harness.machine.wire import read_sections, section_footer
 
 ROOT = Path(__file__).resolve().parents[3]
 SECTIONS = (ROOT / "fixtures/wire/qemu-7.2-file-migration.bin").read_bytes()
@@ -231,3 +232,26 @@ def test_each_section_goes_on_once_its_footer_arrived_while_the_source_waits(whe
         relay.finish(10)
     destination.join(10)
     assert bytes(destination.received) == stream
+
+
+def test_a_section_whose_device_part_cannot_be_read_is_still_held_to_its_footer(
+    where: Path,
+) -> None:
+    """The hold reads only the section's header and footer (a device part the wire parser
+    does not understand must not make the relay wait for the source's end)."""
+    idstr = b"0000:00:03.0/virtio-console"
+    header = b"\x04" + struct.pack(">I", 42) + bytes([len(idstr)]) + idstr + bytes(4)
+    header += struct.pack(">I", 3)
+    stream = RAM + header + b"no device part here" + section_footer(42) + b"\x1f"
+    destination = Recorder(where / "incoming.sock")
+    relay = MigrationRelay(where / "relay.sock", where / "incoming.sock", 10, hold_quiet=30)
+    relay.start()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as source:
+        source.settimeout(10)
+        source.connect(str(relay.listen_path))
+        source.sendall(stream)
+        _wait(lambda: len(destination.received) == len(stream), "the whole stream, source open")
+        source.shutdown(socket.SHUT_WR)
+        relay.finish(10)
+    destination.join(10)
+    assert relay.scanner.sections() == [] and relay.scanner.begun == 1
