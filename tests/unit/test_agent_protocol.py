@@ -12,6 +12,7 @@ import errno
 import hashlib
 import importlib.util
 import os
+import platform
 import select
 import shutil
 import signal
@@ -229,7 +230,7 @@ def test_read_timeout_and_eof(hil_agent: ModuleType) -> None:
         agent.close_all()
 
 
-@pytest.mark.parametrize("op", ["flow", "check_stream"])
+@pytest.mark.parametrize("op", ["flow", "check_stream", "recv_stream"])
 def test_a_port_closed_under_a_stream_never_hands_its_fd_number_to_the_next_open(
     hil_agent: ModuleType, op: str
 ) -> None:
@@ -241,7 +242,9 @@ def test_a_port_closed_under_a_stream_never_hands_its_fd_number_to_the_next_open
     _inject(hil_agent, agent, "first", first_r, False)
     sent = hil_agent.generated_bytes(5, 8192)
     os.write(first_w, sent)
-    args = {"name": "first", "seed": 5, "length": 1 << 20, "timeout": 10}
+    # A long wait for data: the close must end the stream, not the stream's own timeout
+    # (a poll() waiting on the port's old file is not woken by the dead socket: Port.poll).
+    args = {"name": "first", "seed": 5, "length": 1 << 20, "timeout": 60}
     if op == "flow":
         args.update(flow="f", direction="in")
     ticket = agent.handle({"id": 1, "op": "start", "args": {"op": op, "args": args}})
@@ -250,13 +253,18 @@ def test_a_port_closed_under_a_stream_never_hands_its_fd_number_to_the_next_open
     while agent.ports["first"].users == 0 or select.select([first_r], [], [], 0)[0]:
         assert time.monotonic() < deadline, "the stream did not read the first bytes in 10 s"
         time.sleep(0.01)
+    while op != "flow" and not _a_thread_waits_in_poll():  # flows poll in 0.2 s slices
+        assert time.monotonic() < deadline, "the stream did not wait in poll() within 10 s"
+        time.sleep(0.01)
     assert agent.handle({"id": 2, "op": "close", "args": {"name": "first"}})["ok"]
     second_r, second_w = os.pipe()
     try:
         _inject(hil_agent, agent, "second", second_r, False)
         os.write(second_w, b"x" * 4096)
         state = agent.handle({"id": 3, "op": "ticket", "args": {"ticket": ticket_id, "wait": 10}})
-        result = state["result"]["reply"].get("result")
+        reply = state["result"]["reply"]
+        assert reply is not None, f"the stream did not end at the close: {state}"
+        result = reply.get("result") or reply.get("error")  # recv_stream fails with EBADF
         assert result is not None and result["bytes"] == len(sent), state
         assert result.get("error", result.get("errno")) == "EBADF", result
         assert os.read(second_r, 8192) == b"x" * 4096  # the other port's bytes stayed there
@@ -267,6 +275,21 @@ def test_a_port_closed_under_a_stream_never_hands_its_fd_number_to_the_next_open
         agent.close_all()
         for fd in (first_w, second_w):
             os.close(fd)
+
+
+#: poll() and ppoll() by machine (/proc/<pid>/task/<tid>/syscall's first field).
+_POLL_SYSCALLS = {"x86_64": {"7", "271"}, "aarch64": {"73"}}
+
+
+def _a_thread_waits_in_poll() -> bool:
+    """A thread of this process is blocked in poll(): the close then meets a stream that
+    waits on the port's old file, the case a close must wake (Port.poll)."""
+    calls = _POLL_SYSCALLS.get(platform.machine(), set())
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):
+            if (task / "syscall").read_text().split()[0] in calls:
+                return True
+    return False
 
 
 def test_a_flow_on_a_blocking_fd_never_blocks_in_the_kernel(hil_agent: ModuleType) -> None:

@@ -477,6 +477,7 @@ def run_streams(streams: list[StreamIO], timeout: float) -> None:
             poller = select.poll()
             for stream in active:
                 poller.register(stream.port.fd, stream.events)
+                poller.register(stream.port.close_signal(), select.POLLIN)  # see Port.poll
             if not poller.poll(max(0, int(timeout * 1000))):
                 waiting = ", ".join(f"{s.port.handle} at {s.done} of {s.length}" for s in active)
                 raise AgentFailure(
@@ -614,6 +615,49 @@ class Port:
         self.streams = 0  # StreamIO runs that hold the fd non-blocking (see stream_mode)
         self.users = 0  # long ops running on the fd (see Agent.using)
         self.closed = False  # op_close ran: the fd number is a dead socket until users end
+        self._signal_r: int | None = None  # close_signal's pipe: read end ...
+        self._signal_w: int | None = None  # ... and write end, closed once the port is
+
+    def close_signal(self) -> int:
+        """An fd that turns readable (EOF) once the port is closed. A long op polls it beside
+        the port: the dead socket put in the port's place (Agent.retire) does not wake a
+        poll() already waiting on the port's old file, which would wait out its timeout."""
+        with _MODE_LOCK:
+            if self._signal_r is None:
+                self._signal_r, self._signal_w = os.pipe()
+                if self.closed:
+                    self._close_signal_end()
+            return self._signal_r
+
+    def signal_closed(self) -> None:
+        """(Agent.retire, after ``closed`` is set) Wake every op polling close_signal."""
+        with _MODE_LOCK:
+            self._close_signal_end()
+
+    def _close_signal_end(self) -> None:
+        if self._signal_w is not None:
+            os.close(self._signal_w)
+            self._signal_w = None
+
+    def release_signal(self) -> None:
+        """(The port's last user, or retire without users) Close what is left of the pipe."""
+        with _MODE_LOCK:
+            self._close_signal_end()
+            if self._signal_r is not None:
+                os.close(self._signal_r)
+                self._signal_r = None
+
+    def poll(self, timeout: float | None, events: int) -> int:
+        """poll() on the port, woken by a close too: then POLLHUP (the caller's next read or
+        write meets the dead socket and ``closed``)."""
+        poller = select.poll()
+        poller.register(self.fd, events)
+        poller.register(self.close_signal(), select.POLLIN)
+        wait_ms = None if timeout is None else max(0, int(timeout * 1000))
+        mask = 0
+        for fd, revents in poller.poll(wait_ms):
+            mask |= revents if fd == self.fd else select.POLLHUP
+        return mask
 
     def errno_of(self, error: OSError) -> str:
         """An error's errno name; EBADF once the port was closed under the op (its fd number
@@ -730,6 +774,7 @@ class Agent:
             with self.lock:
                 port.users -= 1
                 if port.closed and not port.users:
+                    port.release_signal()
                     os.close(port.fd)
 
     def retire(self, port: Port) -> None:
@@ -739,7 +784,9 @@ class Agent:
         port.closed = True
         if port.users:
             os.dup2(self.dead_fd, port.fd)
+            port.signal_closed()
         else:
+            port.release_signal()
             os.close(port.fd)
 
     # basics ------------------------------------------------------------------------------
@@ -1033,7 +1080,7 @@ class Agent:
         for done in range(count):
             message = b""
             while len(message) < size:
-                if not _poll_fd(port.fd, timeout, select.POLLIN | select.POLLPRI):
+                if not port.poll(timeout, select.POLLIN | select.POLLPRI):
                     raise AgentFailure(
                         "ETIMEDOUT", f"echo: message {done} incomplete after {timeout} s"
                     )
@@ -1063,7 +1110,7 @@ class Agent:
         eof = False
         started = time.monotonic()
         while got < length:
-            mask = _poll_fd(port.fd, timeout, select.POLLIN | select.POLLPRI)
+            mask = port.poll(timeout, select.POLLIN | select.POLLPRI)
             if not mask:
                 raise AgentFailure(
                     "ETIMEDOUT",
