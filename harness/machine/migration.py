@@ -98,22 +98,17 @@ def migrate(
     assert source.qmp is not None and destination.qmp is not None
     started = time.monotonic()
     source_uri, destination_uri = migration_uri(mode, workdir)
+    incoming = Path(destination_uri.removeprefix("unix:"))
     relay = None
-    if mode != "file":  # the harness owns the channel: the wire is read on its way
+    feed = None
+    if mode == "file":  # the harness feeds the file: `exec:cat`'s pipe may run dry
+        feed = partial(feed_file, workdir / MIGRATION_FILE, incoming, timeout, pause_mid_section)
+    else:  # the harness owns the channel: the wire is read on its way
         relay = MigrationRelay(
-            Path(source_uri.removeprefix("unix:")),
-            Path(destination_uri.removeprefix("unix:")),
-            timeout,
-            pause_mid_section,
+            Path(source_uri.removeprefix("unix:")), incoming, timeout, pause_mid_section
         )
     try:
         uris = (relay.uri if relay is not None else source_uri, destination_uri)
-        feed = None
-        if mode == "file":  # the harness feeds the file: `exec:cat`'s pipe may run dry
-            incoming = Path(destination_uri.removeprefix("unix:"))
-            feed = partial(
-                feed_file, workdir / MIGRATION_FILE, incoming, timeout, pause_mid_section
-            )
         info = _run(source, destination, mode, uris, relay, at_switchover, timeout, feed)
         sections, wire_error = _sections(relay, workdir / MIGRATION_FILE)
     finally:

@@ -280,14 +280,14 @@ class Forward:
         done, self._done = self._done, self.scanner.begun
         if not held:
             return
+        start = self.scanner.total - len(held)  # stream offset of held[0]
         log.info(
             "migration relay: %d bytes held for the virtio-serial section (from stream "
             "offset %d): %s",
             len(held),
-            self.scanner.total - len(held),
+            start,
             why,
         )
-        start = self.scanner.total - len(held)  # stream offset of held[0]
         # What came before the section goes first: the section itself then starts with an
         # empty socket buffer, so the kernel queues it in one or two pieces, not as the
         # destination happens to free space.

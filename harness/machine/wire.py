@@ -131,8 +131,7 @@ def read_sections(stream: bytes) -> list[Section]:
             state, end = _parse_at(stream, _device_part(stream, body))
         except WireError:
             continue  # the name inside guest RAM or the stream's JSON description, not a section
-        start = body - 8 - len(idstr) - 6
-        (section_id,) = struct.unpack_from(">I", stream, start + 1)
+        start, section_id = _section_head(stream, idstr, body)
         found.append(Section(idstr, version, state, start, end, section_id))
     return found
 
@@ -201,9 +200,7 @@ class StreamScanner:
             ]
             if not headers:
                 continue
-            idstr, body = headers[-1]
-            head = body - 8 - len(idstr) - 6
-            (section_id,) = struct.unpack_from(">I", capture, head + 1)
+            head, section_id = _section_head(capture, *headers[-1])
             found.append((start + head, section_footer(section_id)))
         return found
 
@@ -259,6 +256,15 @@ def _header_before(stream: bytes, start: int, end: int) -> tuple[str, int] | Non
         idstr = stream[at + 1 : end].decode("ascii", "replace")
         return idstr, end + 8  # instance_id, version_id
     return None
+
+
+def _section_head(stream: bytes, idstr: str, body: int) -> tuple[int, int]:
+    """(offset of the section header, its section id) from `_header_before`'s answer: the
+    header is the type byte, be32 id, the idstr with its length byte, be32 instance and
+    version."""
+    start = body - 8 - len(idstr) - 6
+    (section_id,) = struct.unpack_from(">I", stream, start + 1)
+    return start, section_id
 
 
 def _device_part(stream: bytes, body: int) -> int:

@@ -650,14 +650,7 @@ class Port:
     def poll(self, timeout: float | None, events: int) -> int:
         """poll() on the port, woken by a close too: then POLLHUP (the caller's next read or
         write meets the dead socket and ``closed``)."""
-        poller = select.poll()
-        poller.register(self.fd, events)
-        poller.register(self.close_signal(), select.POLLIN)
-        wait_ms = None if timeout is None else max(0, int(timeout * 1000))
-        mask = 0
-        for fd, revents in poller.poll(wait_ms):
-            mask |= revents if fd == self.fd else select.POLLHUP
-        return mask
+        return _poll_fd(self.fd, timeout, events, wake=self.close_signal())
 
     def errno_of(self, error: OSError) -> str:
         """An error's errno name; EBADF once the port was closed under the op (its fd number
@@ -687,16 +680,20 @@ def _dead_socket() -> int:
     return kept.detach()
 
 
-def _poll_fd(fd: int, timeout: float | None, events: int | None = None) -> int:
+def _poll_fd(
+    fd: int, timeout: float | None, events: int | None = None, wake: int | None = None
+) -> int:
+    """`fd`'s poll mask; POLLHUP when `wake` (an fd that turns readable) ended the wait."""
     poller = select.poll()
     if events is None:
         events = select.POLLIN | select.POLLPRI | select.POLLOUT
     poller.register(fd, events)
+    if wake is not None:
+        poller.register(wake, select.POLLIN)
     wait_ms = None if timeout is None else max(0, int(timeout * 1000))
-    result = poller.poll(wait_ms)
     mask = 0
-    for _, revents in result:
-        mask |= revents
+    for ready, revents in poller.poll(wait_ms):
+        mask |= revents if ready == fd else select.POLLHUP
     return mask
 
 

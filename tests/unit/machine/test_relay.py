@@ -152,6 +152,32 @@ def _wait(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.01)
 
 
+def _relay_while_the_source_waits(where: Path, stream: bytes) -> MigrationRelay:
+    """Send `stream` through a relay that holds for up to 30 s of silence, keeping the
+    source's end open until the destination has all of it (a source waiting for the return
+    path); the relay, finished."""
+    destination = Recorder(where / "incoming.sock")
+    relay = MigrationRelay(where / "relay.sock", where / "incoming.sock", 10, hold_quiet=30)
+    relay.start()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as source:
+        source.settimeout(10)
+        source.connect(str(relay.listen_path))
+        source.sendall(stream)
+        _wait(lambda: len(destination.received) == len(stream), "the whole stream, source open")
+        source.shutdown(socket.SHUT_WR)
+        relay.finish(10)
+    destination.join(10)
+    assert bytes(destination.received) == stream
+    return relay
+
+
+def _longest_gap(recorder: Recorder) -> tuple[float, int]:
+    """(seconds, bytes received before it) of the longest pause between two pieces."""
+    return max(
+        (later - earlier, count) for (earlier, count), (later, _) in pairwise(recorder.pieces)
+    )
+
+
 def test_from_the_virtio_serial_section_on_the_stream_goes_on_in_one_piece(where: Path) -> None:
     """What a destination QEMU must not wait for in the middle (README finding "QEMU flushes
     a held element while the device is half loaded"): the relay holds it until the end."""
@@ -185,11 +211,8 @@ def test_a_pause_inside_the_section_splits_it_where_the_rings_are_loaded(where: 
     destination.join(10)
     assert (reply, error) == (b"", None)
     assert bytes(destination.received) == RAM + SECTIONS + rest
-    gaps = [
-        (later - earlier, count) for (earlier, count), (later, _) in pairwise(destination.pieces)
-    ]
-    count_before_the_gap = max(gaps)[1]
-    assert max(gaps)[0] >= 0.3
+    gap, count_before_the_gap = _longest_gap(destination)
+    assert gap >= 0.3
     assert count_before_the_gap == len(RAM) + len(SECTIONS) + 2  # after the subsection header
 
 
@@ -205,9 +228,7 @@ def test_a_saved_file_is_fed_whole_with_the_same_split_when_asked(where: Path) -
     )
     destination.join(10)
     assert bytes(destination.received) == RAM + SECTIONS + rest
-    gap, count_before_the_gap = max(
-        (later - earlier, count) for (earlier, count), (later, _) in pairwise(destination.pieces)
-    )
+    gap, count_before_the_gap = _longest_gap(destination)
     assert gap >= 0.3 and count_before_the_gap == len(RAM) + len(SECTIONS) + 2
 
 
@@ -220,18 +241,7 @@ def test_each_section_goes_on_once_its_footer_arrived_while_the_source_waits(whe
         SECTIONS[s.start : s.end] + subsections + s.footer for s in (first, second)
     )
     stream += b"\x1f"  # QEMU_VM_EOF: the byte after the last footer
-    destination = Recorder(where / "incoming.sock")
-    relay = MigrationRelay(where / "relay.sock", where / "incoming.sock", 10, hold_quiet=30)
-    relay.start()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as source:
-        source.settimeout(10)
-        source.connect(str(relay.listen_path))
-        source.sendall(stream)
-        _wait(lambda: len(destination.received) == len(stream), "the whole stream, source open")
-        source.shutdown(socket.SHUT_WR)
-        relay.finish(10)
-    destination.join(10)
-    assert bytes(destination.received) == stream
+    _relay_while_the_source_waits(where, stream)
 
 
 def test_a_section_whose_device_part_cannot_be_read_is_still_held_to_its_footer(
@@ -243,15 +253,5 @@ def test_a_section_whose_device_part_cannot_be_read_is_still_held_to_its_footer(
     header = b"\x04" + struct.pack(">I", 42) + bytes([len(idstr)]) + idstr + bytes(4)
     header += struct.pack(">I", 3)
     stream = RAM + header + b"no device part here" + section_footer(42) + b"\x1f"
-    destination = Recorder(where / "incoming.sock")
-    relay = MigrationRelay(where / "relay.sock", where / "incoming.sock", 10, hold_quiet=30)
-    relay.start()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as source:
-        source.settimeout(10)
-        source.connect(str(relay.listen_path))
-        source.sendall(stream)
-        _wait(lambda: len(destination.received) == len(stream), "the whole stream, source open")
-        source.shutdown(socket.SHUT_WR)
-        relay.finish(10)
-    destination.join(10)
+    relay = _relay_while_the_source_waits(where, stream)
     assert relay.scanner.sections() == [] and relay.scanner.begun == 1
