@@ -660,8 +660,8 @@ class VirtioSerialModel:
         if port is None:
             raise E.ModelError(E.ENOENT, name)
         if not len(port.to_host):
-            if port.removed:
-                raise E.ModelError(E.ENODEV)
+            if port.removed:  # ENOENT once migrated: the destination never had the port
+                raise E.ModelError(self.missing_port_errno(name))
             if not port.host_attached:
                 raise E.ModelError(E.ENOTCONN)
             raise E.ModelError(E.EAGAIN)

@@ -52,6 +52,7 @@ for _kind in (
         lambda r, c: r.ssh_drop(),
         "none",
         "cut the harness's SSH connection; the guest agent carries on and is reached again",
+        rare=True,
     ),
     StepKind(
         "module_reload",
@@ -61,6 +62,7 @@ for _kind in (
         "none",
         "`rmmod virtio_console; insmod` it again (EAGAIN while a port is open; fails "
         "with a clear reason when the driver is built in)",
+        rare=True,
     ),
     StepKind(
         "qemu_kill",

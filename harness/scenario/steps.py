@@ -194,6 +194,11 @@ class StepKind:
     defaults: Callable[[Mapping[str, Any], MachineDecl], dict[str, Any]] | None = None
     asserts: bool = False  # a ``check``: compare the author's fields after the step
     compares_count: bool = False  # the real return value (bytes written) must match
+    #: Exploration draws it rarely (``explore.RARE_ODDS``): it takes seconds on a real guest
+    #: where other steps take milliseconds (a boot, a migration), or it undoes what most
+    #: steps need (a controller unplug takes every port with it), or it is a fault (a
+    #: driver reload, a dropped SSH) that tells little about ports when it comes every step.
+    rare: bool = False
 
 
 STEPS: dict[str, StepKind] = {}
@@ -479,6 +484,7 @@ for _kind in (
         shorthand="id",
         required=("id",),
         refers={"id": "controller"},
+        rare=True,
     ),
     StepKind(
         "migrate",
@@ -495,6 +501,7 @@ for _kind in (
         "`mode:` live (default), paused or file",
         "migration to a new QEMU (see below)",
         provides=_migrated,
+        rare=True,
     ),
     StepKind(
         "reboot",
@@ -503,6 +510,7 @@ for _kind in (
         lambda r, c: r.reboot(),
         "none",
         "guest reboot",
+        rare=True,
     ),
     StepKind(
         "check",

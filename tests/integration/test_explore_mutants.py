@@ -23,7 +23,10 @@ from harness.scenario.mutants import MUTANTS
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
 HUNT_SECONDS = 600  # the bound for finding one mutant
-FINDING = re.compile(r"finding: (\S+) \((\d+) -> (\d+) steps, found after ([\d.]+) s\)")
+FINDING = re.compile(
+    r"finding: (\S+) \((\d+) -> (\d+) steps, found after ([\d.]+) s and (\d+) steps, "
+    r"written after ([\d.]+) s\)"
+)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -61,5 +64,8 @@ def test_exploring_the_real_guest_finds_the_planted_mutant(mutant: str, tmp_path
     assert run.returncode == 0, output
     found = FINDING.search(run.stdout)
     assert found is not None, output
-    print(f"{mutant}: {found.group(2)} -> {found.group(3)} steps in {found.group(4)} s")
+    print(
+        f"{mutant}: found after {found.group(4)} s ({found.group(5)} steps run), "
+        f"{found.group(2)} -> {found.group(3)} steps, written after {found.group(6)} s"
+    )
     assert Path(found.group(1)).is_file()
