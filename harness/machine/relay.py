@@ -43,8 +43,9 @@ HOLD_QUIET = 1.0
 #: The subsection that follows the virtqueues' ring addresses in a virtio device's section.
 _RINGS_LOADED = b"virtio/extra_state"
 #: What may follow a device section: the next section (QEMU_VM_SECTION_START/PART/END/FULL),
-#: a command, the stream's end or its JSON description (migration/savevm.c).
-_AFTER_A_SECTION = frozenset({0x01, 0x02, 0x03, 0x04, 0x06, 0x08, 0x1F})
+#: a command, the stream's end (QEMU_VM_EOF: a hot-plugged controller's section is the last
+#: one) or its JSON description (migration/savevm.c).
+_AFTER_A_SECTION = frozenset({0x00, 0x01, 0x02, 0x03, 0x04, 0x06, 0x08})
 #: Held bytes beyond this go on at once (a stream that is not the expected short tail).
 _HOLD_LIMIT = 16 * 1024 * 1024
 

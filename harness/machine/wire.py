@@ -274,9 +274,13 @@ def _device_part(stream: bytes, body: int) -> int:
         (config_len,) = struct.unpack_from(">I", stream, at)
         if config_len not in (8, 12):
             continue
-        (max_nr_ports,) = struct.unpack_from("<I", stream, at + 8)
+        # The port count comes from the queue count (two per port and two for control),
+        # not from the config bytes: those are QEMU's cached copy (vdev->config), refreshed
+        # only when the guest reads the config.  A controller the guest has not probed yet
+        # saves zeros there; one whose max_ports changed on a migration, the old value.
         (nr_queues,) = struct.unpack_from(">I", stream, at + 4 + config_len)
-        if max_nr_ports == 0 or nr_queues != 2 * (max_nr_ports + 1):
+        max_nr_ports = nr_queues // 2 - 1
+        if max_nr_ports < 1 or nr_queues % 2:
             continue
         queues = at + 8 + config_len
         for size in _QUEUE_ENTRY_SIZES:

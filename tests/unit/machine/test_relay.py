@@ -240,7 +240,8 @@ def test_each_section_goes_on_once_its_footer_arrived_while_the_source_waits(whe
     stream = RAM + b"".join(
         SECTIONS[s.start : s.end] + subsections + s.footer for s in (first, second)
     )
-    stream += b"\x1f"  # QEMU_VM_EOF: the byte after the last footer
+    stream += b"\x00\x06"  # QEMU_VM_EOF after the last footer (a hot-plugged controller's
+    # section is the last one), then the JSON description: a real 7.2 stream's bytes
     _relay_while_the_source_waits(where, stream)
 
 
@@ -252,6 +253,6 @@ def test_a_section_whose_device_part_cannot_be_read_is_still_held_to_its_footer(
     idstr = b"0000:00:03.0/virtio-console"
     header = b"\x04" + struct.pack(">I", 42) + bytes([len(idstr)]) + idstr + bytes(4)
     header += struct.pack(">I", 3)
-    stream = RAM + header + b"no device part here" + section_footer(42) + b"\x1f"
+    stream = RAM + header + b"no device part here" + section_footer(42) + b"\x01"
     relay = _relay_while_the_source_waits(where, stream)
     assert relay.scanner.sections() == [] and relay.scanner.begun == 1

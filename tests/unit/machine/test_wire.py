@@ -137,3 +137,21 @@ def test_a_stream_fed_in_pieces_gives_the_same_sections_at_stream_offsets(stream
         (len(ram) + s.start, len(ram) + s.end) for s in expected
     ]
     assert scanner.total == len(data)
+
+
+
+def test_a_controller_the_guest_has_not_probed_is_read_from_its_queue_count():
+    """QEMU saves its cached copy of the config (vdev->config), which stays zero until the
+    guest reads it: a file migration right after hotplug_controller carried a section whose
+    config said max_nr_ports 0, and the parser, which found the device part through that
+    field, reported the section absent (the planted-mutant hunt's finding;
+    scenarios/migration/hotplugged_controller_file.yaml).  Here: the 7.2 stream with vser1's
+    saved config zeroed as it was in that stream (12 zero bytes before 18 queues)."""
+    stream = STREAMS[1].read_bytes()
+    config = stream.index(bytes([0, 0, 0, 12, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 18]))
+    assert config > stream.index(b"0000:00:04.0/virtio-console")  # vser1's (max_ports 8)
+    unprobed = stream[: config + 4] + bytes(12) + stream[config + 16 :]
+    assert len(unprobed) == len(stream)
+    assert _wire_state(STREAMS[1]).controllers == {
+        SLOTS[s.pci_addr]: s.state for s in read_sections(unprobed)
+    }
