@@ -139,7 +139,6 @@ def test_a_stream_fed_in_pieces_gives_the_same_sections_at_stream_offsets(stream
     assert scanner.total == len(data)
 
 
-
 def test_a_controller_the_guest_has_not_probed_is_read_from_its_queue_count():
     """QEMU saves its cached copy of the config (vdev->config), which stays zero until the
     guest reads it: a file migration right after hotplug_controller carried a section whose
