@@ -491,10 +491,10 @@ class VirtioSerialModel:
     def guest_write(self, name: str, payload: Payload | bytes) -> Outcome:
         port = self._guest_fd_port(name)
         data = as_payload(payload)
+        if data.length == 0:  # port_fops_write returns 0 for !count before anything else
+            return self._outcome(0)
         if port.guest.fd.unplugged:  # type: ignore[union-attr]
             raise E.ModelError(E.ENODEV)
-        if data.length == 0:
-            return self._outcome(0)
         job = _Blocked(Pending(0, "guest_write", name), SliceQueue([Slice(data, 0, data.length)]))
         self._progress_write(port, job)
         if not len(job.remaining):  # type: ignore[arg-type]
