@@ -57,6 +57,12 @@ from harness.scenario.system import RealSystem
 #: and step index, so the written finding (same name, same indices) moves the same bytes.
 EXPLORE_NAME = "explore finding"
 DEFAULT_OUT = "explore-findings"
+#: Added to a finding that failed once and not when hypothesis replayed it (a race in the
+#: real system, or a model rule that depends on timing): written as it last failed, unshrunk.
+NOT_REPLAYED = (
+    "\n(this sequence failed, then passed when replayed: a race; written as it last failed, "
+    "not shrunk further)"
+)
 #: Small enough that "Maximum port limit" and out-of-range ids are reachable in a few steps.
 EXPLORE_MACHINE = MachineDecl(
     controllers=(ControllerDecl("vser0", 4),),
@@ -590,15 +596,18 @@ class Exploration:
         except (ScenarioFailure, InvariantBroken) as failure:
             self._record_finding(failure)
             return False
-        except (Flaky, FlakyStrategyDefinition, Unsatisfiable):
+        except (Flaky, FlakyStrategyDefinition, Unsatisfiable) as flaky:
+            if self._failing is not None:  # it failed, then did not when replayed: a race
+                self._record_finding(flaky, NOT_REPLAYED)
+                return False
             if self.time_left() > 0:
                 raise
             return False  # hypothesis noticed the examples dropped after the time bound: done
         return True
 
-    def _record_finding(self, failure: BaseException) -> None:
+    def _record_finding(self, failure: BaseException, note: str = "") -> None:
         steps = self._failing or []
-        text = self._failure or str(failure)
+        text = (self._failure or str(failure)) + note
         path, _ = write_finding(self.out_dir, steps, self.machine, text, self.label)
         self.stats.findings.append(
             Finding(

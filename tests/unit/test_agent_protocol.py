@@ -230,6 +230,31 @@ def test_read_timeout_and_eof(hil_agent: ModuleType) -> None:
         agent.close_all()
 
 
+def test_a_close_ends_a_blocking_read_that_waits_for_data(hil_agent: ModuleType) -> None:
+    """The model: guest_close ends a guest read blocked on the port with EBADF, and the port
+    is released (guest_connected false).  A thread blocked in read() keeps the file open
+    through any close; the agent's read waits in poll(), beside the close signal, instead
+    (found by the 20-minute exploration on Debian 13: open, blocking read, close)."""
+    agent = hil_agent.Agent()
+    r, w = os.pipe()
+    _inject(hil_agent, agent, "pipe", r, False)
+    try:
+        args = {"op": "read", "args": {"name": "pipe", "max_bytes": 100}}
+        ticket = agent.handle({"id": 1, "op": "start", "args": args})["result"]["ticket"]
+        deadline = time.monotonic() + 10
+        while agent.ports["pipe"].users == 0 or not _a_thread_waits_in_poll():
+            assert time.monotonic() < deadline, "the read did not wait in poll() within 10 s"
+            time.sleep(0.01)
+        assert agent.handle({"id": 2, "op": "close", "args": {"name": "pipe"}})["ok"]
+        state = agent.handle({"id": 3, "op": "ticket", "args": {"ticket": ticket, "wait": 10}})
+        reply = state["result"]["reply"]
+        assert reply is not None, f"the read did not end at the close: {state}"
+        assert reply["error"]["errno"] == "EBADF", reply
+    finally:
+        agent.close_all()
+        os.close(w)
+
+
 @pytest.mark.parametrize("op", ["flow", "check_stream", "recv_stream"])
 def test_a_port_closed_under_a_stream_never_hands_its_fd_number_to_the_next_open(
     hil_agent: ModuleType, op: str

@@ -513,7 +513,7 @@ def wait_ready(port: Port, error: OSError, events: int) -> bool:
     it has waited in poll() for ``events`` and should retry."""
     if error.errno != errno.EAGAIN or port.nonblocking:
         return False
-    _poll_fd(port.fd, None, events)
+    port.poll(None, events)  # a close wakes it: the retry then meets the dead socket
     return True
 
 
@@ -907,11 +907,17 @@ class Agent:
         return {"events": poll_names(mask), "mask": mask}
 
     def op_read(self, args: dict[str, Any]) -> dict[str, Any]:
-        port = self.port(args)
+        """A read; one that waits is a long op (``using``): a close under it ends it."""
+        with self.using(args) as port:
+            return self._read(port, args)
+
+    def _read(self, port: Port, args: dict[str, Any]) -> dict[str, Any]:
         max_bytes = _arg(args, "max_bytes", BLOCK_SIZE, int)
         timeout = _arg(args, "timeout", None, (int, float))
-        if not port.nonblocking and timeout is not None:
-            mask = _poll_fd(port.fd, timeout, select.POLLIN | select.POLLPRI)
+        if not port.nonblocking:  # wait in poll(), where a close wakes it, not in read()
+            mask = port.poll(timeout, select.POLLIN | select.POLLPRI)
+            if port.closed:
+                raise AgentFailure("EBADF", f"port {port.handle!r} was closed under the read")
             if not mask:
                 raise AgentFailure(
                     "ETIMEDOUT",

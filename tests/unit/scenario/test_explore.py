@@ -17,6 +17,7 @@ from harness.scenario.explore import (
     EXPLORE_MACHINE,
     EXPLORE_NAME,
     MODEL_OPTIONS,
+    NOT_REPLAYED,
     RARE_ODDS,
     Choices,
     Exploration,
@@ -36,7 +37,7 @@ from harness.scenario.mutants import MUTANTS, planted
 from harness.scenario.runner import ScenarioFailure, ScenarioRunner, run_scenario
 from harness.scenario.schema import Scenario, load_scenario, parse_scenario
 from harness.scenario.steps import STEPS, ModelOp, Step, StepCall
-from harness.scenario.system import RealSystem
+from harness.scenario.system import RealSystem, StepFailure
 
 #: A ceiling only: the seeded hunt stops at its finding, which does not depend on the time
 #: (138 s for the deepest mutant on a loaded 2-core machine, seconds for the others).
@@ -271,3 +272,26 @@ def test_steps_left_out_for_a_known_qemu_bug_are_never_run(tmp_path: Path) -> No
     stats = exploration.run()
     assert not stats.findings, stats.summary()
     assert CountsMigrations.modes and "live" not in CountsMigrations.modes
+
+
+class RacesOnce(ModelSystem):
+    """A real system whose third host_open of the run fails, and no other: a race."""
+
+    opens: ClassVar[int] = 0
+
+    def host_open(self, port: str) -> object:
+        RacesOnce.opens += 1
+        if RacesOnce.opens == 3:
+            raise StepFailure("EIO")
+        return self.replay("host_open").value
+
+
+def test_a_failure_that_does_not_replay_is_written_as_it_failed(tmp_path: Path) -> None:
+    """Found by the 20-minute exploration on Debian 12 (a console vtermno race at reboot):
+    hypothesis's replay passed, it raised Flaky, and the run ended with no file at all."""
+    RacesOnce.opens = 0
+    stats = explore_against(RacesOnce, tmp_path, max_examples=100).run()
+    (finding,) = stats.findings
+    assert finding.failure.endswith(NOT_REPLAYED) and "EIO" in finding.failure
+    steps = load_scenario(finding.path).steps
+    assert steps[-1].kind == "host_open"
