@@ -659,7 +659,7 @@ class KindDraw:
 
     @classmethod
     def of(cls, kinds: tuple[str, ...]) -> KindDraw:
-        rare = tuple(k for k in kinds if k != "check" and STEPS[k].rare)
+        rare = tuple(k for k in kinds if STEPS[k].rare)
         return cls(tuple(k for k in kinds if k not in rare), rare)
 
     def pick(self, choices: Choices) -> str:

@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from itertools import pairwise
 from pathlib import Path
 
@@ -152,21 +153,28 @@ def _wait(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.01)
 
 
-def _relay_while_the_source_waits(where: Path, stream: bytes) -> MigrationRelay:
-    """Send `stream` through a relay that holds for up to 30 s of silence, keeping the
-    source's end open until the destination has all of it (a source waiting for the return
-    path); the relay, finished."""
+@contextmanager
+def _holding_relay(where: Path) -> Iterator[tuple[Recorder, MigrationRelay, socket.socket]]:
+    """A relay that holds for up to 30 s of silence, the recorder at its destination and a
+    source connected to it; the caller sends, shuts the source down and finishes the relay."""
     destination = Recorder(where / "incoming.sock")
     relay = MigrationRelay(where / "relay.sock", where / "incoming.sock", 10, hold_quiet=30)
     relay.start()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as source:
         source.settimeout(10)
         source.connect(str(relay.listen_path))
+        yield destination, relay, source
+    destination.join(10)
+
+
+def _relay_while_the_source_waits(where: Path, stream: bytes) -> MigrationRelay:
+    """Send `stream` through a holding relay, keeping the source's end open until the
+    destination has all of it (a source waiting for the return path); the relay, finished."""
+    with _holding_relay(where) as (destination, relay, source):
         source.sendall(stream)
         _wait(lambda: len(destination.received) == len(stream), "the whole stream, source open")
         source.shutdown(socket.SHUT_WR)
         relay.finish(10)
-    destination.join(10)
     assert bytes(destination.received) == stream
     return relay
 
@@ -181,12 +189,7 @@ def _longest_gap(recorder: Recorder) -> tuple[float, int]:
 def test_from_the_virtio_serial_section_on_the_stream_goes_on_in_one_piece(where: Path) -> None:
     """What a destination QEMU must not wait for in the middle (README finding "QEMU flushes
     a held element while the device is half loaded"): the relay holds it until the end."""
-    destination = Recorder(where / "incoming.sock")
-    relay = MigrationRelay(where / "relay.sock", where / "incoming.sock", 10, hold_quiet=30)
-    relay.start()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as source:
-        source.settimeout(10)
-        source.connect(str(relay.listen_path))
+    with _holding_relay(where) as (destination, relay, source):
         source.sendall(RAM)
         _wait(lambda: len(destination.received) == len(RAM), "the RAM part at the destination")
         source.sendall(SECTIONS[:1000])
@@ -196,7 +199,6 @@ def test_from_the_virtio_serial_section_on_the_stream_goes_on_in_one_piece(where
         assert len(destination.received) == len(RAM)  # held, not passed on in pieces
         source.shutdown(socket.SHUT_WR)  # the end: everything held goes on
         relay.finish(10)
-    destination.join(10)
     assert bytes(destination.received) == RAM + SECTIONS
     assert destination.pieces[-1][1] == len(RAM) + len(SECTIONS)
 
