@@ -92,6 +92,7 @@ def test_explore(
         left_out=left_out,
         database=default_cache_dir() / "explore-db" / f"{backend}-{label}",
         options=options,
+        stop_at_finding=hil_explore_mutant is not None,
     )
     mutant = planted(hil_explore_mutant) if hil_explore_mutant else nullcontext()
     with mutant, model_coverage(exploration) as coverage:

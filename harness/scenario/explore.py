@@ -15,20 +15,25 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import yaml
 from hypothesis import HealthCheck, Phase, reject, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
-from hypothesis.errors import Flaky, FlakyStrategyDefinition, Unsatisfiable
+from hypothesis.errors import (
+    Flaky,
+    FlakyStrategyDefinition,
+    Unsatisfiable,
+)
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
@@ -114,6 +119,10 @@ PHASES = (Phase.reuse, Phase.generate, Phase.shrink)
 #: Examples per hypothesis run, on a real system and where nothing waits (``MODEL_OPTIONS``).
 REAL_RUN_EXAMPLES = 5
 MODEL_RUN_EXAMPLES = 200
+#: How long a finding's step-deletion pass (``Exploration.shorten``) may replay, at most.
+#: Hypothesis stops shrinking after five minutes, and on a real guest, where an example is a
+#: restore plus seconds of steps, that left a planted mutant at 21 steps.
+SHORTEN_SECONDS = 600.0
 
 
 @dataclass
@@ -273,6 +282,31 @@ def draw_args(
     if kind.validate is not None and kind.validate(args) is not None:
         return None
     return args
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What tells one finding from another: the step kind and the reason, its numbers
+    blanked, and the fields that differ.  Exploration goes on after a finding and drops the
+    examples that fail the same way again, instead of writing the same finding twice."""
+
+    where: str
+    fields: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, failure: BaseException) -> Signature:
+        if isinstance(failure, ScenarioFailure):
+            reason = re.sub(r"\d+", "#", failure.reason)
+            return cls(f"{failure.step.kind}: {reason}", frozenset(failure.fields))
+        first = str(failure).splitlines()[0] if str(failure) else ""
+        return cls(f"{type(failure).__name__}: " + re.sub(r"\d+", "#", first))
+
+    def same(self, other: Signature) -> bool:
+        """Same step kind and reason, and a field in common (the fields differ with the
+        state around the bug: a port the guest has open adds its poll mask)."""
+        if self.where != other.where:
+            return False
+        return bool(self.fields & other.fields) or not (self.fields or other.fields)
 
 
 # ------------------------------------------------------------------ statistics
@@ -522,6 +556,9 @@ class Exploration:
     database: Path | None = None
     options: RunnerOptions = field(default_factory=RunnerOptions)
     invariants: bool = True
+    #: stop at the first finding (a planted mutant's hunt); else explore on until the time
+    #: or example bound, skipping examples that fail like a finding already written
+    stop_at_finding: bool = False
     exclude: frozenset[str] = frozenset()  # step kinds not drawn (besides NOT_DRAWN)
     #: (kind, mode) pairs not run, e.g. ("migrate", "live") on a QEMU known to corrupt the
     #: guest there (qemu_versions.QEMU_BUGS): a finding must replay, a QEMU race does not
@@ -530,12 +567,14 @@ class Exploration:
     example_context: Callable[[int], AbstractContextManager[Any]] = lambda n: nullcontext()
     #: wraps every stretch that runs the model (boot, each step): see ``model_coverage``
     measure: Callable[[], AbstractContextManager[Any]] = nullcontext
-    stats: Stats = field(init=False)
+    stats: Stats = field(init=False, default_factory=Stats)
     #: kinds the real system cannot run at all (module_reload on a built-in driver), with why:
     #: found on the first try, that example is dropped and the kind is not drawn again
     not_applicable: dict[str, str] = field(init=False, default_factory=dict)
     _failing: list[Step] | None = field(init=False, default=None)
     _failure: str = field(init=False, default="")
+    _signature: Signature | None = field(init=False, default=None)
+    _known: list[Signature] = field(init=False, default_factory=list)  # written findings'
     _first_failing: int = field(init=False, default=0)
     _found: tuple[float, int] = field(init=False, default=(0.0, 0))  # seconds, steps run
     _start: float = field(init=False, default=0.0)
@@ -548,7 +587,8 @@ class Exploration:
         return MODEL_RUN_EXAMPLES if fast else REAL_RUN_EXAMPLES
 
     def run(self) -> Stats:
-        """Explore until the time or the example budget is spent, or a finding is written."""
+        """Explore until the time or the example budget is spent (or, with
+        ``stop_at_finding``, a finding is written)."""
         self.stats = Stats(self.label)
         self._start = time.monotonic()
         cpu = time.process_time()
@@ -572,11 +612,9 @@ class Exploration:
         return self.seconds - (time.monotonic() - self._start)
 
     def _run_chunk(self, chunk: int) -> bool:
-        """One hypothesis run of a few examples; False after a finding (stop there)."""
+        """One hypothesis run of a few examples; False: stop exploring."""
         size = min(self.examples_per_run(), self.max_examples - self.stats.examples)
-        if self._machine_cls is None:
-            self._machine_cls = build_state_machine(self)
-        machine_cls = self._machine_cls
+        machine_cls = self.machine_class()
         hypothesis_seed(self.seed * 100003 + chunk)(machine_cls)
         db: ExampleDatabase | None = None
         if self.database is not None:
@@ -595,19 +633,33 @@ class Exploration:
             run_state_machine_as_test(machine_cls, settings=config)
         except (ScenarioFailure, InvariantBroken) as failure:
             self._record_finding(failure)
-            return False
+            return not self.stop_at_finding
         except (Flaky, FlakyStrategyDefinition, Unsatisfiable) as flaky:
             if self._failing is not None:  # it failed, then did not when replayed: a race
                 self._record_finding(flaky, NOT_REPLAYED)
-                return False
+                return not self.stop_at_finding
+            if isinstance(flaky, Unsatisfiable) and self._known:
+                return True  # every example failed like a written finding: draw on
             if self.time_left() > 0:
                 raise
             return False  # hypothesis noticed the examples dropped after the time bound: done
         return True
 
+    def machine_class(self) -> type[RuleBasedStateMachine]:
+        """The state machine class, built once (kinds and key plans are worked out there)."""
+        if self._machine_cls is None:
+            self._machine_cls = build_state_machine(self)
+        return self._machine_cls
+
     def _record_finding(self, failure: BaseException, note: str = "") -> None:
         steps = self._failing or []
-        text = (self._failure or str(failure)) + note
+        text = self._failure or str(failure)
+        signature = self._signature or Signature.of(failure)
+        self._known.append(signature)
+        if not note and steps:
+            steps, text = self.shorten(steps, text, signature)
+        self._failing, self._failure, self._signature = None, "", None
+        text += note
         path, _ = write_finding(self.out_dir, steps, self.machine, text, self.label)
         self.stats.findings.append(
             Finding(
@@ -620,13 +672,67 @@ class Exploration:
             )
         )
 
+    def shorten(
+        self, steps: list[Step], failure: str, signature: Signature
+    ) -> tuple[list[Step], str]:
+        """Delete steps one at a time, last but one first, keeping each deletion after which
+        a replay on a fresh system still fails the same way; (the steps, the failure).
+
+        Hypothesis shrinks the 64-bit choice behind every step and gives up after five
+        minutes, which on a real guest left a planted mutant at 21 steps.  Deleting whole
+        steps, the model deciding each step's expect_error again, costs one replay per step."""
+        deadline = time.monotonic() + SHORTEN_SECONDS
+        index = len(steps) - 2
+        while index >= 0 and time.monotonic() < deadline:
+            replayed = self._replay(steps[:index] + steps[index + 1 :], signature)
+            if replayed is not None:
+                steps, failure = replayed
+            index = min(index - 1, len(steps) - 2)
+        return steps, failure
+
+    def _replay(self, steps: list[Step], signature: Signature) -> tuple[list[Step], str] | None:
+        """Run ``steps`` on a fresh model and system: (the steps run, the failure) when it
+        fails with ``signature``, else None."""
+        machine = cast(ReplayMachine, self.machine_class()())
+        failed: list[tuple[list[Step], BaseException]] = []
+        machine.on_failure = lambda run, failure: failed.append((list(run), failure))
+        machine.replaying = True
+        try:
+            machine.start(0)
+            for step in steps:
+                machine.replay(step)
+        except (ScenarioFailure, InvariantBroken, NotApplicable):
+            pass
+        finally:
+            machine.teardown()
+        if failed and Signature.of(failed[-1][1]).same(signature):
+            return failed[-1][0], str(failed[-1][1])
+        return None
+
     # -- called by the state machine
+    def already_found(self, failure: BaseException) -> bool:
+        """The failure is a finding written earlier in this exploration."""
+        found = Signature.of(failure)
+        return any(found.same(known) for known in self._known)
+
     def note_failure(self, steps: list[Step], failure: BaseException) -> None:
         """The last failing example is the minimal one: hypothesis replays it at the end."""
         if self._failing is None:
             self._first_failing = len(steps)
             self._found = (time.monotonic() - self._start, self.stats.steps)
         self._failing, self._failure = list(steps), str(failure)
+        self._signature = Signature.of(failure)
+
+
+class ReplayMachine(Protocol):
+    """What ``Exploration.shorten`` drives of an example machine, outside hypothesis."""
+
+    on_failure: Callable[[list[Step], BaseException], None]
+    replaying: bool
+
+    def start(self, swarm: int) -> None: ...
+    def replay(self, step: Step) -> None: ...
+    def teardown(self) -> None: ...
 
 
 def drawable_kinds(exploration: Exploration) -> tuple[str, ...]:
@@ -691,6 +797,9 @@ def build_state_machine(exploration: Exploration) -> type[RuleBasedStateMachine]
             self.state = ""
             self.runner = _new_runner(exploration)
             self.kinds = KindDraw.of(kinds)
+            #: where a failing step is reported (``Exploration.shorten`` listens itself)
+            self.on_failure: Callable[[list[Step], BaseException], None] = exploration.note_failure
+            self.replaying = False  # run by ``Exploration.shorten``, outside hypothesis
 
         @initialize(swarm=STEP_CHOICE)
         def boot(self, swarm: int) -> None:
@@ -698,12 +807,12 @@ def build_state_machine(exploration: Exploration) -> type[RuleBasedStateMachine]
             ex = self.exploration
             if ex.time_left() <= 0 and not ex.failing:
                 reject()  # time is up and nothing to shrink: hypothesis drops this example
-            with ex.measure():
-                self._boot(swarm)
-
-        def _boot(self, swarm: int) -> None:
-            ex = self.exploration
             ex.stats.examples += 1
+            with ex.measure():
+                self.start(swarm)
+
+        def start(self, swarm: int) -> None:
+            ex = self.exploration
             self.context = ex.example_context(ex.stats.examples)
             self.context.__enter__()
             if ex.real_factory is not None:
@@ -768,8 +877,15 @@ def build_state_machine(exploration: Exploration) -> type[RuleBasedStateMachine]
             open_ports = sorted(n for n, v in snap.ports.items() if v.poll is not None)
             if not open_ports:
                 return None
-            port = choices.pick(open_ports)
-            args: dict[str, Any] = {"port": port, "poll": snap.ports[port].poll}
+            return self.check_args_for(choices.pick(open_ports))
+
+        def check_args_for(self, port: str) -> dict[str, Any] | None:
+            """The check of ``port`` the model expects now; None when its guest fd is shut."""
+            snap = self.runner.predicted or self.runner.model.snapshot()
+            view = snap.ports.get(port)
+            if view is None or view.poll is None:
+                return None
+            args: dict[str, Any] = {"port": port, "poll": view.poll}
             if port in self.runner.sigio:
                 args["sigio"] = tuple(_collapse(self.runner.sigio[port]))
             return args
@@ -803,9 +919,13 @@ def build_state_machine(exploration: Exploration) -> type[RuleBasedStateMachine]
                     check_invariants(self.runner.model, self.runner.predicted)
                     ex.stats.invariant_checks += 1
             except (ScenarioFailure, InvariantBroken) as failure:
-                ex.note_failure(self.steps, failure)
+                if not self.replaying and ex.already_found(failure):
+                    reject()  # written already: draw on for other findings
+                self.on_failure(self.steps, failure)
                 raise
             except NotApplicable as reason:
+                if self.replaying:
+                    raise
                 if kind not in ex.not_applicable:
                     print(f"explore: {kind} is not drawn any more: {reason}", flush=True)
                 ex.not_applicable[kind] = str(reason)
@@ -822,6 +942,15 @@ def build_state_machine(exploration: Exploration) -> type[RuleBasedStateMachine]
             ex.stats.transitions.add((self.state, kind, state))
             self.state = state
             return True
+
+        def replay(self, step: Step) -> None:
+            """Run a recorded step again, the model deciding its expect_error (a check
+            compares with the model's values now; it is left out where its fd is shut)."""
+            args: dict[str, Any] | None = dict(step.args)
+            if step.kind == "check":
+                args = self.check_args_for(str(step.args.get("port")))
+            if args is not None:
+                self.run(step.kind, args, may_fail=True)
 
         def _record(self, step: Step) -> None:
             """The step joins the example (a failure in it is the example's last step)."""

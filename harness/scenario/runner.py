@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,8 +61,17 @@ class ScenarioFailure(HarnessError, AssertionError):
     """
 
     def __init__(
-        self, step: Step, message: str, table: str = "", console: list[str] | None = None
+        self,
+        step: Step,
+        message: str,
+        table: str | Sequence[Difference] = "",
+        console: list[str] | None = None,
     ) -> None:
+        #: the fields that differ (exploration tells one finding from another by them)
+        self.fields: tuple[str, ...] = ()
+        if not isinstance(table, str):
+            self.fields = tuple(sorted({d.field for d in table}))
+            table = format_diff(list(table))
         self.step, self.reason, self.table = step, message, table
         self.console = console or []
         text = f"step {step.index} ({step.label}): {message}"
@@ -312,7 +321,7 @@ class ScenarioRunner:
                     step,
                     "the migration stream's virtio-serial state differs from the model's "
                     "saved state (expected: model, actual: QEMU's stream)",
-                    format_diff(differences),
+                    differences,
                 )
         elif (
             STEPS[step.kind].compares_count
@@ -367,9 +376,7 @@ class ScenarioRunner:
             rows.append(Difference(label, "data", expect, text))
         bad = [row for row in rows if row.expected != row.actual]
         if bad:
-            raise ScenarioFailure(
-                step, "the real read differs from the prediction", format_diff(bad)
-            )
+            raise ScenarioFailure(step, "the real read differs from the prediction", bad)
 
     # ------------------------------------------------------------- background ops
     def _follow_background(self, step: Step, prediction: Prediction) -> None:
@@ -478,7 +485,7 @@ class ScenarioRunner:
                 step,
                 "the real system did not settle on the predicted state within "
                 f"{self.options.settle_timeout:g} s",
-                format_diff(differences),
+                differences,
             )
         return actual
 
@@ -487,7 +494,7 @@ class ScenarioRunner:
         model_view = self.model.snapshot()
         bad = check_differences(step.args, model_view, self.sigio)
         if bad:
-            raise ScenarioFailure(step, "the model disagrees with the scenario", format_diff(bad))
+            raise ScenarioFailure(step, "the model disagrees with the scenario", bad)
         if self.real is None:
             return
         real_view = self.real.snapshot()
@@ -497,9 +504,7 @@ class ScenarioRunner:
             real_sigio = {port: collapse(self.real.sigio(port))}
         bad = check_differences(step.args, real_view, real_sigio)
         if bad:
-            raise ScenarioFailure(
-                step, "the real system disagrees with the scenario", format_diff(bad)
-            )
+            raise ScenarioFailure(step, "the real system disagrees with the scenario", bad)
 
     def _record_sigio(
         self, step: Step, prediction: Prediction, before: Snapshot, after: Snapshot
@@ -551,8 +556,8 @@ def _describe(error: str | None) -> str:
     return "success" if error is None else repr(error)
 
 
-def _table(step: Step, name: str, expected: object, actual: object) -> str:
-    return format_diff([Difference(step.target or "-", name, expected, actual)])
+def _table(step: Step, name: str, expected: object, actual: object) -> list[Difference]:
+    return [Difference(step.target or "-", name, expected, actual)]
 
 
 def run_scenario(

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, cast
 import pytest
 
 from harness.errors import NotApplicable
-from harness.model import ModelError, Outcome, build_model
+from harness.model import Difference, ModelError, Outcome, build_model
 from harness.model.device import G2H
 from harness.scenario.explore import (
     ERROR_ODDS,
@@ -23,6 +23,7 @@ from harness.scenario.explore import (
     Exploration,
     InvariantBroken,
     KindDraw,
+    Signature,
     check_invariants,
     drawable_kinds,
     scenario_yaml,
@@ -44,7 +45,9 @@ from harness.scenario.system import RealSystem, StepFailure
 HUNT_SECONDS = 1800.0
 
 
-def hunt(mutant: str, out: Path, seconds: float = HUNT_SECONDS) -> Exploration:
+def hunt(
+    mutant: str, out: Path, seconds: float = HUNT_SECONDS, stop_at_finding: bool = True
+) -> Exploration:
     exploration = Exploration(
         real_factory=model_system_factory(EXPLORE_NAME),
         label=f"mutant-{mutant}",
@@ -53,6 +56,7 @@ def hunt(mutant: str, out: Path, seconds: float = HUNT_SECONDS) -> Exploration:
         out_dir=out,
         options=MODEL_OPTIONS,
         exclude=CANNOT_PLAY,
+        stop_at_finding=stop_at_finding,
     )
     with planted(mutant):
         exploration.run()
@@ -68,6 +72,58 @@ def test_planted_rule_is_found_and_shrunk(mutant: str, tmp_path: Path) -> None:
     assert finding.steps_shrunk <= finding.steps_first
     assert finding.path.parent == tmp_path
     assert mutant_explains(finding.path, mutant)  # the finding is the planted rule's
+
+
+def test_exploration_goes_on_after_a_finding_and_writes_it_once(tmp_path: Path) -> None:
+    """Without stop_at_finding the time bound ends the run; examples that fail like a
+    written finding are dropped, so no two findings are the same."""
+    stats = hunt("host_close_poll", tmp_path, seconds=5, stop_at_finding=False).stats
+    assert stats.findings, stats.summary()
+    assert stats.steps > stats.findings[-1].steps_before, stats.summary()  # explored on
+    signatures = [Signature.of(ScenarioFailure(_step(1), f.failure)) for f in stats.findings]
+    assert len(stats.findings) == len(set(f.path for f in stats.findings))
+    assert len(signatures) == len(stats.findings)
+
+
+def test_signature_tells_findings_apart() -> None:
+    step, other = _step(3, "host_close"), _step(5, "host_close")
+    diff = [Difference("ex1", "guest.host_connected", True, False)]
+    more = [*diff, Difference("ex1", "poll", "{OUT}", "{HUP,IN}")]
+    first = Signature.of(ScenarioFailure(step, "did not settle within 10 s", diff))
+    assert first.same(Signature.of(ScenarioFailure(other, "did not settle within 0 s", more)))
+    poll_only = [Difference("ex2", "poll", "{OUT}", "{IN}")]
+    assert not first.same(Signature.of(ScenarioFailure(other, "did not settle", poll_only)))
+    assert not first.same(Signature.of(ScenarioFailure(_step(3, "guest_close"), "x", diff)))
+
+
+def test_shorten_deletes_the_steps_a_finding_does_not_need(tmp_path: Path) -> None:
+    """The step-deletion pass after hypothesis: padding around a planted rule's finding goes,
+    and the result still fails the same way when run as a scenario."""
+    exploration = hunt("host_close_poll", tmp_path)
+    finding = load_scenario(exploration.stats.findings[0].path)
+    padding = [
+        Step(0, "host_open", {"port": "ex2"}, None, "<test>", 0, 1),
+        Step(0, "guest_open", {"port": "ex2"}, None, "<test>", 0, 1),
+        Step(0, "host_write", {"port": "ex2", "data": "abc"}, None, "<test>", 0, 1),
+    ]
+    padded = padding[:2] + list(finding.steps[:-1]) + padding[2:] + [finding.steps[-1]]
+    failure = exploration.stats.findings[0].failure
+    with planted("host_close_poll"):
+        signature = Signature.of(_failure_of(finding))
+        steps, text = exploration.shorten(padded, failure, signature)
+    assert [(s.kind, s.args) for s in steps] == [(s.kind, s.args) for s in finding.steps]
+    assert text.splitlines()[0] == failure.splitlines()[0]
+
+
+def _failure_of(scenario: Scenario) -> ScenarioFailure:
+    system = ModelSystem(scenario.name)
+    with pytest.raises(ScenarioFailure) as failure:
+        run_scenario(scenario, cast(RealSystem, system), MODEL_OPTIONS, system.step_context)
+    return failure.value
+
+
+def _step(index: int, kind: str = "host_close") -> Step:
+    return Step(index, kind, {"port": "ex1"}, None, "<test>", index, 1)
 
 
 def test_finding_validates_round_trips_and_reproduces(tmp_path: Path) -> None:
@@ -160,6 +216,7 @@ def test_example_database_replays_a_finding_first(tmp_path: Path) -> None:
             database=tmp_path / "db",
             options=MODEL_OPTIONS,
             exclude=CANNOT_PLAY,
+            stop_at_finding=True,
         )
         with planted("host_close_poll"):
             stats = exploration.run()
