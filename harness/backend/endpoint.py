@@ -181,6 +181,20 @@ class HostEndpoint:
         with self._lock:
             return self._pending_out
 
+    def wait_eof(self, timeout: float) -> None:
+        """Until the peer's end of the socket is closed and everything before it received
+        (not while receiving is paused: stalled, held, or the inbox full)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while not self._eof and self._sock is not None and not self._receiving_paused():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise WaitTimeout(
+                        f"host end of {self.name}: QEMU did not close its end of the socket "
+                        f"within {timeout:.0f} s (the chardev was removed)"
+                    )
+                self._lock.wait(remaining)
+
     def wait_sent(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         with self._lock:

@@ -71,6 +71,8 @@ class QemuSystem(HostSide, GuestOps, Plugging, Migrating, Observing):
         for port in self._ports.values():
             if port.endpoint is not None and port.endpoint.connected:
                 port.endpoint.close()
+        for name in list(self._unplugged_ends):
+            self._close_unplugged_end(name)
         if self.agent is not None:
             self.agent.disconnect()
         if self.guest is not None:

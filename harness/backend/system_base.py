@@ -27,6 +27,9 @@ from harness.model.declarations import Backend, PortDecl
 
 log = logging.getLogger("hil.backend")
 
+#: How long an unplug waits for QEMU to close the removed chardev's end of its socket.
+UNPLUG_EOF_TIMEOUT = 10.0
+
 
 class RealFailure(OperationFailed):
     """A real operation failed; `text` is QEMU's message or the guest errno name."""
@@ -75,6 +78,9 @@ class SystemBase:
         self.ports: PortManager | None = None
         self._ports: dict[str, PortPlug] = {}
         self._unplugged: set[str] = set()  # host ops on these fail ENODEV, as in the model
+        #: host ends of unplugged ports, still connected: a host program's socket keeps what
+        #: arrived before the unplug readable (host_read), as the model's host socket does
+        self._unplugged_ends: dict[str, HostEndpoint] = {}
         self._plugs = 0
         self._sigio: dict[str, list[frozenset[str]]] = {}  # by agent handle
         self.migrations: list[MigrationStats] = []
@@ -111,6 +117,19 @@ class SystemBase:
                 "ENOENT", f"port {port} has no host socket (backend: none or unknown)"
             )
         return entry.endpoint
+
+    def _keep_unplugged_end(self, port: PortPlug) -> None:
+        """At an unplug: the port's host end stays open for what it received (see
+        ``_unplugged_ends``); an earlier one of that name is closed."""
+        self._close_unplugged_end(port.spec.name)
+        if port.endpoint is not None and port.endpoint.connected:
+            port.endpoint.wait_eof(UNPLUG_EOF_TIMEOUT)  # chardev-remove closed QEMU's end
+            self._unplugged_ends[port.spec.name] = port.endpoint
+
+    def _close_unplugged_end(self, name: str) -> None:
+        endpoint = self._unplugged_ends.pop(name, None)
+        if endpoint is not None:
+            endpoint.close()
 
     def endpoint(self, port: str) -> HostEndpoint:
         """The host end of ``port`` (its socket connection): counters and logs for tests that

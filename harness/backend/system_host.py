@@ -39,8 +39,10 @@ class HostSide(SystemBase):
 
     def host_read(self, port: str, length: int, timeout: float) -> Received:
         """Nothing at all arriving in time is the host's EAGAIN (its socket is non-blocking in
-        spirit: the harness never waits on the guest unbounded)."""
-        endpoint = self._host_end(port)
+        spirit: the harness never waits on the guest unbounded).  An unplugged port's host
+        end still gives what it received before the unplug (ENODEV once that is read)."""
+        kept = self._unplugged_ends.get(port)
+        endpoint = kept if kept is not None and kept.buffered_in else self._host_end(port)
         try:
             return endpoint.read(length, timeout)
         except ReadTimeout as error:

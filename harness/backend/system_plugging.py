@@ -21,6 +21,7 @@ class Plugging(SystemBase):
         _, agent, ports = self._need_guest()
         port = self._declare(PortDecl(name, controller, nr, console, backend))
         self._qmp(ports.add_port, port.spec)
+        self._close_unplugged_end(name)  # the name is a new port's: the old socket goes
         self._register(port)
         if self._names_reach_guest(controller):
             agent.wait_port(name)
@@ -37,8 +38,7 @@ class Plugging(SystemBase):
         if entry is None:
             raise RealFailure(f"Device '{name}' not found", "no such port was plugged")
         self._qmp(ports.remove_port, entry.spec)
-        if entry.endpoint is not None and entry.endpoint.connected:
-            entry.endpoint.close()
+        self._keep_unplugged_end(entry)
         del self._ports[name]
         self._unplugged.add(name)
         agent.wait_port(name, gone=True)
@@ -53,8 +53,7 @@ class Plugging(SystemBase):
         for name in gone:
             entry = self._ports.pop(name)
             self._unplugged.add(name)
-            if entry.endpoint is not None and entry.endpoint.connected:
-                entry.endpoint.close()
+            self._keep_unplugged_end(entry)
             agent.wait_port(name, gone=True)
 
     def reboot(self) -> None:

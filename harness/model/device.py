@@ -668,7 +668,8 @@ class VirtioSerialModel:
         slices = port.to_host.take(max_bytes)
         if port.throttled and self._socket_room(port):
             port.throttled = False  # socket writable again: chr_write_unblocked
-        result = ReadResult(tuple(slices))
+        # an unplug removes the port's chardev too: its socket ends after the last byte
+        result = ReadResult(tuple(slices), eof=port.removed and not len(port.to_host))
         self.read[G2H] += result.length
         return self._outcome(result)
 
@@ -831,6 +832,13 @@ class VirtioSerialModel:
                 self._finish(ticket, result)
                 progress = True
         return progress
+
+    def guest_fds_open(self) -> list[str]:
+        """Names of the ports, plugged or unplugged, that the guest holds an fd of: each fd
+        holds a reference on the driver module, an unplugged port's too (Linux keeps the
+        port alive until its last fd is closed)."""
+        ports = [*self.ports.values(), *self.removed.values(), *self.stale]
+        return sorted({p.name for p in ports if p.guest is not None and p.guest.fd is not None})
 
     # ----------------------------------------------------------- accounting
     def in_flight(self, direction: str) -> int:

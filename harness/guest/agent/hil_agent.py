@@ -56,9 +56,17 @@ DEBUGFS_PORTS = "/sys/kernel/debug/virtio-ports"
 PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 REPLY_PREFIX = "HILAGENT "
 BLOCK_SIZE = 65536
+#: How often a blocking write with no host end looks whether the host came (wait_writable).
+WRITABLE_RECHECK = 0.05
 WRITE_CHUNK = 32768  # virtio_console accepts at most 32 KiB per write() call
 O_ASYNC = getattr(os, "O_ASYNC", 0o20000)
 F_SETOWN = getattr(fcntl, "F_SETOWN", 8)
+F_SETSIG = getattr(fcntl, "F_SETSIG", 10)
+#: One realtime signal per port with O_ASYNC (F_SETSIG), so a signal names its port: plain
+#: SIGIO does not, and recording it on every async port put one port's PORT_OPEN in the
+#: SIGIO history of the others (found by exploration).  SIGIO itself still comes when the
+#: kernel's realtime queue overflows, or when more ports are async than there are signals.
+SIGIO_SIGNALS = tuple(range(signal.SIGRTMIN, signal.SIGRTMAX))
 
 POLL_FLAGS = (
     ("IN", select.POLLIN),
@@ -508,6 +516,21 @@ def stream_mode(port: Port, enter: bool) -> None:
             fcntl.fcntl(port.fd, fcntl.F_SETFL, flags)
 
 
+def wait_writable(port: Port) -> None:
+    """A blocking write waits here, not inside write(): a close under a write blocked in the
+    kernel would not release the port (the call holds its file) until the write ended.
+    EBADF (an OSError, as from the write) once the port was closed under the wait."""
+    while True:
+        mask = port.poll(None, select.POLLOUT)
+        if port.closed:
+            raise OSError(errno.EBADF, f"port {port.handle!r} was closed under the write")
+        if mask & select.POLLOUT:
+            return
+        # No host end: poll() answers POLLHUP at once, so it cannot wait for the host's
+        # PORT_OPEN.  Look again in a while (a close ends the wait at once).
+        _poll_fd(port.close_signal(), WRITABLE_RECHECK, select.POLLIN)
+
+
 def wait_ready(port: Port, error: OSError, events: int) -> bool:
     """True when a blocking op met EAGAIN only because a stream made the fd non-blocking:
     it has waited in poll() for ``events`` and should retry."""
@@ -721,6 +744,7 @@ class Agent:
         self.kmsg_lock = threading.Lock()
         self.flows: dict[str, dict[str, Any]] = {}
         self.dead_fd = _dead_socket()
+        self.sigio_ports: dict[int, Port] = {}  # realtime signal -> its port (F_SETSIG)
         self._open_kmsg()
         self.ops: dict[str, Callable[[dict[str, Any]], Any]] = {
             name[3:]: getattr(self, name) for name in dir(self) if name.startswith("op_")
@@ -863,9 +887,27 @@ class Agent:
         return port.describe()
 
     def _enable_sigio(self, port: Port) -> None:
+        fcntl.fcntl(port.fd, F_SETSIG, self._sigio_signal(port))
         fcntl.fcntl(port.fd, F_SETOWN, os.getpid())
         flags = fcntl.fcntl(port.fd, fcntl.F_GETFL)
         fcntl.fcntl(port.fd, fcntl.F_SETFL, flags | O_ASYNC)
+
+    def _sigio_signal(self, port: Port) -> int:
+        """The port's own realtime signal (0, plain SIGIO, when none is free)."""
+        with self.lock:
+            for number, owner in self.sigio_ports.items():
+                if owner is port:
+                    return number
+            for number in SIGIO_SIGNALS:
+                if number not in self.sigio_ports:
+                    self.sigio_ports[number] = port
+                    return number
+        return 0
+
+    def _release_sigio(self, port: Port) -> None:
+        with self.lock:
+            for number in [n for n, owner in self.sigio_ports.items() if owner is port]:
+                del self.sigio_ports[number]
 
     def op_set_flags(self, args: dict[str, Any]) -> dict[str, Any]:
         """Change O_NONBLOCK / O_ASYNC on an open handle."""
@@ -875,11 +917,14 @@ class Agent:
         flags = fcntl.fcntl(port.fd, fcntl.F_GETFL)
         flags = (flags | os.O_NONBLOCK) if nonblocking else (flags & ~os.O_NONBLOCK)
         if sigio:
+            fcntl.fcntl(port.fd, F_SETSIG, self._sigio_signal(port))
             fcntl.fcntl(port.fd, F_SETOWN, os.getpid())
             flags |= O_ASYNC
         else:
             flags &= ~O_ASYNC
         fcntl.fcntl(port.fd, fcntl.F_SETFL, flags)
+        if not sigio:
+            self._release_sigio(port)
         port.nonblocking, port.sigio = nonblocking, sigio
         return port.describe()
 
@@ -889,6 +934,7 @@ class Agent:
             if self.ports.pop(port.handle, None) is None:
                 raise AgentFailure("EBADF", f"port {port.handle!r} is not open in the agent")
             self.retire(port)
+            self._release_sigio(port)
         return {"closed": port.handle}
 
     def close_all(self) -> None:
@@ -897,6 +943,7 @@ class Agent:
             for port in ports:
                 with contextlib.suppress(OSError):
                     self.retire(port)
+            self.sigio_ports.clear()
 
     # I/O ---------------------------------------------------------------------------------
 
@@ -933,7 +980,11 @@ class Agent:
         return {"data": b64(data), "length": len(data), "eof": not data and max_bytes > 0}
 
     def op_write(self, args: dict[str, Any]) -> dict[str, Any]:
-        port = self.port(args)
+        """A write; one that waits is a long op (``using``): a close under it ends it."""
+        with self.using(args) as port:
+            return self._write(port, args)
+
+    def _write(self, port: Port, args: dict[str, Any]) -> dict[str, Any]:
         single = _arg(args, "single", False, bool)
         if "data" in args and args["data"] is not None:
             data = base64.b64decode(_arg(args, "data", kind=str))
@@ -950,6 +1001,8 @@ class Agent:
             view = memoryview(chunk)
             while view:
                 try:
+                    if not port.nonblocking:  # wait in poll(), where a close wakes it
+                        wait_writable(port)
                     n = os.write(port.fd, view)
                 except OSError as error:
                     if wait_ready(port, error, select.POLLOUT):
@@ -1256,9 +1309,12 @@ class Agent:
     # SIGIO -------------------------------------------------------------------------------
 
     def on_sigio(self, signum: int, frame: object) -> None:
+        """Record the poll mask at the signal: on its own port for a port's realtime signal;
+        plain SIGIO names no port, so on every async port."""
         now = time.time()
         with self.lock:
-            ports = [p for p in self.ports.values() if p.sigio]
+            own = self.sigio_ports.get(signum)
+            ports = [own] if own is not None else [p for p in self.ports.values() if p.sigio]
         for port in ports:
             try:
                 mask = _poll_fd(port.fd, 0)
@@ -1407,9 +1463,10 @@ class Agent:
 
 
 def block_sigio() -> None:
-    """Worker threads block SIGIO so the kernel delivers it to the main thread (handler)."""
+    """Worker threads block SIGIO (and the ports' realtime signals) so the kernel delivers
+    them to the main thread (handler)."""
     if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGIO})
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGIO, *SIGIO_SIGNALS})
 
 
 def serve_connection(agent: Agent, conn: socket.socket) -> None:
@@ -1448,7 +1505,8 @@ def serve_forever() -> None:
     os.ftruncate(lock_fd, 0)
     os.write(lock_fd, f"{os.getpid()}\n".encode())
     agent = Agent()
-    signal.signal(signal.SIGIO, agent.on_sigio)
+    for number in (signal.SIGIO, *SIGIO_SIGNALS):
+        signal.signal(number, agent.on_sigio)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
