@@ -48,9 +48,9 @@ class Plugging(SystemBase):
 
     def unplug_controller(self, controller_id: str) -> None:
         _, agent, ports = self._need_guest()
-        gone = [p.spec.name for p in self._ports.values() if p.controller == controller_id]
-        self._qmp(ports.remove_controller, controller_id)
-        for name in gone:
+        gone = [p.spec for p in self._ports.values() if p.controller == controller_id]
+        self._qmp(ports.remove_controller, controller_id, gone)
+        for name in [spec.name for spec in gone]:
             entry = self._ports.pop(name)
             self._unplugged.add(name)
             self._keep_unplugged_end(entry)

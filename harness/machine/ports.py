@@ -8,6 +8,7 @@ ACPI eject for a controller), and returning before the event would race the next
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from harness.machine.qemu import Machine, PortSpec
@@ -114,8 +115,13 @@ class PortManager:
             {"driver": "virtio-serial-pci", "id": controller_id, "max_ports": max_ports},
         )
 
-    def remove_controller(self, controller_id: str) -> None:
+    def remove_controller(self, controller_id: str, ports: Sequence[PortSpec] = ()) -> None:
+        """device_del of the controller (its ``ports`` go with it), then chardev-remove of
+        those ports' chardevs, as for one port: QEMU closes their sockets then."""
         self._unplug(controller_id)
+        for port in ports:
+            if port.chardev_path is not None:
+                self.qmp.execute("chardev-remove", {"id": port.chardev_id})
 
     def add_port(self, port: PortSpec) -> None:
         """chardev-add (if the port has one) then device_add; a refused device_add removes the

@@ -473,30 +473,84 @@ def run_streams(streams: list[StreamIO], timeout: float) -> None:
     for stream in streams:
         stream.t0 = stream.t1 = started
     try:
-        while True:
-            active = [s for s in streams if not s.finished]
-            if not active:
-                return
-            moved = False
-            for stream in active:  # one call each in turn: no stream starves the others
-                moved = stream.step() or moved
-            if moved:
-                continue
-            poller = select.poll()
-            for stream in active:
-                poller.register(stream.port.fd, stream.events)
-                poller.register(stream.port.close_signal(), select.POLLIN)  # see Port.poll
-            if not poller.poll(max(0, int(timeout * 1000))):
-                waiting = ", ".join(f"{s.port.handle} at {s.done} of {s.length}" for s in active)
-                raise AgentFailure(
-                    "ETIMEDOUT",
-                    f"streams: nothing moved for {timeout} s ({waiting})",
-                    streams=[s.result() for s in streams],
-                )
+        StreamPoller(streams).drive(timeout)
     finally:
         for port in ports:
             with contextlib.suppress(OSError):
                 stream_mode(port, False)
+
+
+_READABLE = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
+_WRITABLE = select.POLLOUT | select.POLLERR
+
+
+class StreamPoller:
+    """One poll() per round says which streams can move, and only those are stepped.
+
+    Stepping every stream in turn cost an EAGAIN exception for each idle one per round in
+    the TCG guest's Python (4 ports both ways: 8 streams, most of them waiting)."""
+
+    def __init__(self, streams: list[StreamIO]) -> None:
+        self.streams = streams
+        self.poller = select.poll()
+        wanted: dict[int, int] = {}
+        for stream in streams:
+            wanted[stream.port.fd] = wanted.get(stream.port.fd, 0) | stream.events
+        for fd, events in wanted.items():
+            self.poller.register(fd, events)
+        self.signals = {s.port.close_signal() for s in streams}  # see Port.poll
+        self.closes = select.poll()
+        for fd in self.signals:
+            self.poller.register(fd, select.POLLIN)
+            self.closes.register(fd, select.POLLIN)
+
+    def drive(self, timeout: float) -> None:
+        ready = list(self.streams)  # the first round tries every stream
+        moved_at = time.monotonic()
+        while True:
+            active = [s for s in self.streams if not s.finished]
+            if not active:
+                return
+            moved = False
+            for stream in ready:  # one call each in turn: no stream starves the others
+                if not stream.finished:
+                    moved = stream.step() or moved
+            now = time.monotonic()
+            if moved:
+                moved_at = now
+            left = timeout - (now - moved_at)
+            if left <= 0:
+                self._timed_out(timeout, active)
+            ready = self._ready(active, 0 if moved else left)
+
+    def _ready(self, active: list[StreamIO], wait: float) -> list[StreamIO]:
+        events = dict(self.poller.poll(max(0, int(wait * 1000))))
+        if any(fd in events for fd in self.signals):
+            return active  # a port was closed under its stream: the step says EBADF
+        ready = [s for s in active if self._moves(s, events.get(s.port.fd, 0))]
+        if events and not ready and wait:
+            # POLLHUP alone (no host end) wakes poll() at once but moves no sender: wait
+            # for a close in steps instead of spinning (wait_writable does the same)
+            self.closes.poll(int(min(wait, WRITABLE_RECHECK) * 1000))
+            return active if wait <= WRITABLE_RECHECK else []
+        return ready
+
+    @staticmethod
+    def _moves(stream: StreamIO, events: int) -> bool:
+        if not stream.send:
+            return bool(events & _READABLE)
+        if events & _WRITABLE:
+            return True
+        # POLLHUP: no host end (POLLIN too: wait) or unplugged (alone: the write fails)
+        return bool(events & select.POLLHUP) and not _poll_fd(stream.port.fd, 0, select.POLLIN)
+
+    def _timed_out(self, timeout: float, active: list[StreamIO]) -> None:
+        waiting = ", ".join(f"{s.port.handle} at {s.done} of {s.length}" for s in active)
+        raise AgentFailure(
+            "ETIMEDOUT",
+            f"streams: nothing moved for {timeout} s ({waiting})",
+            streams=[s.result() for s in self.streams],
+        )
 
 
 _MODE_LOCK = threading.Lock()
@@ -524,10 +578,10 @@ def wait_writable(port: Port) -> None:
         mask = port.poll(None, select.POLLOUT)
         if port.closed:
             raise OSError(errno.EBADF, f"port {port.handle!r} was closed under the write")
-        if mask & select.POLLOUT:
-            return
-        # No host end: poll() answers POLLHUP at once, so it cannot wait for the host's
-        # PORT_OPEN.  Look again in a while (a close ends the wait at once).
+        if mask & select.POLLOUT or not _poll_fd(port.fd, 0, select.POLLIN) & select.POLLIN:
+            return  # writable; or POLLHUP alone: unplugged, and the write fails at once
+        # POLLIN|POLLHUP: no host end, poll() answers at once, so it cannot wait for the
+        # host's PORT_OPEN.  Look again in a while (a close ends the wait at once).
         _poll_fd(port.close_signal(), WRITABLE_RECHECK, select.POLLIN)
 
 
