@@ -146,11 +146,23 @@ def seed_tag(seed: int) -> bytes:
     return (seed & ((1 << 64) - 1)).to_bytes(8, "little")
 
 
+POOL_SEED = 1_000_003
+_POOL: list[bytes] = []
+
+
+def shared_pool() -> bytes:
+    if not _POOL:
+        _POOL.append(random.Random(POOL_SEED).randbytes(SPAN_SIZE))
+    return _POOL[0]
+
+
 def span_template(seed: int) -> bytes:
-    """Span 0 of ``seed``: the seeded pool with every block's header (index high bytes 0)."""
+    """Span 0 of ``seed``: its pool (the shared one rotated by ``(seed * 2654435761) mod
+    1 MiB``) with every block's header (index high bytes 0)."""
     template = _TEMPLATES.get(seed)
     if template is None:
-        pool = bytearray(random.Random(seed * 1_000_003).randbytes(SPAN_SIZE))
+        shared, shift = shared_pool(), (seed * 2654435761) % SPAN_SIZE
+        pool = bytearray(shared[shift:] + shared[:shift])
         tag = seed_tag(seed)
         for i in range(BLOCKS_PER_SPAN):
             at = i * STREAM_BLOCK
@@ -493,16 +505,25 @@ class StreamPoller:
     def __init__(self, streams: list[StreamIO]) -> None:
         self.streams = streams
         self.poller = select.poll()
-        wanted: dict[int, int] = {}
-        for stream in streams:
-            wanted[stream.port.fd] = wanted.get(stream.port.fd, 0) | stream.events
-        for fd, events in wanted.items():
-            self.poller.register(fd, events)
+        self.wanted: dict[int, int] = {}
         self.signals = {s.port.close_signal() for s in streams}  # see Port.poll
         self.closes = select.poll()
         for fd in self.signals:
             self.poller.register(fd, select.POLLIN)
             self.closes.register(fd, select.POLLIN)
+
+    def _want(self, active: list[StreamIO]) -> None:
+        """Poll each fd for what its unfinished streams wait for: a finished sender's
+        POLLOUT would wake every poll at once and stall its port's reader."""
+        wanted: dict[int, int] = {}
+        for stream in active:
+            wanted[stream.port.fd] = wanted.get(stream.port.fd, 0) | stream.events
+        for fd in self.wanted.keys() - wanted.keys():
+            self.poller.unregister(fd)
+        for fd, events in wanted.items():
+            if self.wanted.get(fd) != events:
+                self.poller.register(fd, events)  # registers or modifies
+        self.wanted = wanted
 
     def drive(self, timeout: float) -> None:
         ready = list(self.streams)  # the first round tries every stream
@@ -511,6 +532,7 @@ class StreamPoller:
             active = [s for s in self.streams if not s.finished]
             if not active:
                 return
+            self._want(active)
             moved = False
             for stream in ready:  # one call each in turn: no stream starves the others
                 if not stream.finished:

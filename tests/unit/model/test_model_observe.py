@@ -56,7 +56,9 @@ def test_diff_reports_dotted_fields_and_missing_ports(opened):
 
 def _recipe(seed, start, stop):
     """The documented recipe, block by block (slow, independent of the implementation)."""
-    pool = random.Random(seed * 1_000_003).randbytes(1 << 20)
+    shared = random.Random(1_000_003).randbytes(1 << 20)
+    shift = (seed * 2654435761) % (1 << 20)
+    pool = shared[shift:] + shared[:shift]
     out = bytearray()
     for k in range(start // 4096, (stop + 4095) // 4096):
         filler = pool[(k % 256) * 4096 + 16 : (k % 256) * 4096 + 4096]
