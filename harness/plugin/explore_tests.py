@@ -104,10 +104,12 @@ def test_explore(
     if hil_explore_mutant:
         _judge_mutant(stats, hil_explore_mutant)
     elif stats.findings:
-        finding = stats.findings[0]
         pytest.fail(
-            f"exploration found a disagreement, written to {finding.path} "
-            f"(rerun: pytest {finding.path}):\n{finding.failure}",
+            "\n\n".join(
+                f"exploration found a disagreement, written to {finding.path} "
+                f"(rerun: pytest {finding.path}):\n{finding.failure}"
+                for finding in stats.findings
+            ),
             pytrace=False,
         )
 
