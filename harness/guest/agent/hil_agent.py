@@ -1138,6 +1138,8 @@ class Agent:
             end = min(SPAN_SIZE, at + length - sent)
             iov = [view[i : min(i + chunk, end)] for i in range(at, end, chunk)]
             try:
+                if not port.nonblocking:  # wait in poll(), where a close wakes it
+                    wait_writable(port)
                 n = os.writev(port.fd, iov)
             except OSError as error:
                 if wait_ready(port, error, select.POLLOUT):
