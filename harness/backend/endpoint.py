@@ -20,7 +20,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,27 +184,36 @@ class HostEndpoint:
     def wait_eof(self, timeout: float) -> None:
         """Until the peer's end of the socket is closed and everything before it received
         (not while receiving is paused: stalled, held, or the inbox full)."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while not self._eof and self._sock is not None and not self._receiving_paused():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise WaitTimeout(
-                        f"host end of {self.name}: QEMU did not close its end of the socket "
-                        f"within {timeout:.0f} s (the chardev was removed)"
-                    )
-                self._lock.wait(remaining)
+        self._wait_while(
+            lambda: not self._eof and self._sock is not None and not self._receiving_paused(),
+            timeout,
+            lambda: (
+                f"QEMU did not close its end of the socket within {timeout:.0f} s "
+                "(the chardev was removed)"
+            ),
+        )
 
     def wait_sent(self, timeout: float) -> None:
+        self._wait_while(
+            lambda: bool(self._pending_out) and self._sock is not None,
+            timeout,
+            lambda: (
+                f"{self._pending_out} bytes still unsent after {timeout:.0f} s "
+                "(QEMU not reading: guest closed or port throttled)"
+            ),
+        )
+
+    def _wait_while(
+        self, waiting: Callable[[], bool], timeout: float, why: Callable[[], str]
+    ) -> None:
+        """(Lock not held) Wait on the lock's condition while ``waiting()``; WaitTimeout with
+        ``why()`` (evaluated under the lock, at the timeout) after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self._pending_out and self._sock is not None:
+            while waiting():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise WaitTimeout(
-                        f"host end of {self.name}: {self._pending_out} bytes still unsent after "
-                        f"{timeout:.0f} s (QEMU not reading: guest closed or port throttled)"
-                    )
+                    raise WaitTimeout(f"host end of {self.name}: {why()}")
                 self._lock.wait(remaining)
 
     def _send_loop(self, sock: socket.socket) -> None:

@@ -50,7 +50,8 @@ class Plugging(SystemBase):
         _, agent, ports = self._need_guest()
         gone = [p.spec for p in self._ports.values() if p.controller == controller_id]
         self._qmp(ports.remove_controller, controller_id, gone)
-        for name in [spec.name for spec in gone]:
+        for spec in gone:
+            name = spec.name
             entry = self._ports.pop(name)
             self._unplugged.add(name)
             self._keep_unplugged_end(entry)

@@ -837,14 +837,20 @@ class VirtioSerialModel:
         """Names of the ports, plugged or unplugged, that the guest holds an fd of: each fd
         holds a reference on the driver module, an unplugged port's too (Linux keeps the
         port alive until its last fd is closed)."""
-        ports = [*self.ports.values(), *self.removed.values(), *self.stale]
-        return sorted({p.name for p in ports if p.guest is not None and p.guest.fd is not None})
+        return sorted(
+            {p.name for p in self._instances() if p.guest is not None and p.guest.fd is not None}
+        )
+
+    def _instances(self) -> list[Port]:
+        """Every port instance that still holds data or a guest fd: plugged, unplugged,
+        and earlier ones of names plugged again."""
+        return [*self.ports.values(), *self.removed.values(), *self.stale]
 
     # ----------------------------------------------------------- accounting
     def in_flight(self, direction: str) -> int:
         """Bytes written but neither read nor discarded yet."""
         total = 0
-        for port in [*self.ports.values(), *self.removed.values(), *self.stale]:
+        for port in self._instances():
             if direction == G2H:
                 total += len(port.to_host)
                 total += port.held.length - port.held_offset if port.held else 0

@@ -29,11 +29,7 @@ from hypothesis import HealthCheck, Phase, reject, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
-from hypothesis.errors import (
-    Flaky,
-    FlakyStrategyDefinition,
-    Unsatisfiable,
-)
+from hypothesis.errors import Flaky, FlakyStrategyDefinition, Unsatisfiable
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,

@@ -563,8 +563,8 @@ class StreamPoller:
             return bool(events & _READABLE)
         if events & _WRITABLE:
             return True
-        # POLLHUP: no host end (POLLIN too: wait) or unplugged (alone: the write fails)
-        return bool(events & select.POLLHUP) and not _poll_fd(stream.port.fd, 0, select.POLLIN)
+        # POLLHUP: no host end (wait) or unplugged (the write fails at once)
+        return bool(events & select.POLLHUP) and not no_host_end(stream.port.fd)
 
     def _timed_out(self, timeout: float, active: list[StreamIO]) -> None:
         waiting = ", ".join(f"{s.port.handle} at {s.done} of {s.length}" for s in active)
@@ -592,6 +592,12 @@ def stream_mode(port: Port, enter: bool) -> None:
             fcntl.fcntl(port.fd, fcntl.F_SETFL, flags)
 
 
+def no_host_end(fd: int) -> bool:
+    """Whether a port whose poll() says POLLHUP has no host end (port_fops_poll adds POLLIN:
+    a read would not block) rather than being unplugged (POLLHUP alone)."""
+    return bool(_poll_fd(fd, 0, select.POLLIN) & select.POLLIN)
+
+
 def wait_writable(port: Port) -> None:
     """A blocking write waits here, not inside write(): a close under a write blocked in the
     kernel would not release the port (the call holds its file) until the write ended.
@@ -600,7 +606,7 @@ def wait_writable(port: Port) -> None:
         mask = port.poll(None, select.POLLOUT)
         if port.closed:
             raise OSError(errno.EBADF, f"port {port.handle!r} was closed under the write")
-        if mask & select.POLLOUT or not _poll_fd(port.fd, 0, select.POLLIN) & select.POLLIN:
+        if mask & select.POLLOUT or not no_host_end(port.fd):
             return  # writable; or POLLHUP alone: unplugged, and the write fails at once
         # POLLIN|POLLHUP: no host end, poll() answers at once, so it cannot wait for the
         # host's PORT_OPEN.  Look again in a while (a close ends the wait at once).
