@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from harness.machine.qemu import Machine, PortSpec
 from harness.machine.qmp import QmpEvent, QmpSession
@@ -21,6 +22,18 @@ _QTREE_STATE = re.compile(r"^\s*port (\d+), guest (on|off), host (on|off), throt
 _QTREE_CONTROLLER = re.compile(r'^\s*dev: virtio-serial-pci, id "([^"]*)"')
 _QTREE_MAX_PORTS = re.compile(r"^\s*max_ports = (\d+)")
 _QTREE_ADDR = re.compile(r"^\s*addr = (\S+)$")
+
+#: The send buffer every new socket gets, QEMU's chardev sockets included (it sets none).
+WMEM_DEFAULT = Path("/proc/sys/net/core/wmem_default")
+
+
+def chardev_socket_sndbuf() -> int | None:
+    """The bytes a chardev socket's writes may be charged before they come back short
+    (the model's Behaviour.host_socket_sndbuf); None where the host does not say."""
+    try:
+        return int(WMEM_DEFAULT.read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,8 @@ Data - ``Payload.literal(b) / Payload.generated(seed, length)``, ``Slice``,
     ``payload_bytes(p, start, end)``, ``sha256_of(p, start, end)``, ``slices_sha256``.
 Observables - ``Snapshot(controllers, ports)``, ``PortView``, ``QemuPortView``,
     ``GuestPortView``, ``ControllerView``; ``diff(expected, actual) -> [Difference]``,
-    ``format_diff``; ``VtermRange`` (a racy console vtermno); ``parse_vport("vport2p5")
+    ``format_diff``; ``VtermRange`` (a racy console vtermno); ``EITHER`` (a flag the model
+    cannot decide, e.g. throttled in a stalled socket's uncertain band); ``parse_vport("vport2p5")
     -> (2, 5)``, ``port_nr_from_vport``.
 Control protocol (``harness.model.control``) - ``ControlMessage``, ``encode``, ``decode``,
     event constants, ``DeviceControl`` / ``DriverControl`` / ``handshake`` / ``lost``.
@@ -39,7 +40,7 @@ Migration (``harness.model.migration``) - ``save(model, controller=None) -> byte
     ``clone_configuration``.
 Switches - ``Behaviour`` (frozen): port_name_trailing_nul, load_checks_max_nr_ports,
     console_vtermno_reuse, guest_write_chunk, guest_outvq_buffers, guest_rx_capacity,
-    host_socket_buffer, control_rx_buffers.  Defaults: Debian 12's QEMU 7.2 and Linux 6.x.
+    host_socket_sndbuf, control_rx_buffers.  Defaults: Debian 12's QEMU 7.2 and Linux 6.x.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ from harness.model.device import (
     ReadResult,
     VirtioSerialModel,
 )
+from harness.model.either import EITHER, Either, MaybeBool
 from harness.model.errors import ModelError
 from harness.model.migration import LoadEvent, load, migrate, save
 from harness.model.payload import Payload, Slice, payload_bytes, sha256_of, slices_sha256
@@ -90,6 +92,7 @@ __all__ = [
     "DEFAULT_CONTROLLER",
     "DEFAULT_MAX_PORTS",
     "DEFAULT_MEMORY",
+    "EITHER",
     "EOF_RESULT",
     "G2H",
     "H2G",
@@ -101,9 +104,11 @@ __all__ = [
     "ControllerView",
     "Difference",
     "Discard",
+    "Either",
     "GuestPortView",
     "LoadEvent",
     "MachineDecl",
+    "MaybeBool",
     "ModelError",
     "Outcome",
     "Payload",

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from harness.model.host_socket import DEFAULT_SNDBUF
+
 
 @dataclass(frozen=True)
 class Behaviour:
@@ -37,9 +39,10 @@ class Behaviour:
     #: The model fills buffers full; separate small host writes really land in separate,
     #: smaller buffers (the prediction is then an upper bound the real count reaches on read).
     guest_rx_buffer: int = 4096
-    #: Bytes the host socket absorbs after the host stops reading, before QEMU's chardev write
-    #: comes back short and throttles the port.  0 = throttle at the first byte.
-    host_socket_buffer: int = 0
+    #: The host's unix socket send buffer (net.core.wmem_default): a stalled host's socket
+    #: takes QEMU's writes while their truesize charge is below it (model/host_socket.py).
+    #: 0: a socket that takes nothing (unit tests: every write is held).
+    host_socket_sndbuf: int = DEFAULT_SNDBUF
     #: Buffers in the guest's control receive queue (c_ivq) when the driver (re)probes: QEMU
     #: sizes it in virtio_serial_device_realize (virtio_add_queue(vdev, 32, control_in)) and
     #: Linux's probe fills every slot (fill_queue).  QEMU's send_control_msg drops a message

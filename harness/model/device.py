@@ -26,6 +26,8 @@ from harness.model import errors as E
 from harness.model.behaviour import Behaviour, migrated
 from harness.model.control import DevicePort, handshake
 from harness.model.declarations import DEFAULT_MAX_PORTS, Backend
+from harness.model.either import EITHER, MaybeBool
+from harness.model.host_socket import StalledSocket
 from harness.model.payload import Payload, Slice, SliceQueue, as_payload, slices_sha256
 from harness.model.vterm import Vtermno, VtermRange
 
@@ -139,8 +141,21 @@ class Port:
     stalled: bool = False
     h2g_socket: SliceQueue = field(default_factory=SliceQueue)
     to_host: SliceQueue = field(default_factory=SliceQueue)
+    #: while stalled: what QEMU wrote into the socket (the tail of to_host, not yet readable)
+    socket: StalledSocket = field(default_factory=StalledSocket)
     guest: GuestPort | None = None
     removed: bool = False
+
+    @property
+    def throttle_view(self) -> MaybeBool:
+        """QEMU's throttle flag as predicted: EITHER while the stalled socket may have
+        refused a write the model let through (see harness/model/host_socket.py)."""
+        return True if self.throttled else (EITHER if self.socket.unsure else False)
+
+    @property
+    def host_readable(self) -> int:
+        """Bytes of to_host the host can read now (not those still in a stalled socket)."""
+        return len(self.to_host) - self.socket.nbytes
 
 
 @dataclass
@@ -632,7 +647,7 @@ class VirtioSerialModel:
         if not port.host_attached:
             raise E.ModelError(E.ENOTCONN)
         port.host_attached = False
-        port.stalled = False
+        port.stalled, port.socket = False, StalledSocket()
         self._discard(port, G2H, "host socket", len(port.to_host), "host closed unread")
         self._discard(port, H2G, "host socket", len(port.h2g_socket), "host closed unsent")
         port.to_host, port.h2g_socket = SliceQueue(), SliceQueue()
@@ -659,15 +674,14 @@ class VirtioSerialModel:
         port = self.ports.get(name) or self.removed.get(name)
         if port is None:
             raise E.ModelError(E.ENOENT, name)
-        if not len(port.to_host):
+        readable = port.host_readable
+        if not readable:
             if port.removed:  # ENOENT once migrated: the destination never had the port
                 raise E.ModelError(self.missing_port_errno(name))
             if not port.host_attached:
                 raise E.ModelError(E.ENOTCONN)
             raise E.ModelError(E.EAGAIN)
-        slices = port.to_host.take(max_bytes)
-        if port.throttled and self._socket_room(port):
-            port.throttled = False  # socket writable again: chr_write_unblocked
+        slices = port.to_host.take(readable if max_bytes is None else min(max_bytes, readable))
         # an unplug removes the port's chardev too: its socket ends after the last byte
         result = ReadResult(tuple(slices), eof=port.removed and not len(port.to_host))
         self.read[G2H] += result.length
@@ -679,7 +693,8 @@ class VirtioSerialModel:
         if not port.host_attached:
             raise E.ModelError(E.ENOTCONN)
         port.stalled = stalled
-        if not stalled and port.throttled:
+        if not stalled:  # the host reads the socket empty
+            port.socket = StalledSocket()
             port.throttled = False  # chr_write_unblocked -> virtio_serial_throttle_port
         return self._outcome()
 
@@ -705,11 +720,6 @@ class VirtioSerialModel:
             moved = True
         return moved
 
-    def _socket_room(self, port: Port) -> int | None:
-        if not port.stalled:
-            return None
-        return max(0, self.behaviour.host_socket_buffer - len(port.to_host))
-
     def _flush(self, port: Port) -> bool:
         """do_flush_queued_data: hand queued elements to the chardev until throttled."""
         guest = port.guest
@@ -721,13 +731,10 @@ class VirtioSerialModel:
                 port.held, port.held_offset = guest.outvq.popleft(), 0
                 moved = True
             want = port.held.length - port.held_offset
-            room = self._socket_room(port)
-            wrote = want if room is None else min(room, want)
-            self._emit(port, port.held, port.held_offset, wrote)
-            if wrote < want:
-                port.held_offset += wrote
-                port.throttled = True
-                return moved or wrote > 0
+            if port.stalled and not port.socket.offer(want, self.behaviour.host_socket_sndbuf):
+                port.throttled = True  # flush_buf: the chardev write came back short
+                return moved
+            self._emit(port, port.held, port.held_offset, want)
             port.held, port.held_offset = None, 0
             moved = True
         return moved

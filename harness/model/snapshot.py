@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, fields, is_dataclass
 from typing import TYPE_CHECKING, Any
 
+from harness.model.either import MaybeBool
 from harness.model.vterm import Vtermno
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ class QemuPortView:
 
     guest_connected: bool
     host_connected: bool
-    throttled: bool
+    throttled: MaybeBool
 
 
 @dataclass(frozen=True)
@@ -110,11 +111,11 @@ def take_snapshot(model: VirtioSerialModel) -> Snapshot:
     for name, port in model.ports.items():
         guest = port.guest
         if guest is None:  # the guest never got PORT_ADD (see Behaviour.control_rx_buffers)
-            qemu = QemuPortView(port.guest_connected, port.host_connected, port.throttled)
+            qemu = QemuPortView(port.guest_connected, port.host_connected, port.throttle_view)
             ports[name] = PortView(port.controller, port.nr, port.console, qemu, ABSENT)
             continue
         poll = model.poll(name) if guest.fd is not None else None
-        qemu = QemuPortView(port.guest_connected, port.host_connected, port.throttled)
+        qemu = QemuPortView(port.guest_connected, port.host_connected, port.throttle_view)
         ports[name] = PortView(port.controller, port.nr, port.console, qemu, _guest(guest), poll)
     for ctrl in model.controllers.values():
         if ctrl.guest0 is not None and not any(model.ports[n].nr == 0 for n in ctrl.ports):

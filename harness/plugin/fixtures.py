@@ -19,6 +19,7 @@ from harness.images.builder import GuestImage, build_image, kernel_release
 from harness.images.errors import ImageBuildError
 from harness.machine.accel import AccelChoice, choose_accel
 from harness.machine.errors import MachineError
+from harness.machine.ports import chardev_socket_sndbuf
 from harness.machine.qemu import ControllerSpec, Machine, MachineSpec
 from harness.machine.qemu_spec import default_machine_type
 from harness.machine.qemu_spec import qemu_version as _qemu_version
@@ -187,7 +188,13 @@ def run_behaviour(config: pytest.Config, release: str | None, qemu: str | None =
     if config.getoption("--hil-behaviour", "auto") == "default":
         return Behaviour()
     version = qemu_version(qemu or HilSettings.from_config(config).qemu)
-    return behaviour_for(release, behaviour_for_qemu(version))
+    return behaviour_for(release, behaviour_for_qemu(version, host_behaviour()))
+
+
+def host_behaviour() -> Behaviour:
+    """The switches this host sets: its sockets' send buffer."""
+    sndbuf = chardev_socket_sndbuf()
+    return Behaviour() if sndbuf is None else Behaviour(host_socket_sndbuf=sndbuf)
 
 
 def destination_behaviour(config: pytest.Config, release: str | None) -> DestinationBehaviour:

@@ -42,7 +42,9 @@ from harness.model import (
     BACKENDS,
     Completion,
     ControllerDecl,
+    Either,
     MachineDecl,
+    MaybeBool,
     PortDecl,
     Snapshot,
     VirtioSerialModel,
@@ -368,12 +370,18 @@ def abstract_state(snapshot: Snapshot) -> str:
         view = snapshot.ports[name]
         qemu = view.qemu
         flags = (
-            f"{qemu.guest_connected:d}{qemu.host_connected:d}{qemu.throttled:d}" if qemu else "-"
+            "".join(_flag(v) for v in (qemu.guest_connected, qemu.host_connected, qemu.throttled))
+            if qemu
+            else "-"
         )
         poll = "".join(sorted(view.poll)) if view.poll is not None else "x"
         parts.append(f"{name}@{view.controller}:{view.nr}:{flags}:{poll}")
     parts.append("|".join(sorted(snapshot.controllers)))
     return ";".join(parts)
+
+
+def _flag(value: MaybeBool) -> str:
+    return "?" if isinstance(value, Either) else str(int(value))
 
 
 @dataclass

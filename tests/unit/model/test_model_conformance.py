@@ -21,6 +21,7 @@ from harness.model import (
 from harness.model.behaviour import Behaviour
 from harness.model.migration import clone_configuration
 from harness.model.snapshot import Difference, GuestPortView, format_diff, guest_only_key
+from tests.unit.model.conftest import open_port
 
 
 def _controllers(*sizes: int) -> VirtioSerialModel:
@@ -270,7 +271,8 @@ def test_stale_fds_cross_a_migration(replugged):
 
 
 # ---------------------------------------------------------------- 15: reset keeps throttled
-def test_reset_drops_the_held_element_but_keeps_throttled(opened):
+def test_reset_drops_the_held_element_but_keeps_throttled():
+    opened = open_port(host_socket_sndbuf=0)
     opened.set_host_backpressure("p", True)
     opened.guest_write("p", Payload.literal(b"stuck"))
     assert opened.ports["p"].throttled and opened.ports["p"].held is not None

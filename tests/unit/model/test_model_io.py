@@ -11,6 +11,7 @@ import hashlib
 import pytest
 
 from harness.model import (
+    EITHER,
     EOF_RESULT,
     G2H,
     H2G,
@@ -76,8 +77,9 @@ def test_console_guest_state_after_handshake(model):
     assert view.guest.is_console and view.guest.console_vtermno == 1
 
 
-def test_host_close_discards_queued_guest_data_and_resets_throttle(opened):
+def test_host_close_discards_queued_guest_data_and_resets_throttle():
     # seed 237-249: throttled = false, discard_vq_data, PORT_OPEN 0
+    opened = open_port(host_socket_sndbuf=0)
     opened.set_host_backpressure("p", True)
     opened.guest_write("p", b"abcdef")
     assert opened.snapshot().ports["p"].qemu.throttled
@@ -176,7 +178,7 @@ def test_empty_guest_write_returns_0(opened):
 
 def test_guest_write_is_split_in_32k_buffers():
     # port_fops_write: count = min(32 KiB, count); one out_vq buffer per call
-    m = open_port(stalled=True)
+    m = open_port(stalled=True, host_socket_sndbuf=0)
     m.guest_write("p", Payload.generated(1, 3 * 32768 + 5))
     port = m.ports["p"]
     assert port.held.length == 32768
@@ -185,7 +187,9 @@ def test_guest_write_is_split_in_32k_buffers():
 
 def test_outvq_full_nonblocking_is_partial_then_eagain():
     # 2 descriptors: the popped (held) element plus one queued buffer fill the queue
-    m = VirtioSerialModel(Behaviour(guest_outvq_buffers=2, guest_write_chunk=4))
+    m = VirtioSerialModel(
+        Behaviour(guest_outvq_buffers=2, guest_write_chunk=4, host_socket_sndbuf=0)
+    )
     m.hotplug_controller("c")
     m.hotplug("p", controller="c")
     m.host_open("p")
@@ -201,7 +205,7 @@ def test_outvq_full_nonblocking_is_partial_then_eagain():
 
 
 def test_blocked_write_resumes_when_host_drains():
-    m = open_port(stalled=True, guest_outvq_buffers=1, guest_write_chunk=2)
+    m = open_port(stalled=True, guest_outvq_buffers=1, guest_write_chunk=2, host_socket_sndbuf=0)
     out = m.guest_write("p", b"abcdef")
     assert out.pending is not None
     done = m.set_host_backpressure("p", False)
@@ -211,18 +215,50 @@ def test_blocked_write_resumes_when_host_drains():
 
 # ------------------------------------------------------------------ throttling
 def test_short_chardev_write_throttles_and_keeps_element():
-    # seed 160-163 / today's do_flush_queued_data: throttled, iov_offset advanced
-    m = open_port(stalled=True, host_socket_buffer=2)
+    # flush_buf: a write the stalled socket refuses throttles the port and keeps the element;
+    # a fresh socket takes the first write whole (unix_stream_sendmsg: one skb per write)
+    m = open_port(stalled=True, host_socket_sndbuf=1, guest_write_chunk=2)
     m.guest_write("p", b"hello")
     port = m.ports["p"]
-    assert port.throttled and port.held_offset == 2
-    assert m.snapshot().ports["p"].qemu.throttled
-    # the host reading makes the socket writable again: chr_write_unblocked
-    assert data_of(m.host_read("p")) == b"he"
-    assert data_of(m.host_read("p")) == b"ll"
+    assert port.throttled and slices_bytes(port.held.slices) == b"ll" and port.held_offset == 0
+    assert m.snapshot().ports["p"].qemu.throttled is True
+    # "he" waits in the socket: the stalled host reads nothing, and that unthrottles nothing
+    assert error_of(m.host_read, "p") == "EAGAIN"
+    assert m.snapshot().ports["p"].qemu.throttled is True
     m.set_host_backpressure("p", False)
-    assert data_of(m.host_read("p")) == b"o"
-    assert not m.snapshot().ports["p"].qemu.throttled
+    assert data_of(m.host_read("p")) == b"hello"
+    assert m.snapshot().ports["p"].qemu.throttled is False
+
+
+def test_stalled_socket_takes_writes_by_their_charge():
+    # 100-byte writes are charged 356..1224 bytes each: 212992 takes 175 for certain, refuses
+    # the 600th for certain, and in between the real socket may already have refused one
+    m = open_port(stalled=True, guest_write_chunk=100)
+    m.guest_write("p", Payload.generated(3, 100 * 175))
+    assert m.snapshot().ports["p"].qemu.throttled is False
+    m.guest_write("p", Payload.generated(4, 100))
+    view = m.snapshot().ports["p"].qemu
+    assert view.throttled == EITHER and view.throttled == True and view.throttled == False  # noqa: E712
+    m.guest_write("p", Payload.generated(5, 100 * 500))
+    assert m.snapshot().ports["p"].qemu.throttled is True
+    assert m.ports["p"].socket.nbytes == 100 * 599
+    m.set_host_backpressure("p", False)
+    assert data_of(m.host_read("p")) == b"".join(
+        payload_bytes(Payload.generated(seed, n)) for seed, n in ((3, 17500), (4, 100), (5, 50000))
+    )
+    assert m.snapshot().ports["p"].qemu.throttled is False
+
+
+def test_a_large_write_under_the_socket_buffer_does_not_throttle():
+    # the 300000-byte write the explorer drew: 9 writes of 32 KiB and one of 5088, after
+    # 100 bytes; the socket took the 100 bytes and 3 x 32 KiB for certain
+    m = open_port(stalled=True)
+    m.guest_write("p", Payload.generated(1, 100))
+    assert m.snapshot().ports["p"].qemu.throttled is False
+    m.guest_write("p", Payload.generated(2, 3 * 32768))
+    assert m.snapshot().ports["p"].qemu.throttled is False
+    m.guest_write("p", Payload.generated(3, 300000))
+    assert m.snapshot().ports["p"].qemu.throttled is True
 
 
 def test_stall_without_data_does_not_throttle(opened):
@@ -373,7 +409,8 @@ def test_unplug_while_open(opened):
         opened.guest_close("p")
 
 
-def test_unplug_discards_queued_data_both_ways(opened):
+def test_unplug_discards_queued_data_both_ways():
+    opened = open_port(host_socket_sndbuf=0)
     opened.guest_close("p")
     opened.host_write("p", b"in-socket")
     opened.set_host_backpressure("p", True)

@@ -63,7 +63,7 @@ SMALL = Behaviour(
     guest_write_chunk=5,
     guest_rx_capacity=16,
     guest_rx_buffer=4,
-    host_socket_buffer=4,
+    host_socket_sndbuf=600,
 )
 
 

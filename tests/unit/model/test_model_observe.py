@@ -123,7 +123,7 @@ def test_a_copied_model_shares_slices_and_copies_their_queues():
 
 
 def test_generated_payload_in_a_popped_element_survives_migration():
-    source = open_port("a", stalled=True, host_socket_buffer=3)
+    source = open_port("a", stalled=True, host_socket_sndbuf=1, guest_write_chunk=3)
     payload = Payload.generated(9, 10)
     source.guest_write("a", payload)
     dest = clone_configuration(source)
