@@ -286,6 +286,15 @@ def draw_args(
     return args
 
 
+def failure_text(failure: BaseException) -> str:
+    """A finding's text.  Besides disagreements (ScenarioFailure) and broken model invariants,
+    any error the harness raised inside a step is a finding: a QEMU that died, an agent that
+    failed, a guest port that could not be observed.  Those name their type."""
+    if isinstance(failure, ScenarioFailure | InvariantBroken):
+        return str(failure)
+    return f"{type(failure).__name__}: {failure}"
+
+
 @dataclass(frozen=True)
 class Signature:
     """What tells one finding from another: the step kind and the reason, its numbers
@@ -643,7 +652,9 @@ class Exploration:
         )
         try:
             run_state_machine_as_test(machine_cls, settings=config)
-        except (ScenarioFailure, InvariantBroken) as failure:
+        except NotApplicable:
+            raise
+        except HarnessError as failure:  # a disagreement, a broken invariant, a harness error
             self._record_finding(failure)
             return not self.stop_at_finding
         except (Flaky, FlakyStrategyDefinition, Unsatisfiable) as flaky:
@@ -665,7 +676,7 @@ class Exploration:
 
     def _record_finding(self, failure: BaseException, note: str = "") -> None:
         steps = self._failing or []
-        text = self._failure or str(failure)
+        text = self._failure or failure_text(failure)
         signature = self._signature or Signature.of(failure)
         self._known.append(signature)
         if not note and steps:
@@ -713,12 +724,12 @@ class Exploration:
             machine.start(0)
             for step in steps:
                 machine.replay(step)
-        except (ScenarioFailure, InvariantBroken, NotApplicable):
+        except HarnessError:  # recorded by on_failure, or NotApplicable: no finding
             pass
         finally:
             machine.teardown()
         if failed and Signature.of(failed[-1][1]).same(signature):
-            return failed[-1][0], str(failed[-1][1])
+            return failed[-1][0], failure_text(failed[-1][1])
         return None
 
     # -- called by the state machine
@@ -732,7 +743,7 @@ class Exploration:
         if self._failing is None:
             self._first_failing = len(steps)
             self._found = (time.monotonic() - self._start, self.stats.steps)
-        self._failing, self._failure = list(steps), str(failure)
+        self._failing, self._failure = list(steps), failure_text(failure)
         self._signature = Signature.of(failure)
 
 
@@ -932,11 +943,6 @@ def build_state_machine(exploration: Exploration) -> type[RuleBasedStateMachine]
                 if ex.invariants:
                     check_invariants(self.runner.model, self.runner.predicted)
                     ex.stats.invariant_checks += 1
-            except (ScenarioFailure, InvariantBroken) as failure:
-                if not self.replaying and ex.already_found(failure):
-                    reject()  # written already: draw on for other findings
-                self.on_failure(self.steps, failure)
-                raise
             except NotApplicable as reason:
                 if self.replaying:
                     raise
@@ -944,6 +950,11 @@ def build_state_machine(exploration: Exploration) -> type[RuleBasedStateMachine]
                     print(f"explore: {kind} is not drawn any more: {reason}", flush=True)
                 ex.not_applicable[kind] = str(reason)
                 reject()  # the model already ran it: this example cannot go on
+            except HarnessError as failure:  # see failure_text: a harness error is one too
+                if not self.replaying and ex.already_found(failure):
+                    reject()  # written already: draw on for other findings
+                self.on_failure(self.steps, failure)
+                raise
             if isinstance(args.get("port"), str):
                 self.pools.last_port = args["port"]
             provides = STEPS[kind].provides

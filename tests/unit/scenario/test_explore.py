@@ -10,6 +10,7 @@ from typing import Any, ClassVar, cast
 import pytest
 
 from harness.errors import NotApplicable
+from harness.machine.errors import MachineError
 from harness.model import Difference, ModelError, Outcome, build_model
 from harness.model.device import G2H
 from harness.scenario.explore import (
@@ -352,3 +353,22 @@ def test_a_failure_that_does_not_replay_is_written_as_it_failed(tmp_path: Path) 
     assert finding.failure.endswith(NOT_REPLAYED) and "EIO" in finding.failure
     steps = load_scenario(finding.path).steps
     assert steps[-1].kind == "host_open"
+
+
+class AgentDiesOnClose(ModelSystem):
+    """A real system where every guest_close fails inside the harness (not as an errno)."""
+
+    def guest_close(self, port: str) -> object:
+        raise MachineError(f"the guest agent went away while closing {port}")
+
+
+def test_a_harness_error_in_a_step_is_a_finding(tmp_path: Path) -> None:
+    """Found by the second exploration on 6.1: an ObservationError in a settle ended the run
+    with hypothesis's FlakyFailure and no file; an error the harness raises in a step is
+    written as a finding, shrunk, with its type in the text."""
+    stats = explore_against(AgentDiesOnClose, tmp_path, max_examples=100).run()
+    assert stats.findings, stats.summary()
+    for finding in stats.findings:  # one per port name: the texts differ
+        assert finding.failure.startswith("MachineError: the guest agent went away")
+        steps = load_scenario(finding.path).steps
+        assert steps[-1].kind == "guest_close" and len(steps) <= 2
