@@ -554,12 +554,14 @@ class VirtioSerialModel:
 
         The driver probes the controllers in PCI slot order.  A controller without MULTIPORT
         makes its console inside probe (add_port(portdev, 0)); a MULTIPORT one learns its
-        consoles from control messages in a workqueue item.  When both kinds make consoles
-        in one reset their vtermnos race (see harness.model.vterm): each gets the range of
-        the reset's numbers, not one number.  Consoles of MULTIPORT controllers alone keep
-        device-then-bus order (their work items would interleave only if one slept inside
-        hvc_alloc; not seen).  The device reset gives the queues their sizes on the QEMU the
-        device runs on now."""
+        consoles from control messages in its own workqueue item (portdev->control_work).
+        When more than one of these makes consoles in one reset (the probe thread, or two
+        MULTIPORT controllers' work items) their vtermnos race (see harness.model.vterm):
+        each gets the range of the reset's numbers, not one number.  Observed for two work
+        items by the 20-minute exploration on 6.1: after a reboot a hot-plugged
+        controller's console and the boot controller's swapped numbers, and did not on the
+        replay.  One work item makes its consoles in QEMU's port list order.  The device
+        reset gives the queues their sizes on the QEMU the device runs on now."""
         if self.reset_behaviour is not None:
             self.behaviour, self.reset_behaviour = self.reset_behaviour, None
         for name in list(self._blocked_ports()):
@@ -577,8 +579,10 @@ class VirtioSerialModel:
                 probed.append(ctrl.guest0)
             for name in ctrl.ports:
                 self._reset_port(self.ports[name], ctrl.multiport)
-        queued = [guest for ctrl in controllers if ctrl.multiport for guest in self._probe(ctrl)]
-        if probed and queued:
+        work_items = [self._probe(ctrl) for ctrl in controllers if ctrl.multiport]
+        queued = [guest for item in work_items for guest in item]
+        makers = bool(probed) + sum(1 for item in work_items if item)
+        if makers > 1:
             for guest in probed + queued:
                 guest.vtermno = VtermRange(1, len(probed) + len(queued))
         return self._outcome()

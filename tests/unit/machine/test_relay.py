@@ -179,11 +179,14 @@ def _relay_while_the_source_waits(where: Path, stream: bytes) -> MigrationRelay:
     return relay
 
 
-def _longest_gap(recorder: Recorder) -> tuple[float, int]:
-    """(seconds, bytes received before it) of the longest pause between two pieces."""
-    return max(
-        (later - earlier, count) for (earlier, count), (later, _) in pairwise(recorder.pieces)
-    )
+def _gap_after(recorder: Recorder, count: int) -> float:
+    """Seconds between the piece that ended at byte ``count`` and the next one (not the
+    longest gap: on a loaded machine a scheduling delay elsewhere can be longer)."""
+    gaps = [
+        later - earlier for (earlier, end), (later, _) in pairwise(recorder.pieces) if end == count
+    ]
+    assert gaps, f"no piece ended at byte {count}: {[end for _, end in recorder.pieces]}"
+    return gaps[0]
 
 
 def test_from_the_virtio_serial_section_on_the_stream_goes_on_in_one_piece(where: Path) -> None:
@@ -213,9 +216,7 @@ def test_a_pause_inside_the_section_splits_it_where_the_rings_are_loaded(where: 
     destination.join(10)
     assert (reply, error) == (b"", None)
     assert bytes(destination.received) == RAM + SECTIONS + rest
-    gap, count_before_the_gap = _longest_gap(destination)
-    assert gap >= 0.3
-    assert count_before_the_gap == len(RAM) + len(SECTIONS) + 2  # after the subsection header
+    assert _gap_after(destination, len(RAM) + len(SECTIONS) + 2) >= 0.3  # after the header
 
 
 def test_a_saved_file_is_fed_whole_with_the_same_split_when_asked(where: Path) -> None:
@@ -230,8 +231,7 @@ def test_a_saved_file_is_fed_whole_with_the_same_split_when_asked(where: Path) -
     )
     destination.join(10)
     assert bytes(destination.received) == RAM + SECTIONS + rest
-    gap, count_before_the_gap = _longest_gap(destination)
-    assert gap >= 0.3 and count_before_the_gap == len(RAM) + len(SECTIONS) + 2
+    assert _gap_after(destination, len(RAM) + len(SECTIONS) + 2) >= 0.3
 
 
 def test_each_section_goes_on_once_its_footer_arrived_while_the_source_waits(where: Path) -> None:

@@ -99,8 +99,8 @@ def test_a_console_made_alone_after_a_racy_reset_gets_exactly_the_next_vtermno()
 
 
 def test_consoles_of_one_context_keep_their_order():
-    """Only probe consoles (one thread, PCI slot order) or only MULTIPORT consoles (work
-    items, device then bus order): no race, exact numbers."""
+    """Only probe consoles (one thread, PCI slot order) or the consoles of one MULTIPORT
+    controller (one work item, QEMU's port list order): no race, exact numbers."""
     probes = _controllers(1)
     probes.hotplug_controller("c1b", max_ports=1)
     probes.boot()
@@ -108,9 +108,19 @@ def test_consoles_of_one_context_keep_their_order():
     multi = _controllers(4, 31)
     multi.hotplug("a", controller="c4", nr=1, console=True)
     multi.hotplug("b", controller="c4", nr=3, console=True)
+    multi.boot()
+    assert _vterms(multi) == {"a": "1", "b": "2"}
+
+
+def test_consoles_of_two_multiport_controllers_race():
+    """Each MULTIPORT controller makes its consoles in its own work item: two of them
+    interleave (seen on 6.1 after a reboot), so every console of the reset gets the range."""
+    multi = _controllers(4, 31)
+    multi.hotplug("a", controller="c4", nr=1, console=True)
+    multi.hotplug("b", controller="c4", nr=3, console=True)
     multi.hotplug("c", controller="c31", console=True)
     multi.boot()
-    assert _vterms(multi) == {"a": "1", "b": "2", "c": "3"}
+    assert _vterms(multi) == {"a": "1..3", "b": "1..3", "c": "1..3"}
 
 
 def test_a_vtermno_range_equals_each_value_in_it_and_shows_as_low_dots_high():
