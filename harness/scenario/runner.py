@@ -127,6 +127,9 @@ class ScenarioRunner:
     model: VirtioSerialModel = field(init=False)
     background: list[_Background] = field(init=False, default_factory=list)
     sigio: dict[str, list[frozenset[str]]] = field(init=False, default_factory=dict)
+    #: ports opened with host data arriving at the open: the real guest may record one SIGIO
+    #: with this mask first (see _record_sigio)
+    sigio_maybe: dict[str, frozenset[str]] = field(init=False, default_factory=dict)
     streams: StreamBook = field(init=False, default_factory=StreamBook)
     #: the model's snapshot after the last step run (what the real system settled on)
     predicted: Snapshot | None = field(init=False, default=None)
@@ -503,6 +506,10 @@ class ScenarioRunner:
         if "sigio" in step.args and port:
             real_sigio = {port: collapse(self.real.sigio(port))}
         bad = check_differences(step.args, real_view, real_sigio)
+        if bad and isinstance(port, str) and port in real_sigio:
+            maybe = self.sigio_maybe.get(port)
+            if maybe is not None and real_sigio[port][:1] == [maybe]:
+                bad = check_differences(step.args, real_view, {port: real_sigio[port][1:]})
         if bad:
             raise ScenarioFailure(step, "the real system disagrees with the scenario", bad)
 
@@ -510,7 +517,22 @@ class ScenarioRunner:
         self, step: Step, prediction: Prediction, before: Snapshot, after: Snapshot
     ) -> None:
         if step.kind == "guest_open" and prediction.error is None:
-            self.sigio[step.args["port"]] = []
+            # Host data that arrives at the open fills the guest's buffers while the agent
+            # turns O_ASYNC on (fcntl after open()): each fill after that raises SIGIO, the
+            # ones before do not.  Found by exploration (6.1, 6.12): 300000 bytes queued,
+            # guest_open, and one {IN,OUT} SIGIO the model did not predict.  The first
+            # observation may be that one, or not.
+            port = step.args["port"]
+            self.sigio[port] = []
+            self.sigio_maybe.pop(port, None)
+            old, new = before.ports.get(port), after.ports.get(port)
+            arrived = (
+                old is not None
+                and new is not None
+                and (new.guest.bytes_received > old.guest.bytes_received)
+            )
+            if arrived and new is not None and new.poll is not None:
+                self.sigio_maybe[port] = new.poll
         for port, mask in sigio_events(before, after):
             masks = self.sigio.setdefault(port, [])
             if not masks or masks[-1] != mask:

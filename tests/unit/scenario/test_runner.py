@@ -304,3 +304,31 @@ def test_a_blocked_expectation_fails_the_item_through_the_plugin(pytester):
     result = pytester.runpytest("--hil-backend=model", "-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*step 6 (guest_read p): still blocked when the scenario ended*"])
+
+
+class _SigioAtOpen(FakeSystem):
+    """A guest whose agent turned O_ASYNC on while the open's host data was still filling
+    buffers: one {IN,OUT} SIGIO the model does not predict (found by exploration)."""
+
+    def guest_open(self, port: str, nonblocking: bool = False) -> None:
+        self.replay("guest_open")
+        self.sigio_log[port] = [frozenset({"IN", "OUT"})]
+
+
+OPEN_WITH_DATA = PORT + (
+    "  - host_open: p\n  - host_write: {port: p, size: 300000}\n  - guest_open: p\n"
+)
+
+
+def test_a_sigio_from_data_arriving_at_the_open_may_come_first():
+    scenario = parse_scenario(OPEN_WITH_DATA + "  - check: {port: p, sigio: []}\n")
+    run_fake(scenario, _SigioAtOpen(), FAST)  # the real list starts with it: accepted
+    run_fake(scenario, FakeSystem(), FAST)  # and without it
+
+
+def test_a_sigio_at_an_open_without_arriving_data_is_a_finding():
+    scenario = parse_scenario(
+        PORT + "  - host_open: p\n  - guest_open: p\n  - check: {port: p, sigio: []}\n"
+    )
+    with pytest.raises(ScenarioFailure, match="the real system disagrees"):
+        run_fake(scenario, _SigioAtOpen(), FAST)
