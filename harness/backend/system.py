@@ -102,8 +102,9 @@ class QemuSystem(HostSide, GuestOps, Plugging, Migrating, Observing):
     def module_reload(self) -> None:
         guest, agent, _ = self._need_guest()
         faults.module_reload(guest)
-        for name in self._ports:
-            agent.wait_port(name)
+        for name, port in self._ports.items():
+            if self._names_reach_guest(port.controller):  # a max_ports 1 port has no name
+                agent.wait_port(name)
 
     def qemu_kill(self) -> None:
         self.lost = True
