@@ -119,6 +119,10 @@ class GuestPort:
     bytes_received: int = 0
     bytes_discarded: int = 0
     rx: SliceQueue = field(default_factory=SliceQueue)
+    #: bytes QEMU put into this port's rx buffers: each fill is an in_intr, which raises
+    #: SIGIO on an fd with O_ASYNC (bytes_received moves when the driver takes a buffer,
+    #: which a read does too, so it does not tell an arrival)
+    delivered: int = 0
     #: bytes left in the one rx buffer the driver holds (port->inbuf); see Behaviour.guest_rx_buffer
     held: int = 0
     outvq: deque[Chunk] = field(default_factory=deque)
@@ -763,6 +767,7 @@ class VirtioSerialModel:
         pieces = port.h2g_socket.take(max(0, room))
         for piece in pieces:
             guest.rx.push(piece)
+            guest.delivered += piece.length
         self._take_inbuf(guest)
         return bool(pieces)
 
@@ -866,6 +871,11 @@ class VirtioSerialModel:
         return [*self.ports.values(), *self.removed.values(), *self.stale]
 
     # ----------------------------------------------------------- accounting
+    def delivered(self) -> dict[str, int]:
+        """Bytes QEMU has put into each plugged port's guest rx buffers so far (see
+        GuestPort.delivered): a step that moved one raised an in_intr there."""
+        return {n: p.guest.delivered for n, p in self.ports.items() if p.guest is not None}
+
     def in_flight(self, direction: str) -> int:
         """Bytes written but neither read nor discarded yet."""
         total = 0

@@ -76,7 +76,7 @@ class ModelSystem:
         if self.current is None:
             raise RuntimeError(f"ModelSystem ran {operation} outside the runner's step_context")
         call = StepCall(self.current, self.model, self.scenario)
-        before = self.model.snapshot()
+        before, delivered = self.model.snapshot(), self.model.delivered()
         try:
             outcome = pristine(self.current.kind)(call)
         except ModelError as error:
@@ -91,7 +91,8 @@ class ModelSystem:
             old = before.ports.get(port)
             if view.poll is not None and (old is None or old.poll is None):
                 self.sigio_log[port] = []  # a fresh guest fd: its SIGIO history starts empty
-        for port, mask in sigio_events(before, after):
+        arrived = {n for n, v in self.model.delivered().items() if v > delivered.get(n, 0)}
+        for port, mask in sigio_events(before, after, arrived):
             self.sigio_log.setdefault(port, []).append(mask)
         return outcome
 

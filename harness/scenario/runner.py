@@ -198,7 +198,7 @@ class ScenarioRunner:
         the model predicts fails (a failing model operation changes nothing, so dropping it
         leaves no trace).  One prediction serves both, instead of one on a copy first.
         """
-        before = self.model.snapshot()
+        before, delivered = self.model.snapshot(), self.model.delivered()
         prediction = self._predict(step)
         if decide is not None:
             decided = decide(step, prediction)
@@ -216,7 +216,8 @@ class ScenarioRunner:
         if prediction.error is None and actual.error is None:
             self._judge_value(step, prediction, actual)
         after = self.model.snapshot()
-        self._record_sigio(step, prediction, before, after)
+        arrived = {n for n, v in self.model.delivered().items() if v > delivered.get(n, 0)}
+        self._record_sigio(step, prediction, (before, after), arrived)
         self._check_console(step)  # a panicked guest fails here, before any agent wait
         self._settle(step, after)
         self._follow_background(step, prediction)
@@ -514,8 +515,15 @@ class ScenarioRunner:
             raise ScenarioFailure(step, "the real system disagrees with the scenario", bad)
 
     def _record_sigio(
-        self, step: Step, prediction: Prediction, before: Snapshot, after: Snapshot
+        self,
+        step: Step,
+        prediction: Prediction,
+        snapshots: tuple[Snapshot, Snapshot],
+        arrived: set[str],
     ) -> None:
+        """The SIGIOs the step raises (sigio_events), from the model's snapshots before and
+        after it and the ports QEMU put data into."""
+        before, after = snapshots
         if step.kind == "guest_open" and prediction.error is None:
             # Host data that arrives at the open fills the guest's buffers while the agent
             # turns O_ASYNC on (fcntl after open()): each fill after that raises SIGIO, the
@@ -525,15 +533,10 @@ class ScenarioRunner:
             port = step.args["port"]
             self.sigio[port] = []
             self.sigio_maybe.pop(port, None)
-            old, new = before.ports.get(port), after.ports.get(port)
-            arrived = (
-                old is not None
-                and new is not None
-                and (new.guest.bytes_received > old.guest.bytes_received)
-            )
-            if arrived and new is not None and new.poll is not None:
+            new = after.ports.get(port)
+            if port in arrived and new is not None and new.poll is not None:
                 self.sigio_maybe[port] = new.poll
-        for port, mask in sigio_events(before, after):
+        for port, mask in sigio_events(before, after, arrived):
             masks = self.sigio.setdefault(port, [])
             if not masks or masks[-1] != mask:
                 masks.append(mask)
