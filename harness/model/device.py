@@ -11,6 +11,8 @@ Modelling choices (documented because a runner must agree with them):
   by the driver.  Non-blocking: returns the bytes accepted before the first EAGAIN, or raises
   EAGAIN when none were.
 - ``guest_read`` is an agent loop that returns everything deliverable now (up to max_bytes).
+  One that blocks wakes with a single read() call: the buffer the driver holds (at most
+  max_bytes), as fill_readbuf copies from one buffer only.
 - ``host_write`` never blocks: the host backend buffers for the socket.  ``host_read`` is
   non-blocking: EAGAIN when nothing is readable.
 - Closing a guest fd while an operation is blocked on it completes that operation with EBADF.
@@ -792,12 +794,20 @@ class VirtioSerialModel:
             beyond -= buffer
         self._take_inbuf(guest)
 
-    def _try_read(self, port: Port, max_bytes: int | None) -> ReadResult | None:
+    def _try_read(
+        self, port: Port, max_bytes: int | None, one_call: bool = False
+    ) -> ReadResult | None:
+        """What a read delivers now: the agent's loop over read() calls, or with
+        ``one_call`` a single read() (a blocked read wakes and reads once: fill_readbuf
+        copies from the one buffer the driver holds)."""
         guest = port.guest
         assert guest is not None
         if not len(guest.rx):
             self._pump_h2g(port)
         if len(guest.rx):
+            if one_call:
+                self._take_inbuf(guest)
+                max_bytes = guest.held if max_bytes is None else min(max_bytes, guest.held)
             out: list[Slice] = []
             while len(guest.rx) and (max_bytes is None or sum(p.length for p in out) < max_bytes):
                 left = None if max_bytes is None else max_bytes - sum(p.length for p in out)
@@ -851,7 +861,9 @@ class VirtioSerialModel:
                 if not len(job.remaining):
                     self._finish(ticket, job.done)
                 continue
-            result = self._try_read(port, job.max_bytes)
+            # found by exploration (6.1): 300000 bytes woke a blocked read, which returned
+            # one buffer; the model gave it everything
+            result = self._try_read(port, job.max_bytes, one_call=True)
             if result is not None:
                 self._finish(ticket, result)
                 progress = True
