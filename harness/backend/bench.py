@@ -310,14 +310,12 @@ class Bench:
             for count in (1, PORTS):
                 label = f"{direction} {count} port{'s' if count > 1 else ''}"
                 per_port = length if count == 1 else length // count
-                raws, checks = [], []
+                raws: list[float] = []
+                checks: list[float] = []
+                pair = [(raw, raws), (checked, checks)]
                 for index in range(repeat):
-                    if index % 2:
-                        checks.append(checked(count, per_port))
-                        raws.append(raw(count, per_port))
-                    else:
-                        raws.append(raw(count, per_port))
-                        checks.append(checked(count, per_port))
+                    for measure, into in pair[:: -1 if index % 2 else 1]:
+                        into.append(measure(count, per_port))
                     self.say(f"{label}: raw {raws[-1]:.1f} MB/s, checked {checks[-1]:.1f} MB/s")
                 ratios = [c / r for r, c in zip(raws, checks, strict=True)]
                 results.rows.append(

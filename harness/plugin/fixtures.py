@@ -191,8 +191,9 @@ def run_behaviour(config: pytest.Config, release: str | None, qemu: str | None =
     return behaviour_for(release, behaviour_for_qemu(version, host_behaviour()))
 
 
+@functools.cache
 def host_behaviour() -> Behaviour:
-    """The switches this host sets: its sockets' send buffer."""
+    """The switches this host sets: its sockets' send buffer (read once per process)."""
     sndbuf = chardev_socket_sndbuf()
     return Behaviour() if sndbuf is None else Behaviour(host_socket_sndbuf=sndbuf)
 

@@ -27,7 +27,7 @@ from harness.model import (
 from harness.model.behaviour import Behaviour
 from harness.model.payload import slices_bytes
 from harness.scenario.mutants import planted, pristine
-from harness.scenario.observe import sigio_events
+from harness.scenario.observe import arrivals, sigio_events
 from harness.scenario.steps import Step, StepCall
 from harness.scenario.system import RealSystem, StepFailure
 
@@ -91,7 +91,7 @@ class ModelSystem:
             old = before.ports.get(port)
             if view.poll is not None and (old is None or old.poll is None):
                 self.sigio_log[port] = []  # a fresh guest fd: its SIGIO history starts empty
-        arrived = {n for n, v in self.model.delivered().items() if v > delivered.get(n, 0)}
+        arrived = arrivals(delivered, self.model.delivered())
         for port, mask in sigio_events(before, after, arrived):
             self.sigio_log.setdefault(port, []).append(mask)
         return outcome

@@ -83,6 +83,11 @@ def _controller_differences(args: Mapping[str, Any], snapshot: Snapshot) -> list
     return out
 
 
+def arrivals(before: Mapping[str, int], after: Mapping[str, int]) -> set[str]:
+    """Ports QEMU put data into between two readings of the model's ``delivered()``."""
+    return {name for name, count in after.items() if count > before.get(name, 0)}
+
+
 def sigio_events(
     before: Snapshot, after: Snapshot, arrived: Collection[str]
 ) -> Iterator[tuple[str, frozenset[str]]]:

@@ -31,7 +31,7 @@ from harness.model import (
     format_diff,
 )
 from harness.model.payload import slices_bytes
-from harness.scenario.observe import check_differences, sigio_events
+from harness.scenario.observe import arrivals, check_differences, sigio_events
 from harness.scenario.schema import Scenario
 from harness.scenario.steps import STEPS, DestinationBehaviour, Step, StepCall, same_qemu
 from harness.scenario.streams import StreamBook
@@ -216,7 +216,7 @@ class ScenarioRunner:
         if prediction.error is None and actual.error is None:
             self._judge_value(step, prediction, actual)
         after = self.model.snapshot()
-        arrived = {n for n, v in self.model.delivered().items() if v > delivered.get(n, 0)}
+        arrived = arrivals(delivered, self.model.delivered())
         self._record_sigio(step, prediction, (before, after), arrived)
         self._check_console(step)  # a panicked guest fails here, before any agent wait
         self._settle(step, after)
