@@ -90,11 +90,13 @@ def pool_shift(seed: int) -> int:
 def _template(seed: int) -> bytes:
     """Span 0 of ``seed``: its pool with every block's header (index high bytes zero)."""
     shared, shift = shared_pool(), pool_shift(seed)
-    pool = bytearray(shared[shift:] + shared[:shift])
-    tag = seed_tag(seed)
-    for i in range(_BLOCKS_PER_SPAN):
-        at = i * BLOCK_SIZE
-        pool[at : at + HEADER_SIZE] = tag + i.to_bytes(8, "little")
+    pool = bytearray(memoryview(shared)[shift:])
+    pool += memoryview(shared)[:shift]
+    # one step-slice write per header byte, not one Python iteration per block (the guest
+    # agent's copy of this runs under TCG, where that loop cost more than the copies)
+    for j, value in enumerate(seed_tag(seed) + bytes(8)):
+        pool[j::BLOCK_SIZE] = bytes((value,)) * _BLOCKS_PER_SPAN
+    pool[8::BLOCK_SIZE] = bytes(range(_BLOCKS_PER_SPAN))  # block i's index: i < 256
     return bytes(pool)
 
 

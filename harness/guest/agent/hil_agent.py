@@ -22,14 +22,12 @@ device name (``vport1p3``).  The agent keeps one fd per open name (the "handle")
 
 from __future__ import annotations
 
-import array
 import base64
 import contextlib
 import errno
 import fcntl
 import hashlib
 import json
-import operator
 import os
 import random
 import re
@@ -162,11 +160,11 @@ def span_template(seed: int) -> bytes:
     template = _TEMPLATES.get(seed)
     if template is None:
         shared, shift = shared_pool(), (seed * 2654435761) % SPAN_SIZE
-        pool = bytearray(shared[shift:] + shared[:shift])
-        tag = seed_tag(seed)
-        for i in range(BLOCKS_PER_SPAN):
-            at = i * STREAM_BLOCK
-            pool[at : at + HEADER_SIZE] = tag + i.to_bytes(8, "little")
+        pool = bytearray(memoryview(shared)[shift:])
+        pool += memoryview(shared)[:shift]
+        for j, value in enumerate(seed_tag(seed) + bytes(8)):  # one step-slice per byte
+            pool[j::STREAM_BLOCK] = bytes((value,)) * BLOCKS_PER_SPAN
+        pool[8::STREAM_BLOCK] = bytes(range(BLOCKS_PER_SPAN))  # block i's index: i < 256
         template = bytes(pool)
         if len(_TEMPLATES) >= 8:
             _TEMPLATES.clear()
@@ -258,81 +256,6 @@ def locate_mismatch(
         block += STREAM_BLOCK
 
 
-BLOCKS_PER_READ = 64  # 256 KiB per readv()
-
-
-class BlockReader:
-    """The fast check for block-aligned reads: readv() puts each 4 KiB block straight into its
-    own array('Q') (one iovec per block, as many port reads as `dd`), and checking is
-    ``array == array`` per block against the seed's 256 expected blocks of the current span
-    (patched in place, 7 bytes each, when a read enters the next span; reads never straddle
-    spans).  array equality is a scalar 8-byte loop: about three times faster than memcmp
-    under TCG, where SSE2's pmovmskb (memcmp's inner loop) is a helper call.  No copy and no
-    per-byte Python; all() over map() keeps the per-block loop in C."""
-
-    def __init__(self, seed: int) -> None:
-        template = span_template(seed)
-        self.tag = seed_tag(seed)
-        self.blocks = [array.array("Q", bytes(STREAM_BLOCK)) for _ in range(BLOCKS_PER_READ)]
-        self.iov = [memoryview(block).cast("B") for block in self.blocks]
-        self.expected = [
-            array.array("Q", template[i * STREAM_BLOCK : (i + 1) * STREAM_BLOCK])
-            for i in range(BLOCKS_PER_SPAN)
-        ]
-        self.index_bytes = [memoryview(block).cast("B")[9:16] for block in self.expected]
-        self.span = 0
-
-    def iov_for(self, left: int, pos: int) -> list[memoryview]:
-        """iovecs for whole blocks only, up to the span's end (``left`` >= one block)."""
-        room = BLOCKS_PER_SPAN - (pos // STREAM_BLOCK) % BLOCKS_PER_SPAN
-        count = min(BLOCKS_PER_READ, left // STREAM_BLOCK, room)
-        return self.iov if count == BLOCKS_PER_READ else self.iov[:count]
-
-    def _enter(self, span: int) -> None:
-        if span != self.span:
-            high = span.to_bytes(7, "little")
-            for view in self.index_bytes:
-                view[:] = high
-            self.span = span
-
-    def check(self, length: int, pos: int) -> dict[str, Any] | None:
-        """Check the ``length`` bytes just read at block-aligned stream offset ``pos``."""
-        full, part = divmod(length, STREAM_BLOCK)
-        first = pos // STREAM_BLOCK
-        span, i0 = divmod(first, BLOCKS_PER_SPAN)
-        self._enter(span)
-        if not all(map(operator.eq, self.blocks[:full], self.expected[i0 : i0 + full])):
-            return self._locate(first, full)
-        if part:
-            return self._check_partial(full, first + full, part)
-        return None
-
-    def _found(self, slot: int, index: int) -> dict[str, Any]:
-        head = bytes(self.iov[slot][:HEADER_SIZE])
-        return {
-            "offset": index * STREAM_BLOCK,
-            "found_tag": head[:8].hex(),
-            "found_index": int.from_bytes(head[8:], "little"),
-            "same_stream": head[:8] == self.tag,
-        }
-
-    def _locate(self, first: int, full: int) -> dict[str, Any]:
-        """The slow path, only after a failed check: block by block."""
-        for slot in range(full):
-            if self.blocks[slot] != self.expected[(first + slot) % BLOCKS_PER_SPAN]:
-                return self._found(slot, first + slot)
-        raise AssertionError("a failed block check located no block")
-
-    def _check_partial(self, slot: int, index: int, part: int) -> dict[str, Any] | None:
-        """The last block of a read came short (a partial port buffer): compare its bytes."""
-        want = memoryview(self.expected[index % BLOCKS_PER_SPAN]).cast("B")[:part]
-        if bytes(self.iov[slot][:part]) == bytes(want):
-            return None
-        if part >= HEADER_SIZE:
-            return self._found(slot, index)
-        return {"offset": index * STREAM_BLOCK}
-
-
 class Skipped:
     """The bytes a flow reads before its own stream (flow ``skip``), hashed apart."""
 
@@ -380,8 +303,6 @@ class StreamIO:
         self.errno: str | None = None
         self.mismatch: dict[str, Any] | None = None
         self.t0 = self.t1 = time.monotonic()
-        self.blocks = None if send else BlockReader(seed)
-        self.short_blocks = 0
         self.check_seconds = 0.0  # time spent comparing (the rest is the port and the loop)
         self.waits = 0  # calls that would have blocked (then poll)
         self.buffer = bytearray(0 if send else READV_SIZE)
@@ -427,20 +348,6 @@ class StreamIO:
     def _read(self) -> int:
         left = self.length - self.done
         pos = self.offset + self.done
-        blocks = self.blocks
-        if blocks is not None and pos % STREAM_BLOCK == 0 and left >= STREAM_BLOCK:
-            n = os.readv(self.port.fd, blocks.iov_for(left, pos))
-            if n % STREAM_BLOCK:
-                self.short_blocks += 1
-                if self.short_blocks > 16:  # port buffers do not line up with blocks
-                    self.blocks = None
-            if n and self.mismatch is None:
-                began = time.monotonic()
-                self.mismatch = blocks.check(n, pos)
-                self.check_seconds += time.monotonic() - began
-            return n
-        if blocks is not None and pos % STREAM_BLOCK:  # read up to the next block boundary
-            left = min(left, STREAM_BLOCK - pos % STREAM_BLOCK)
         iov = self.iov
         if left < READV_SIZE:
             whole = memoryview(self.buffer)
@@ -1176,8 +1083,6 @@ class Agent:
         for data; EOF ends early."""
         with self.using(args) as port:
             stream = self._stream(port, args, "check")
-            if not _arg(args, "blocks", True, bool):  # the memcmp-only path, for comparisons
-                stream.blocks = None
             run_streams([stream], _arg(args, "timeout", 30, (int, float)))
         return stream.result()
 
