@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import os
 import platform
+import random
 import select
 import shutil
 import signal
@@ -716,3 +717,16 @@ def test_ensure_once_and_bridge_run_on_this_interpreter(python: str, tmp_path: P
                     break
                 time.sleep(0.05)
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cut_gives_the_pieces_slicing_would(hil_agent: ModuleType, seed: int) -> None:
+    """The agent's C-built iovecs (map/slice) against a plain slicing loop."""
+    rng = random.Random(seed)
+    view = memoryview(bytes(range(256)) * 40)
+    for _ in range(300):
+        start = rng.randrange(0, len(view))
+        end = rng.randrange(start, len(view) + 1)
+        step = rng.randrange(1, 5000)
+        want = [bytes(view[i : min(i + step, end)]) for i in range(start, end, step)]
+        assert [bytes(piece) for piece in hil_agent.cut(view, start, end, step)] == want
