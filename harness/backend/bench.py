@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from typing import Any
 from harness.backend.endpoint import Checked, HostEndpoint
 from harness.guest.agent_client import AgentClient
 from harness.guest.guest import Guest, ImageGuests
+from harness.machine.affinity import Pinning, confined
 from harness.machine.errors import MachineError
 from harness.machine.qemu import ControllerSpec, PortSpec
 from harness.model.payload import Payload
@@ -67,6 +68,7 @@ class Results:
     totals: list[tuple[str, float, float]] = field(default_factory=list)  # label, total, raw1
     rtt: dict[str, list[float]] = field(default_factory=dict)  # label -> microseconds
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    cores: str = "unpinned"
 
     def summary(self) -> dict[str, Any]:
         raw = {label: (r, c) for label, r, c, _ in self.rows}
@@ -94,6 +96,7 @@ class Results:
             "both_ways_1_port_checked": self.totals[0][1],
             "both_ways_4_ports_checked": self.totals[1][1],
             "load": list(self.load),
+            "cores": self.cores,
         }
         return {
             k: (round(v, 2) if "ratio" in k else round(v, 1)) if isinstance(v, float) else v
@@ -119,6 +122,7 @@ class Results:
         )
         lines.append("the order and the machine's drifting load cancel out")
         lines.append("load average at the end: " + " ".join(f"{x:.2f}" for x in self.load))
+        lines.append(f"cores: {self.cores}")
         return "\n".join(lines)
 
 
@@ -140,6 +144,15 @@ class Bench:
         self.endpoints = endpoints
         self.devs = [str(agent.port_info(e.name)["dev"]) for e in endpoints]
         self.say: Callable[[str], None] = lambda text: None
+
+    @contextmanager
+    def pinned(self) -> Iterator[Pinning]:
+        """The guest's vCPU on a core of its own, QEMU's other threads and this process on
+        the rest, for as long as the block runs (see harness.machine.affinity: unpinned, which
+        core the vCPU shares with whom moves a transfer by 20-40%, run to run)."""
+        pinning = self.guest.machine.pin_vcpus()
+        with confined(pinning.others):
+            yield pinning
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -426,8 +439,28 @@ def booted() -> Iterator[Bench]:
             guest.shutdown()
 
 
+@contextmanager
+def _cores(runner: Bench, pin: bool) -> Iterator[str]:
+    """Pinned (see Bench.pinned) unless ``pin`` is off or the machine has too few cores;
+    yields how the cores are used, for the output."""
+    if not pin:
+        yield "unpinned (--no-pin)"
+        return
+    with ExitStack() as stack:
+        try:
+            pinning = stack.enter_context(runner.pinned())
+        except MachineError as error:
+            yield f"unpinned ({error})"
+            return
+        yield pinning.describe()
+
+
 def bench(
-    mib: int = 128, rtt_count: int = 200, as_json: bool = False, repeat: int = DEFAULT_REPEAT
+    mib: int = 128,
+    rtt_count: int = 200,
+    as_json: bool = False,
+    repeat: int = DEFAULT_REPEAT,
+    pin: bool = True,
 ) -> int:
     """Boot one guest, measure, print the table (and a JSON line); 0 on success."""
     print(
@@ -437,7 +470,10 @@ def bench(
     )
     with booted() as runner:
         runner.say = lambda text: print(text, flush=True)
-        results = runner.run(mib * MIB, rtt_count, repeat)
+        with _cores(runner, pin) as cores:
+            runner.say(f"cores: {cores}")
+            results = runner.run(mib * MIB, rtt_count, repeat)
+        results.cores = cores
     print(results.table())
     if as_json:
         print(json.dumps(results.summary(), sort_keys=True))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from harness.machine.affinity import Pinning, pin_vcpus
 from harness.machine.console import Console
 from harness.machine.errors import MachineError, QmpError, WaitTimeout
 from harness.machine.process import kill_on_collect, spawn, terminate
@@ -179,7 +180,8 @@ class Machine:
             "-smp",
             str(spec.cpus),
             "-name",
-            self.name,
+            # thread names ("CPU 0/TCG", ...) for debugging and for pin_vcpus
+            f"{self.name.replace(',', ',,')},debug-threads=on",
             "-kernel",
             str(spec.kernel),
             "-initrd",
@@ -317,6 +319,12 @@ class Machine:
             raise MachineError(f"{self.name}: no SSH host forward in `info usernet`:\n{usernet}")
         agent = _USERNET_AGENT_PORT.search(usernet)
         return int(match.group(1)), int(agent.group(1)) if agent else None
+
+    def pin_vcpus(self) -> Pinning:
+        """Give the running guest's vCPU threads cores of their own (see affinity)."""
+        if self.process is None or not self.running:
+            raise MachineError(f"{self.name}: QEMU is not running, nothing to pin")
+        return pin_vcpus(self.process.pid)
 
     # -- stop ----------------------------------------------------------------------------
 

@@ -640,6 +640,30 @@ def test_check_of_unaligned_reads_accepts_the_exact_stream(hil_agent: ModuleType
     assert stream.mismatch is None and stream.done == payload.length
 
 
+@pytest.mark.parametrize("bad_block", [None, 3, 64 + 5, 256 + 64 + 1, 512])
+def test_check_over_spans_with_reads_off_the_blocks(
+    hil_agent: ModuleType, bad_block: int | None
+) -> None:
+    """Reads that never line up with the blocks, over three spans (the expected span moves
+    on under the reads): a bad block is located in whichever span it lies, and the exact
+    stream passes."""
+    payload = Payload.generated(34, 2 * SPAN_SIZE + 5000)
+    data = bytearray(payload_bytes(payload))
+    if bad_block is not None:
+        data[bad_block * 4096 + 2000] ^= 0x10
+    pieces = [100] + [4096] * ((len(data) - 100) // 4096)
+    pieces.append(len(data) - sum(pieces))
+    stream = _stepped_check(hil_agent, bytes(data), pieces, 34, len(data))
+    result = stream.result()
+    assert result["bytes"] == len(data)
+    if bad_block is None:
+        assert result["match"] is True and result["mismatch"] is None
+    else:
+        assert result["match"] is False
+        # no read holds the bad block whole, so its header is not quoted (only its offset)
+        assert result["mismatch"] == {"offset": bad_block * 4096}
+
+
 @pytest.mark.parametrize("kind", CORRUPTIONS)
 def test_host_checker_locates_each_corruption(kind: str) -> None:
     payload = Payload.generated(78, SPAN_SIZE + 50_000)
