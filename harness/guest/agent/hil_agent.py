@@ -319,6 +319,8 @@ class StreamIO:
         self.t0 = self.t1 = time.monotonic()
         self.check_seconds = 0.0  # time spent comparing (the rest is the port and the loop)
         self.waits = 0  # calls that would have blocked (then poll)
+        self.asked = 0  # bytes the last call asked for
+        self.full = False  # the last call moved all it asked for: the next may well too
         self.buffer = bytearray(0 if send else READV_SIZE)
         whole = memoryview(self.buffer)
         self.iov = cut(whole, 0, len(self.buffer), STREAM_BLOCK)
@@ -333,6 +335,7 @@ class StreamIO:
 
     def step(self) -> bool:
         """One non-blocking readv/writev; False when it would block."""
+        self.full = False
         if self.port.closed:  # closed under the stream: its fd number is a dead socket now
             self.errno = "EBADF"
             return True
@@ -345,6 +348,7 @@ class StreamIO:
             self.errno = errno_name(error.errno)
             return True
         self.calls += 1
+        self.full = n == self.asked
         if not n and not self.send:
             self.eof = True
         self.done += n
@@ -355,15 +359,18 @@ class StreamIO:
     def _write(self) -> int:
         view, at = self.cursor.at(self.offset + self.done)
         end = min(SPAN_SIZE, at + self.length - self.done)
+        self.asked = end - at
         return os.writev(self.port.fd, cut(view, at, end, WRITE_CHUNK))
 
     def _read(self) -> int:
         left = self.length - self.done
         pos = self.offset + self.done
         iov = self.iov
+        self.asked = READV_SIZE
         if left < READV_SIZE:
             whole = memoryview(self.buffer)
             iov = cut(whole, 0, left, STREAM_BLOCK)
+            self.asked = left
         n = os.readv(self.port.fd, iov)
         if n and self.mismatch is None:
             began = time.monotonic()
@@ -416,7 +423,9 @@ _WRITABLE = select.POLLOUT | select.POLLERR
 
 
 class StreamPoller:
-    """One poll() per round says which streams can move, and only those are stepped.
+    """One poll() per round says which streams can move, and only those are stepped; a round
+    in which every stream moved all it asked for skips the poll (the guest is the bottleneck
+    then, and the port holds more: one poll() per 256 KiB read cost 3-6% of a checked stream).
 
     Stepping every stream in turn cost an EAGAIN exception for each idle one per round in
     the TCG guest's Python (4 ports both ways: 8 streams, most of them waiting)."""
@@ -453,15 +462,18 @@ class StreamPoller:
                 return
             self._want(active)
             moved = False
-            for stream in ready:  # one call each in turn: no stream starves the others
-                if not stream.finished:
-                    moved = stream.step() or moved
+            stepped = [s for s in ready if not s.finished]
+            for stream in stepped:  # one call each in turn: no stream starves the others
+                moved = stream.step() or moved
             now = time.monotonic()
             if moved:
                 moved_at = now
             left = timeout - (now - moved_at)
             if left <= 0:
                 self._timed_out(timeout, active)
+            if len(stepped) == len(active) and all(s.full for s in stepped):
+                ready = stepped  # each moved all it asked for, so more is likely there
+                continue
             ready = self._ready(active, 0 if moved else left)
 
     def _ready(self, active: list[StreamIO], wait: float) -> list[StreamIO]:
