@@ -12,7 +12,9 @@ One guest with four ports.  Each figure is measured in the same run on the same 
 Host -> guest throughput is timed in the guest (the host queues everything first, so the reader
 never waits for the writer); guest -> host is timed on the host from the first byte to the last.
 Several streams at once are timed on the host from the first start to the last completion.  The
-numbers depend on the machine's load: compare the ratios, which come from the same run.
+numbers depend on the machine's load: compare the ratios, which come from the same run.  The
+guest's vCPU thread runs on a core of its own meanwhile (Bench.pinned; ``--no-pin`` to leave it
+to the scheduler), for both paths alike.
 """
 
 from __future__ import annotations
