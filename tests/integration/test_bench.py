@@ -26,7 +26,14 @@ def test_a_small_bench_prints_its_table_and_json() -> None:
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     summary = json.loads(run.stdout.splitlines()[-1])
-    for key in (*KEYS, "rtt_raw_p50_us", "h2g_ratio", "g2h_ratio", "both_ways_4_ports_checked"):
+    for key in (
+        *KEYS,
+        "rtt_raw_p50_us",
+        "h2g_ratio",
+        "g2h_ratio",
+        "both_ways_4_ports_checked",
+        "both_ways_4_ports_with_call",
+    ):
         assert summary[key] > 0, key
     for label in ("h2g 1 port", "h2g 4 ports", "g2h 1 port", "g2h 4 ports", "both ways 4 ports"):
         assert label in run.stdout
