@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         dest="pin",
         action="store_false",
         help="leave the guest's vCPU thread to the scheduler (by default it gets a core of its "
-        "own and QEMU's other threads and the harness share the rest: unpinned, which core it "
-        "shares with whom moves a transfer by 20-40%% run to run)",
+        "own and QEMU's other threads and the harness share the rest, so that which core it "
+        "shares with whom does not change from one transfer to the next)",
     )
     args, rest = parser.parse_known_args(argv)
     if args.command == "smoke":

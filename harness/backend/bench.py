@@ -156,8 +156,7 @@ class Bench:
     @contextmanager
     def pinned(self) -> Iterator[Pinning]:
         """The guest's vCPU on a core of its own, QEMU's other threads and this process on
-        the rest, for as long as the block runs (see harness.machine.affinity: unpinned, which
-        core the vCPU shares with whom moves a transfer by 20-40%, run to run)."""
+        the rest, for as long as the block runs (why: harness.machine.affinity)."""
         pinning = self.guest.machine.pin_vcpus()
         with confined(pinning.others):
             yield pinning
