@@ -33,6 +33,9 @@ def test_a_small_bench_prints_its_table_and_json() -> None:
         "g2h_ratio",
         "both_ways_4_ports_checked",
         "both_ways_4_ports_with_call",
+        "both_ways_4_ports_raw",
+        "both_ways_4_ports_ratio",
+        "both_ways_1_port_ratio",
     ):
         assert summary[key] > 0, key
     for label in ("h2g 1 port", "h2g 4 ports", "g2h 1 port", "g2h 4 ports", "both ways 4 ports"):
