@@ -337,7 +337,7 @@ class Bench:
     ) -> tuple[str, float, float, float, float]:
         """Both ways at once on ``count`` ports (``length`` bytes in all), paired with the
         single-port raw host -> guest figure (the lower direction here: raw guest -> host ran
-        1.2-1.8x faster in the benches of issue 11's notes) run back to back with it, ABBA,
+        1.2-2.1x faster in the benches of issue 11's notes) run back to back with it, ABBA,
         like the one-way rows: the total is judged against raw measured under the same load,
         not minutes earlier."""
         label = f"both ways {count} port{'s' if count > 1 else ''}"
