@@ -22,6 +22,7 @@ to the scheduler), for both paths alike.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -35,7 +36,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from harness.backend.endpoint import Checked, HostEndpoint
 from harness.guest.agent_client import AgentClient
@@ -66,13 +67,21 @@ class BenchError(MachineError):
     """A benchmark step did not transfer what it should have."""
 
 
+class BothWays(NamedTuple):
+    """One both-ways row: medians over its pairs (see Bench._both_ways_against_raw)."""
+
+    label: str
+    total: float  # checked MB/s both ways, first byte the guest sent to the last either way
+    raw: float  # single-port raw host -> guest, run in pairs with it
+    with_call: float  # the total with the agent call and stream setup included
+    ratio: float  # balanced_ratio of total/raw over the pairs
+
+
 @dataclass
 class Results:
     #: label, raw, checked (medians), and the pairs' checked/raw ratio (balanced_ratio)
     rows: list[tuple[str, float, float, float]] = field(default_factory=list)
-    #: label, total, single-port raw run in pairs with it, total with the agent call (see
-    #: checked_both_ways), and the pairs' total/raw ratio (balanced_ratio)
-    totals: list[tuple[str, float, float, float, float]] = field(default_factory=list)
+    totals: list[BothWays] = field(default_factory=list)
     rtt: dict[str, list[float]] = field(default_factory=dict)  # label -> microseconds
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
     cores: str = "unpinned"
@@ -100,14 +109,14 @@ class Results:
             "rtt_4k_p50_us": _pct(self.rtt["agent 4 KiB"], 50),
             "rtt_4k_p99_us": _pct(self.rtt["agent 4 KiB"], 99),
             "rtt_4k_raw_p50_us": _pct(self.rtt["cat 4 KiB"], 50),
-            "both_ways_1_port_checked": self.totals[0][1],
-            "both_ways_4_ports_checked": self.totals[1][1],
-            "both_ways_1_port_with_call": self.totals[0][3],
-            "both_ways_4_ports_with_call": self.totals[1][3],
-            "both_ways_1_port_raw": self.totals[0][2],
-            "both_ways_4_ports_raw": self.totals[1][2],
-            "both_ways_1_port_ratio": self.totals[0][4],
-            "both_ways_4_ports_ratio": self.totals[1][4],
+            "both_ways_1_port_checked": self.totals[0].total,
+            "both_ways_4_ports_checked": self.totals[1].total,
+            "both_ways_1_port_with_call": self.totals[0].with_call,
+            "both_ways_4_ports_with_call": self.totals[1].with_call,
+            "both_ways_1_port_raw": self.totals[0].raw,
+            "both_ways_4_ports_raw": self.totals[1].raw,
+            "both_ways_1_port_ratio": self.totals[0].ratio,
+            "both_ways_4_ports_ratio": self.totals[1].ratio,
             "load": list(self.load),
             "cores": self.cores,
         }
@@ -332,39 +341,54 @@ class Bench:
 
     # -- all -------------------------------------------------------------------------------
 
-    def _both_ways_against_raw(
-        self, count: int, length: int, repeat: int
-    ) -> tuple[str, float, float, float, float]:
+    def _in_pairs(
+        self,
+        repeat: int,
+        first: Callable[[], float],
+        second: Callable[[], float],
+        say: Callable[[float, float], str],
+    ) -> tuple[list[float], list[float]]:
+        """``repeat`` pairs run back to back, ``first`` first in pair 2k and ``second`` first in
+        pair 2k+1 (the order balanced_ratio cancels); each one's results, and a progress line
+        per pair (``say(first's, second's)``)."""
+        firsts: list[float] = []
+        seconds: list[float] = []
+        pair = [(first, firsts), (second, seconds)]
+        for index in range(repeat):
+            for measure, into in pair[:: -1 if index % 2 else 1]:
+                into.append(measure())
+            self.say(say(firsts[-1], seconds[-1]))
+        return firsts, seconds
+
+    def _both_ways_against_raw(self, count: int, length: int, repeat: int) -> BothWays:
         """Both ways at once on ``count`` ports (``length`` bytes in all), paired with the
         single-port raw host -> guest figure (the lower direction here: raw guest -> host ran
         1.2-2.1x faster in the benches of issue 11's notes) run back to back with it, ABBA,
         like the one-way rows: the total is judged against raw measured under the same load,
         not minutes earlier."""
-        label = f"both ways {count} port{'s' if count > 1 else ''}"
-        raws: list[float] = []
-        totals: list[float] = []
+        label = f"both ways {_ports(count)}"
         with_call: list[float] = []
 
-        def both() -> None:
+        def both() -> float:
             total, called = self.checked_both_ways(count, length // (2 * count))
-            totals.append(total)
             with_call.append(called)
+            return total
 
-        pair = [lambda: raws.append(self.raw_h2g(1, length)), both]
-        for index in range(repeat):
-            for measure in pair[:: -1 if index % 2 else 1]:
-                measure()
-            self.say(
-                f"{label}: {totals[-1]:.1f} MB/s in total ({with_call[-1]:.1f} with the agent "
-                f"call); single-port raw {raws[-1]:.1f} MB/s"
-            )
-        ratios = [t / r for r, t in zip(raws, totals, strict=True)]
-        return (
+        raws, totals = self._in_pairs(
+            repeat,
+            lambda: self.raw_h2g(1, length),
+            both,
+            lambda raw, total: (
+                f"{label}: {total:.1f} MB/s in total ({with_call[-1]:.1f} with the agent call); "
+                f"single-port raw {raw:.1f} MB/s"
+            ),
+        )
+        return BothWays(
             label,
             statistics.median(totals),
             statistics.median(raws),
             statistics.median(with_call),
-            balanced_ratio(ratios),
+            balanced_ratio([t / r for r, t in zip(raws, totals, strict=True)]),
         )
 
     def run(self, length: int, rtt_count: int, repeat: int = DEFAULT_REPEAT) -> Results:
@@ -378,15 +402,14 @@ class Bench:
             ("g2h", self.raw_g2h, self.checked_g2h),
         ):
             for count in (1, PORTS):
-                label = f"{direction} {count} port{'s' if count > 1 else ''}"
+                label = f"{direction} {_ports(count)}"
                 per_port = length if count == 1 else length // count
-                raws: list[float] = []
-                checks: list[float] = []
-                pair = [(raw, raws), (checked, checks)]
-                for index in range(repeat):
-                    for measure, into in pair[:: -1 if index % 2 else 1]:
-                        into.append(measure(count, per_port))
-                    self.say(f"{label}: raw {raws[-1]:.1f} MB/s, checked {checks[-1]:.1f} MB/s")
+                raws, checks = self._in_pairs(
+                    repeat,
+                    functools.partial(raw, count, per_port),
+                    functools.partial(checked, count, per_port),
+                    functools.partial(_one_way_progress, label),
+                )
                 ratios = [c / r for r, c in zip(raws, checks, strict=True)]
                 results.rows.append(
                     (
@@ -404,6 +427,14 @@ class Bench:
             results.rtt[f"cat {size_label}"] = self.rtt_cat(size, rtt_count)
         results.load = os.getloadavg()
         return results
+
+
+def _one_way_progress(label: str, raw: float, checked: float) -> str:
+    return f"{label}: raw {raw:.1f} MB/s, checked {checked:.1f} MB/s"
+
+
+def _ports(count: int) -> str:
+    return f"{count} port{'s' if count > 1 else ''}"
 
 
 def balanced_ratio(ratios: list[float]) -> float:
