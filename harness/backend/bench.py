@@ -388,7 +388,7 @@ class Bench:
             statistics.median(totals),
             statistics.median(raws),
             statistics.median(with_call),
-            balanced_ratio([t / r for r, t in zip(raws, totals, strict=True)]),
+            _paired_ratio(raws, totals),
         )
 
     def run(self, length: int, rtt_count: int, repeat: int = DEFAULT_REPEAT) -> Results:
@@ -410,13 +410,12 @@ class Bench:
                     functools.partial(checked, count, per_port),
                     functools.partial(_one_way_progress, label),
                 )
-                ratios = [c / r for r, c in zip(raws, checks, strict=True)]
                 results.rows.append(
                     (
                         label,
                         statistics.median(raws),
                         statistics.median(checks),
-                        balanced_ratio(ratios),
+                        _paired_ratio(raws, checks),
                     )
                 )
         for count in (1, PORTS):
@@ -447,6 +446,11 @@ def balanced_ratio(ratios: list[float]) -> float:
     if len(ratios) % 2:
         blocks.append(ratios[-1])
     return statistics.median(blocks)
+
+
+def _paired_ratio(raws: list[float], others: list[float]) -> float:
+    """balanced_ratio of each pair's other/raw, for pairs run by Bench._in_pairs."""
+    return balanced_ratio([other / raw for raw, other in zip(raws, others, strict=True)])
 
 
 def _seed(payload: Payload) -> int:
